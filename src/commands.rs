@@ -1,0 +1,88 @@
+//! The one-shot subcommands: `migrate`, `user create` and `check-offline-users`.
+//!
+//! Each works directly on the database, whether or not a server is running.
+
+use std::io::BufRead;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+
+use crate::auth::{self, Authenticator};
+use crate::domain::{Password, Username};
+use crate::settings::Settings;
+use crate::store::{self, Store};
+
+async fn open(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let store = store::connect(&settings.database_url)
+        .await
+        .context("while opening the database")?;
+    store.migrate().await.context("while applying migrations")?;
+    Ok(store)
+}
+
+/// `lastseen migrate`: applies pending migrations.
+///
+/// # Errors
+/// If the database cannot be opened or migrated.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<String> {
+    open(settings).await?;
+    Ok("Migrations applied".to_owned())
+}
+
+/// `lastseen user create`: creates a user; returns what to print (the generated password, if
+/// one was generated).
+///
+/// # Errors
+/// Invalid username or password, a taken name, or database failures.
+pub async fn create_user(
+    settings: &Settings,
+    username: &str,
+    admin: bool,
+    password_from: Option<&mut dyn BufRead>,
+) -> anyhow::Result<String> {
+    let username = Username::parse(username)?;
+    let (password, generated) = match password_from {
+        Some(input) => {
+            let mut line = String::new();
+            input
+                .read_line(&mut line)
+                .context("while reading the password from stdin")?;
+            let line = line.trim_end_matches(['\r', '\n']);
+            (Password::parse(line)?, false)
+        }
+        None => (Password::parse(&auth::random_secret(12))?, true),
+    };
+    let shown = generated.then(|| String::from_utf8_lossy(password.expose()).into_owned());
+    let store = open(settings).await?;
+    let authenticator = Authenticator::new(store)?;
+    let user = match authenticator.register(&username, password, admin).await {
+        Ok(user) => user,
+        Err(auth::AuthError::Store(store::StoreError::Conflict(_))) => {
+            bail!("username {:?} is already taken", username.as_str())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let role = if admin { "admin" } else { "user" };
+    let mut out = format!("Created {role} {:?} with id {}", user.username, user.id);
+    if let Some(password) = shown {
+        out.push_str(&format!("\nPassword (shown once): {password}"));
+    }
+    Ok(out)
+}
+
+/// `lastseen check-offline-users`: marks users inactive for longer than the timeout offline.
+///
+/// # Errors
+/// Database failures.
+pub async fn check_offline_users(settings: &Settings, dry_run: bool) -> anyhow::Result<String> {
+    let store = open(settings).await?;
+    let timeout = chrono::Duration::from_std(settings.inactivity_timeout)?;
+    let count = store
+        .mark_inactive_offline(Utc::now() - timeout, dry_run)
+        .await?;
+    Ok(if dry_run {
+        format!("Would mark {count} users offline")
+    } else {
+        format!("Marked {count} users offline")
+    })
+}

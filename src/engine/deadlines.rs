@@ -1,0 +1,125 @@
+//! Deadline index of one shard: session deadlines bucketed into fixed-width slots.
+//!
+//! Each live session has exactly one entry, armed when the session starts. A heartbeat does not
+//! touch the index at all (it only moves the session's `last_activity`); when the slot fires,
+//! the engine re-checks the session and re-arms it once at its true deadline. So a heartbeat is
+//! O(1), a tick is O(entries due), and nothing accumulates. Entries are never early: a slot
+//! fires at or after every deadline it holds, and at most one slot width late.
+
+use std::collections::BTreeMap;
+
+use tokio::time::{Duration, Instant};
+
+use crate::domain::{SessionId, UserId};
+
+/// Width of one slot: the most an offline event can be late, on top of task scheduling.
+pub const SLOT: Duration = Duration::from_millis(100);
+
+/// The slot holding `deadline` for slots counted from `origin`: the first slot that starts at
+/// or after it.
+pub fn slot_of(origin: Instant, deadline: Instant) -> u64 {
+    let since = deadline.saturating_duration_since(origin).as_nanos();
+    u64::try_from(since.div_ceil(SLOT.as_nanos())).unwrap_or(u64::MAX)
+}
+
+/// Session deadlines of one shard, grouped by slot number.
+#[derive(Debug)]
+pub struct DeadlineIndex {
+    /// Slot 0 starts here; shared by all shards of an engine.
+    origin: Instant,
+    /// Slot number -> sessions armed in it.
+    slots: BTreeMap<u64, Vec<(UserId, SessionId)>>,
+}
+
+impl DeadlineIndex {
+    /// An empty index whose slot numbers count from `origin`.
+    pub fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// The slot holding `deadline`: the first slot that starts at or after it.
+    pub fn slot_of(&self, deadline: Instant) -> u64 {
+        slot_of(self.origin, deadline)
+    }
+
+    /// The instant at which `slot` fires.
+    pub fn slot_start(&self, slot: u64) -> Instant {
+        let nanos = u64::try_from(SLOT.as_nanos()).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(nanos.saturating_mul(slot))
+    }
+
+    /// Arms `session` at `deadline`; returns the slot, which the session must remember.
+    pub fn arm(&mut self, deadline: Instant, user: UserId, session: SessionId) -> u64 {
+        let slot = self.slot_of(deadline);
+        self.slots.entry(slot).or_default().push((user, session));
+        slot
+    }
+
+    /// When the earliest slot fires, if any entry is armed.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots.keys().next().map(|&slot| self.slot_start(slot))
+    }
+
+    /// Removes and returns every slot that has fired by `now`, as `(slot, entries)`.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(u64, Vec<(UserId, SessionId)>)> {
+        let mut due = Vec::new();
+        // The last slot whose start is at or before `now`.
+        let elapsed = now.saturating_duration_since(self.origin).as_nanos() / SLOT.as_nanos();
+        let last_due = u64::try_from(elapsed).unwrap_or(u64::MAX);
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() > last_due {
+                break;
+            }
+            due.push(entry.remove_entry());
+        }
+        due
+    }
+
+    /// Number of armed entries (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.slots.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_never_fire_before_their_deadlines() {
+        let origin = Instant::now();
+        let mut index = DeadlineIndex::new(origin);
+        let deadline = origin + Duration::from_millis(250);
+        let slot = index.arm(deadline, UserId(1), SessionId(1));
+        assert!(index.slot_start(slot) >= deadline);
+        assert!(index.slot_start(slot) < deadline + SLOT);
+        assert!(
+            index
+                .take_due(deadline - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(index.take_due(index.slot_start(slot)).len(), 1);
+        assert_eq!(index.len(), 0);
+    }
+
+    #[test]
+    fn take_due_returns_only_fired_slots_in_order() {
+        let origin = Instant::now();
+        let mut index = DeadlineIndex::new(origin);
+        for ms in [900, 100, 500] {
+            index.arm(
+                origin + Duration::from_millis(ms),
+                UserId(ms as i64),
+                SessionId(1),
+            );
+        }
+        assert_eq!(index.next_due(), Some(origin + Duration::from_millis(100)));
+        let due = index.take_due(origin + Duration::from_millis(600));
+        let users: Vec<_> = due.iter().map(|(_, e)| e[0].0).collect();
+        assert_eq!(users, vec![UserId(100), UserId(500)]);
+        assert_eq!(index.len(), 1);
+    }
+}

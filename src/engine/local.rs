@@ -1,0 +1,589 @@
+//! The in-process presence backend: sharded state, per-shard deadline indexes, one expiry task.
+//!
+//! Locking rules: each shard is a `std::sync::Mutex`; an operation on one user locks only that
+//! user's shard, and no lock is held across `.await` or while publishing events. Operations
+//! over all users (expiry, dirty collection, paging) lock one shard at a time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::{Notify, broadcast};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::deadlines::{DeadlineIndex, slot_of};
+use super::state::{Expiry, Transition, UserState};
+use super::{
+    EngineError, OnlinePage, PresenceBackend, PresenceEvent, PresenceView, PresenceWrite,
+    RestoredUser,
+};
+use crate::domain::{PresenceStatus, SessionId, UserId};
+
+/// Number of shards: a power of two, many per core, so concurrent heartbeats rarely meet.
+const SHARDS: usize = 64;
+/// Capacity of the event channel; a receiver that falls further behind sees `Lagged`.
+const EVENT_CAPACITY: usize = 4096;
+/// Longest the expiry task sleeps without looking, as a guard against a missed wake-up.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// The users of one shard. Guarded by the shard's mutex.
+#[derive(Debug)]
+struct Shard {
+    /// Users with live sessions, and offline users not yet written or evicted.
+    users: HashMap<UserId, UserState>,
+    /// One entry per live session of this shard's users.
+    deadlines: DeadlineIndex,
+    /// Ids of this shard's online users, ordered for paging.
+    online: BTreeSet<UserId>,
+    /// Users whose `dirty` flag went from false to true since the last flush.
+    dirty: Vec<UserId>,
+}
+
+/// In-process presence state.
+pub struct LocalBackend {
+    /// Shard `i` holds users whose id hashes to `i`.
+    shards: Box<[Mutex<Shard>]>,
+    /// How long a session stays live after its last activity.
+    timeout: Duration,
+    /// Number of online users, kept in step with the shards' `online` sets.
+    online: AtomicUsize,
+    /// Transitions are published here after the shard lock is released.
+    events: broadcast::Sender<PresenceEvent>,
+    /// Wakes the expiry task when a deadline earlier than its planned wake-up is armed.
+    wake: Notify,
+    /// The slot the expiry task sleeps until (`u64::MAX` when none is armed).
+    wake_slot: AtomicU64,
+    /// Slot 0 of every shard's index; read-only.
+    origin: Instant,
+}
+
+impl LocalBackend {
+    /// An empty engine whose sessions expire `timeout` after their last activity.
+    pub fn new(timeout: Duration) -> Self {
+        let origin = Instant::now();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    users: HashMap::new(),
+                    deadlines: DeadlineIndex::new(origin),
+                    online: BTreeSet::new(),
+                    dirty: Vec::new(),
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            timeout,
+            online: AtomicUsize::new(0),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            wake: Notify::new(),
+            wake_slot: AtomicU64::new(u64::MAX),
+            origin,
+        }
+    }
+
+    fn shard(&self, user: UserId) -> MutexGuard<'_, Shard> {
+        // Fibonacci hashing spreads sequential ids; the top bits pick the shard.
+        let hash = (user.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let index = (hash >> (64 - SHARDS.trailing_zeros())) as usize;
+        lock(&self.shards[index])
+    }
+
+    /// Arms `session`'s deadline and wakes the expiry task if it sleeps past it.
+    fn arm(&self, shard: &mut Shard, user: UserId, session: SessionId) {
+        let Some(state) = shard.users.get_mut(&user) else {
+            return;
+        };
+        let Some(s) = state.sessions.iter_mut().find(|s| s.id == session) else {
+            return;
+        };
+        let slot = shard.deadlines.arm(s.expires_at, user, session);
+        s.armed_slot = slot;
+        if slot < self.wake_slot.load(Ordering::Acquire) {
+            // `notify_one` never blocks and never runs the woken task inline, so calling it
+            // under the shard lock costs no more than the store of a permit.
+            self.wake.notify_one();
+        }
+    }
+
+    fn publish(&self, user_id: UserId, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        match t.status {
+            PresenceStatus::Online => self.online.fetch_add(1, Ordering::Relaxed),
+            PresenceStatus::Offline => self.online.fetch_sub(1, Ordering::Relaxed),
+        };
+        metrics::counter!("lastseen_presence_transitions_total", "to" => t.status.as_str())
+            .increment(1);
+        // No receivers is not an error: nobody subscribed yet.
+        let _ = self.events.send(PresenceEvent {
+            user_id,
+            status: t.status,
+            last_seen: t.last_seen,
+            seq: t.seq,
+        });
+    }
+
+    /// The earliest armed deadline of any shard.
+    fn next_due(&self) -> Option<Instant> {
+        self.shards
+            .iter()
+            .filter_map(|s| lock(s).deadlines.next_due())
+            .min()
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding a shard lock leaves consistent-enough state (every mutation is a
+    // few field writes); keep serving rather than poisoning every later request.
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn view(state: &UserState) -> PresenceView {
+    PresenceView {
+        status: state.status,
+        last_seen: state.last_seen,
+        seq: state.seq,
+    }
+}
+
+/// Records the user as dirty in its shard if it just became dirty.
+fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool) {
+    if !was_dirty {
+        shard.dirty.push(user);
+    }
+}
+
+fn update_online_set(shard: &mut Shard, user: UserId, transition: Option<&Transition>) {
+    match transition.map(|t| t.status) {
+        Some(PresenceStatus::Online) => {
+            shard.online.insert(user);
+        }
+        Some(PresenceStatus::Offline) => {
+            shard.online.remove(&user);
+        }
+        None => {}
+    }
+}
+
+#[async_trait]
+impl PresenceBackend for LocalBackend {
+    async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
+        let (now, wall) = (Instant::now(), Utc::now());
+        let (transition, result) = {
+            let mut shard = self.shard(user);
+            let state = shard
+                .users
+                .entry(user)
+                .or_insert_with(|| UserState::offline(0, None));
+            let was_dirty = state.dirty;
+            let (transition, is_new) = state.touch(session, now, wall, self.timeout);
+            let result = view(state);
+            note_dirty(&mut shard, user, was_dirty);
+            update_online_set(&mut shard, user, transition.as_ref());
+            if is_new {
+                self.arm(&mut shard, user, session);
+            }
+            (transition, result)
+        };
+        metrics::counter!("lastseen_activity_total").increment(1);
+        self.publish(user, transition);
+        Ok(result)
+    }
+
+    async fn end_session(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError> {
+        let wall = Utc::now();
+        let (transition, result) = {
+            let mut shard = self.shard(user);
+            let Some(state) = shard.users.get_mut(&user) else {
+                return Ok(PresenceView {
+                    status: PresenceStatus::Offline,
+                    last_seen: None,
+                    seq: 0,
+                });
+            };
+            let was_dirty = state.dirty;
+            let transition = state.end_session(session, wall);
+            let result = view(state);
+            note_dirty(&mut shard, user, was_dirty);
+            update_online_set(&mut shard, user, transition.as_ref());
+            (transition, result)
+        };
+        self.publish(user, transition);
+        Ok(result)
+    }
+
+    async fn presence(&self, user: UserId) -> Result<Option<PresenceView>, EngineError> {
+        Ok(self.shard(user).users.get(&user).map(view))
+    }
+
+    async fn online_page(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<OnlinePage, EngineError> {
+        let start = after.map_or(i64::MIN, |id| id.0.saturating_add(1));
+        let mut users = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            let ids = shard.online.range(UserId(start)..).take(limit);
+            users.extend(ids.filter_map(|id| shard.users.get(id).map(|s| (*id, view(s)))));
+        }
+        users.sort_unstable_by_key(|(id, _)| *id);
+        users.truncate(limit);
+        Ok(OnlinePage {
+            users,
+            total: self.online_count(),
+        })
+    }
+
+    fn online_count(&self) -> usize {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    async fn expire_due(&self) -> Result<usize, EngineError> {
+        let now = Instant::now();
+        let mut offline = 0;
+        for shard in self.shards.iter() {
+            let mut transitions = Vec::new();
+            {
+                let mut guard = lock(shard);
+                let shard = &mut *guard;
+                for (slot, entries) in shard.deadlines.take_due(now) {
+                    for (user, session) in entries {
+                        let Some(state) = shard.users.get_mut(&user) else {
+                            continue;
+                        };
+                        let was_dirty = state.dirty;
+                        match state.expire(session, slot, now) {
+                            Expiry::Stale => continue,
+                            Expiry::Rearm(_) => self.arm(shard, user, session),
+                            Expiry::Expired(transition) => {
+                                note_dirty(shard, user, was_dirty);
+                                update_online_set(shard, user, transition.as_ref());
+                                transitions.push((user, transition));
+                            }
+                        }
+                    }
+                }
+            }
+            for (user, transition) in transitions {
+                offline += usize::from(transition.is_some());
+                self.publish(user, transition);
+            }
+        }
+        Ok(offline)
+    }
+
+    async fn run_expiry(&self, shutdown: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let wake_at = self
+                .next_due()
+                .unwrap_or(now + MAX_IDLE)
+                .min(now + MAX_IDLE);
+            self.wake_slot
+                .store(slot_of(self.origin, wake_at), Ordering::Release);
+            // Re-check after publishing `wake_slot`: a deadline armed in between either saw the
+            // old (larger) value and notified, or is visible to this second look.
+            if self.next_due().is_some_and(|due| due < wake_at) {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(wake_at) => {}
+                () = self.wake.notified() => continue,
+            }
+            if let Err(error) = self.expire_due().await {
+                tracing::warn!(%error, "presence expiry step failed");
+            }
+        }
+    }
+
+    async fn take_dirty(&self) -> Vec<PresenceWrite> {
+        let mut writes = Vec::new();
+        for shard in self.shards.iter() {
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            for user in std::mem::take(&mut shard.dirty) {
+                let Some(state) = shard.users.get_mut(&user) else {
+                    continue;
+                };
+                state.dirty = false;
+                writes.push(PresenceWrite {
+                    user_id: user,
+                    status: state.status,
+                    last_seen: state.last_seen,
+                    seq: state.seq,
+                    sessions: state
+                        .sessions
+                        .iter()
+                        .map(|s| (s.id, s.last_activity_wall))
+                        .collect(),
+                });
+            }
+        }
+        writes
+    }
+
+    async fn mark_dirty(&self, users: &[UserId]) {
+        for &user in users {
+            let mut shard = self.shard(user);
+            if let Some(state) = shard.users.get_mut(&user) {
+                let was_dirty = std::mem::replace(&mut state.dirty, true);
+                note_dirty(&mut shard, user, was_dirty);
+            }
+        }
+    }
+
+    async fn evict_persisted(&self, users: &[UserId]) {
+        for &user in users {
+            let mut shard = self.shard(user);
+            let idle = shard
+                .users
+                .get(&user)
+                .is_some_and(|s| s.sessions.is_empty() && !s.dirty);
+            if idle {
+                shard.users.remove(&user);
+            }
+        }
+    }
+
+    async fn restore(&self, users: Vec<RestoredUser>) {
+        let (now, wall_now) = (Instant::now(), Utc::now());
+        let timeout = chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX);
+        for restored in users {
+            let user = restored.user_id;
+            let mut state = UserState::offline(restored.seq, restored.last_seen);
+            let mut shard = self.shard(user);
+            for (session, last_activity) in restored.sessions {
+                let remaining = (last_activity + timeout - wall_now)
+                    .to_std()
+                    .unwrap_or_default();
+                let lifetime = remaining.min(self.timeout);
+                state.touch(session, now, last_activity, lifetime);
+            }
+            // Restored state is already stored: keep its seq and last_seen, publish nothing.
+            state.seq = restored.seq;
+            state.last_seen = restored.last_seen.max(state.last_seen);
+            state.dirty = false;
+            let online = state.status.is_online();
+            let sessions: Vec<SessionId> = state.sessions.iter().map(|s| s.id).collect();
+            shard.users.insert(user, state);
+            for session in sessions {
+                self.arm(&mut shard, user, session);
+            }
+            if online {
+                shard.online.insert(user);
+                self.online.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    async fn recv_now(rx: &mut broadcast::Receiver<PresenceEvent>) -> Option<PresenceEvent> {
+        match rx.try_recv() {
+            Ok(event) => Some(event),
+            Err(_) => None,
+        }
+    }
+
+    fn spawn_expiry(engine: &std::sync::Arc<LocalBackend>) -> CancellationToken {
+        let token = CancellationToken::new();
+        let (engine, stop) = (engine.clone(), token.clone());
+        tokio::spawn(async move { engine.run_expiry(stop).await });
+        token
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_timeout_fires_within_a_second_after_the_deadline_and_not_before() {
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let mut events = engine.subscribe();
+        let stop = spawn_expiry(&engine);
+        let start = Instant::now();
+        engine.touch(UserId(1), SessionId(10)).await.unwrap();
+        assert_eq!(
+            recv_now(&mut events).await.unwrap().status,
+            PresenceStatus::Online
+        );
+
+        tokio::time::sleep_until(start + TIMEOUT - Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(recv_now(&mut events).await, None, "not before the deadline");
+        assert_eq!(engine.online_count(), 1);
+
+        let event = tokio::time::timeout(Duration::from_secs(1), events.recv())
+            .await
+            .expect("offline within 1 s of the deadline")
+            .unwrap();
+        assert_eq!(event.status, PresenceStatus::Offline);
+        assert!(Instant::now() >= start + TIMEOUT);
+        assert_eq!(engine.online_count(), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_push_the_deadline_and_last_seen_is_the_last_activity() {
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let mut events = engine.subscribe();
+        let stop = spawn_expiry(&engine);
+        let start = Instant::now();
+        engine.touch(UserId(1), SessionId(1)).await.unwrap();
+        events.recv().await.unwrap();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let view = engine.touch(UserId(1), SessionId(1)).await.unwrap();
+            assert_eq!(view.status, PresenceStatus::Online);
+        }
+        let last_heartbeat = engine.presence(UserId(1)).await.unwrap().unwrap().last_seen;
+        let offline = events.recv().await.unwrap();
+        assert_eq!(offline.status, PresenceStatus::Offline);
+        let went_offline = Instant::now();
+        assert!(went_offline >= start + Duration::from_secs(600) + TIMEOUT);
+        assert!(went_offline < start + Duration::from_secs(601) + TIMEOUT);
+        assert_eq!(Some(offline.last_seen), last_heartbeat);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn logout_with_another_live_session_keeps_the_user_online() {
+        let engine = LocalBackend::new(TIMEOUT);
+        engine.touch(UserId(7), SessionId(1)).await.unwrap();
+        engine.touch(UserId(7), SessionId(2)).await.unwrap();
+        let view = engine.end_session(UserId(7), SessionId(1)).await.unwrap();
+        assert_eq!(view.status, PresenceStatus::Online);
+        let view = engine.end_session(UserId(7), SessionId(2)).await.unwrap();
+        assert_eq!(view.status, PresenceStatus::Offline);
+        assert_eq!(engine.online_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_stays_online_while_any_session_is_live() {
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let stop = spawn_expiry(&engine);
+        engine.touch(UserId(3), SessionId(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        engine.touch(UserId(3), SessionId(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        let view = engine.presence(UserId(3)).await.unwrap().unwrap();
+        assert_eq!(view.status, PresenceStatus::Online, "session 2 is live");
+        tokio::time::sleep(Duration::from_secs(151)).await;
+        let view = engine.presence(UserId(3)).await.unwrap().unwrap();
+        assert_eq!(view.status, PresenceStatus::Offline);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seq_increases_per_user_across_transitions() {
+        let engine = LocalBackend::new(TIMEOUT);
+        let mut events = engine.subscribe();
+        for _ in 0..3 {
+            engine.touch(UserId(1), SessionId(1)).await.unwrap();
+            engine.end_session(UserId(1), SessionId(1)).await.unwrap();
+        }
+        let mut seqs = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seqs.push(e.seq);
+        }
+        assert_eq!(seqs.len(), 6);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_that_change_nothing_publish_nothing_and_tick_expires_only_due() {
+        let engine = LocalBackend::new(TIMEOUT);
+        let mut events = engine.subscribe();
+        for id in 0..1000 {
+            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+        }
+        assert_eq!(events.len(), 1000);
+        while events.try_recv().is_ok() {}
+        for id in 0..1000 {
+            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+        }
+        assert!(events.try_recv().is_err(), "no events for plain heartbeats");
+        assert_eq!(engine.expire_due().await.unwrap(), 0);
+        tokio::time::advance(TIMEOUT).await;
+        assert_eq!(engine.expire_due().await.unwrap(), 1000);
+        assert_eq!(engine.online_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restore_keeps_the_remaining_time_and_the_stored_seq() {
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let stop = spawn_expiry(&engine);
+        let mut events = engine.subscribe();
+        let (now, wall) = (Instant::now(), Utc::now());
+        let two_minutes_ago = wall - chrono::Duration::seconds(120);
+        engine
+            .restore(vec![RestoredUser {
+                user_id: UserId(5),
+                seq: 42,
+                last_seen: Some(two_minutes_ago),
+                sessions: vec![(SessionId(9), two_minutes_ago)],
+            }])
+            .await;
+        let view = engine.presence(UserId(5)).await.unwrap().unwrap();
+        assert_eq!(view.status, PresenceStatus::Online);
+        assert_eq!(view.seq, 42);
+        assert!(events.try_recv().is_err(), "restoring publishes nothing");
+
+        let offline = events.recv().await.unwrap();
+        let elapsed = Instant::now() - now;
+        assert!(elapsed >= Duration::from_secs(180) && elapsed < Duration::from_secs(181));
+        assert_eq!(offline.last_seen, two_minutes_ago);
+        assert!(offline.seq > 42);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dirty_state_is_taken_once_and_offline_users_are_evicted_after_writing() {
+        let engine = LocalBackend::new(TIMEOUT);
+        engine.touch(UserId(1), SessionId(1)).await.unwrap();
+        engine.touch(UserId(1), SessionId(1)).await.unwrap();
+        let writes = engine.take_dirty().await;
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].status, PresenceStatus::Online);
+        assert_eq!(writes[0].sessions.len(), 1);
+        assert!(engine.take_dirty().await.is_empty());
+
+        engine.end_session(UserId(1), SessionId(1)).await.unwrap();
+        let writes = engine.take_dirty().await;
+        assert_eq!(writes[0].status, PresenceStatus::Offline);
+        engine.evict_persisted(&[UserId(1)]).await;
+        assert_eq!(engine.presence(UserId(1)).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn online_pages_are_ordered_and_count_the_total() {
+        let engine = LocalBackend::new(TIMEOUT);
+        for id in (1..=250).rev() {
+            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+        }
+        let page = engine.online_page(None, 100).await.unwrap();
+        assert_eq!(page.total, 250);
+        let ids: Vec<i64> = page.users.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+        let page = engine.online_page(Some(UserId(200)), 100).await.unwrap();
+        assert_eq!(page.users.len(), 50);
+        assert_eq!(page.users[0].0, UserId(201));
+    }
+}

@@ -1,0 +1,95 @@
+//! Admin endpoints of the seed: who is online, and one user's status. Admins see everything.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+
+use super::AppState;
+use super::dto::{OnlineUsersQuery, OnlineUsersResponse, UserPresence, UserStatusResponse};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Admin, ApiPath, ApiQuery};
+use crate::domain::UserId;
+
+/// Largest (and default) page of the online list.
+pub const MAX_PAGE: usize = 1000;
+
+/// Online users, ordered by id, with keyset paging; `online_count` is always the total.
+#[utoipa::path(
+    get, path = "/api/users/admin/users/online/", tag = "admin",
+    security(("bearer" = [])),
+    params(OnlineUsersQuery),
+    responses(
+        (status = 200, description = "Online users", body = OnlineUsersResponse),
+        (status = 400, description = "Bad limit or after", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Caller is not an admin", body = ErrorBody),
+    )
+)]
+pub async fn online_users(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(query): ApiQuery<OnlineUsersQuery>,
+) -> Result<Json<OnlineUsersResponse>, ApiError> {
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let page = state
+        .engine
+        .online_page(query.after.map(UserId), limit)
+        .await?;
+    let ids: Vec<UserId> = page.users.iter().map(|(id, _)| *id).collect();
+    let names: HashMap<UserId, String> = state
+        .store
+        .users_by_ids(&ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u.username))
+        .collect();
+    let next_after = (page.users.len() == limit)
+        .then(|| ids.last().map(|id| id.0))
+        .flatten();
+    let online_users = page
+        .users
+        .into_iter()
+        .filter_map(|(id, view)| {
+            let name = names.get(&id)?.clone();
+            Some(UserPresence::from_view(id, name, view))
+        })
+        .collect();
+    Ok(Json(OnlineUsersResponse {
+        online_users,
+        online_count: page.total,
+        next_after,
+    }))
+}
+
+/// One user's online status.
+#[utoipa::path(
+    get, path = "/api/users/admin/users/{id}/online-status/", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user's status", body = UserStatusResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
+pub async fn user_status(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<UserStatusResponse>, ApiError> {
+    // Engine first: if it holds nothing, the user's state is already in the store we read next.
+    let view = state.engine.presence(UserId(id)).await?;
+    let user = state
+        .store
+        .user_by_id(UserId(id))
+        .await?
+        .ok_or(ApiError::NotFound("No such user."))?;
+    Ok(Json(UserPresence::new(&user, view).into()))
+}

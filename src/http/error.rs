@@ -1,0 +1,221 @@
+//! The API's error type and the one place errors become `{"detail": ..., "code": ...}`.
+//!
+//! Handlers return [`ApiError`]; [`normalize_errors`] also rewrites the error responses axum and
+//! tower-http produce on their own (404 of no route, 405, 408 timeout, 500 from a caught panic),
+//! so every error a client sees has the same JSON shape. Internal errors are logged there, with
+//! their cause chain, and never shown to the client.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+use crate::domain::DomainError;
+use crate::engine::EngineError;
+use crate::store::StoreError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable explanation.
+    pub detail: String,
+    /// Stable machine-readable code (Django REST framework's names where it has one).
+    pub code: String,
+}
+
+/// Every way an API call can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON, wrong types, missing fields, invalid values.
+    #[error("{detail}")]
+    BadRequest {
+        /// What is wrong.
+        detail: String,
+        /// `parse_error` for undecodable bodies, `invalid` for bad values.
+        code: &'static str,
+    },
+    /// 401: no `Authorization: Bearer` header.
+    #[error("Authentication credentials were not provided.")]
+    NotAuthenticated,
+    /// 401: unknown, malformed or revoked token.
+    #[error("Invalid or revoked token.")]
+    InvalidToken,
+    /// 401: unknown user or wrong password.
+    #[error("Invalid username or password.")]
+    BadCredentials,
+    /// 403: authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404: unknown user or route.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 409: the resource already exists.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// 413: body over the size limit.
+    #[error("Request body is too large.")]
+    PayloadTooLarge,
+    /// 415: the body is not `application/json`.
+    #[error("Expected a request with `Content-Type: application/json`.")]
+    UnsupportedMediaType,
+    /// 503: the database (or another backend) is unreachable.
+    #[error("Service temporarily unavailable.")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: a bug or an unexpected failure; details are logged, not returned.
+    #[error("Internal server error.")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 400 for a value that failed validation.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::BadRequest {
+            detail: detail.into(),
+            code: "invalid",
+        }
+    }
+
+    /// Status and code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::NotAuthenticated => (StatusCode::UNAUTHORIZED, "not_authenticated"),
+            Self::InvalidToken | Self::BadCredentials => {
+                (StatusCode::UNAUTHORIZED, "authentication_failed")
+            }
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_denied"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+/// The failure behind a 5xx, kept in the response's extensions for [`normalize_errors`] to log.
+#[derive(Clone)]
+struct LoggedCause(Arc<anyhow::Error>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            detail: self.to_string(),
+            code: code.to_owned(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Internal(cause) | Self::Unavailable(cause) = self {
+            response
+                .extensions_mut()
+                .insert(LoggedCause(Arc::new(cause)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        Self::invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::Unavailable(_) => Self::Unavailable(e.into()),
+            StoreError::Other(_) => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadCredentials => Self::BadCredentials,
+            AuthError::InvalidToken => Self::InvalidToken,
+            AuthError::Store(e) => e.into(),
+            AuthError::Hashing(_) => Self::Internal(e.into()),
+        }
+    }
+}
+
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "parse_error",
+        StatusCode::UNAUTHORIZED => "not_authenticated",
+        StatusCode::FORBIDDEN => "permission_denied",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "throttled",
+        StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+        s if s.is_server_error() => "internal_error",
+        _ => "error",
+    }
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Middleware: logs 5xx causes and gives every error response the JSON error shape.
+pub async fn normalize_errors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if let Some(LoggedCause(cause)) = response.extensions_mut().remove::<LoggedCause>() {
+        tracing::error!(%status, error = %cause, cause_chain = ?cause, "request failed");
+    }
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    if status.is_server_error() {
+        tracing::error!(%status, "request failed without a typed error (e.g. a caught panic)");
+    }
+    let detail = status.canonical_reason().unwrap_or("Error").to_owned() + ".";
+    let body = ErrorBody {
+        detail,
+        code: code_for(status).to_owned(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("Not found.")
+}

@@ -1,0 +1,114 @@
+//! The HTTP API: router, shared state, middleware stack and the OpenAPI document.
+//!
+//! Routes are declared without a trailing slash; [`service`] wraps the router so that the seed's
+//! trailing-slash paths (`/api/users/heartbeat/`) reach the same handlers.
+
+pub mod admin;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::Layer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::auth::Authenticator;
+use crate::engine::PresenceEngine;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// What every handler may use. Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Presence engine handle.
+    pub engine: PresenceEngine,
+    /// Accounts and tokens.
+    pub auth: Authenticator,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// The OpenAPI document, assembled from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lastseen", description = "WhatsApp-style online/offline presence server"),
+    paths(
+        users::register, users::login, users::logout, users::heartbeat, users::me,
+        admin::online_users, admin::user_status,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "users", description = "Accounts and the caller's own presence"),
+        (name = "admin", description = "Operator views (admin users only)"),
+        (name = "ops", description = "Health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("Opaque access token from POST /api/users/login/"))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The router with every route and middleware, without the trailing-slash wrapper.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/api/users/register", post(users::register))
+        .route("/api/users/login", post(users::login))
+        .route("/api/users/logout", post(users::logout))
+        .route("/api/users/heartbeat", post(users::heartbeat))
+        .route("/api/users/me", get(users::me))
+        .route("/api/users/admin/users/online", get(admin::online_users))
+        .route(
+            "/api/users/admin/users/{id}/online-status",
+            get(admin::user_status),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi))
+        .fallback(error::not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(error::normalize_errors))
+        .layer(axum::middleware::from_fn(ops::track_requests))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// The service to serve: the router behind trailing-slash normalisation.
+pub fn service(state: AppState) -> NormalizePath<Router> {
+    NormalizePathLayer::trim_trailing_slash().layer(router(state))
+}

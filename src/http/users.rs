@@ -1,0 +1,147 @@
+//! Account and presence endpoints for ordinary users: register, login, logout, heartbeat, me.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use super::AppState;
+use super::dto::{
+    HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, RegisterRequest,
+    RegisterResponse, UserPresence,
+};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, Authenticated};
+use crate::domain::{Password, PresenceStatus, Username};
+
+fn interval_ms(state: &AppState) -> u64 {
+    u64::try_from(state.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Create an account (if open registration is enabled).
+#[utoipa::path(
+    post, path = "/api/users/register/", tag = "users",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "User created", body = RegisterResponse),
+        (status = 400, description = "Malformed body or invalid username/password", body = ErrorBody),
+        (status = 403, description = "Open registration is disabled", body = ErrorBody),
+        (status = 409, description = "Username taken", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    if !state.settings.open_registration {
+        return Err(ApiError::Forbidden("Registration is closed."));
+    }
+    let username = Username::parse(&body.username)?;
+    let password = Password::parse(&body.password)?;
+    let user = state.auth.register(&username, password, false).await?;
+    metrics::counter!("lastseen_registrations_total").increment(1);
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            id: user.id.0,
+            username: user.username,
+        }),
+    ))
+}
+
+/// Log in: opens a session (device) and marks the user online at once.
+#[utoipa::path(
+    post, path = "/api/users/login/", tag = "users",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Unknown user or wrong password", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let login = state.auth.login(&body.username, &body.password).await?;
+    let session = &login.session;
+    let view = state
+        .engine
+        .touch(session.user_id, session.session_id)
+        .await?;
+    metrics::counter!("lastseen_logins_total").increment(1);
+    Ok(Json(LoginResponse {
+        access: login.token,
+        token_type: "Bearer",
+        user: UserPresence::from_view(session.user_id, session.username.clone(), view),
+        heartbeat_interval_ms: interval_ms(&state),
+    }))
+}
+
+/// Log out: revokes the token; offline at once unless another session is live.
+#[utoipa::path(
+    post, path = "/api/users/logout/", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Logged out", body = LogoutResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+    )
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<Json<LogoutResponse>, ApiError> {
+    let session = &caller.session;
+    state.auth.logout(&caller.token, session.session_id).await?;
+    let view = state
+        .engine
+        .end_session(session.user_id, session.session_id)
+        .await?;
+    Ok(Json(LogoutResponse {
+        message: "Logged out successfully",
+        online_status: view.status,
+    }))
+}
+
+/// Record a heartbeat (any authenticated request does the same).
+#[utoipa::path(
+    post, path = "/api/users/heartbeat/", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Heartbeat recorded", body = HeartbeatResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+    )
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Json<HeartbeatResponse> {
+    metrics::counter!("lastseen_heartbeats_total").increment(1);
+    Json(HeartbeatResponse {
+        message: "Heartbeat recorded",
+        online_status: PresenceStatus::Online,
+        last_seen: caller.presence.last_seen,
+        heartbeat_interval_ms: interval_ms(&state),
+    })
+}
+
+/// The caller's own presence.
+#[utoipa::path(
+    get, path = "/api/users/me/", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = UserPresence),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+    )
+)]
+pub async fn me(caller: Authenticated) -> Json<UserPresence> {
+    let session = caller.session;
+    Json(UserPresence::from_view(
+        session.user_id,
+        session.username,
+        caller.presence,
+    ))
+}

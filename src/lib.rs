@@ -1,0 +1,24 @@
+//! lastseen: a WhatsApp-style online/offline presence server.
+//!
+//! - [`domain`]: validated newtypes (user id, username, password, presence status).
+//! - [`engine`]: the presence engine: sharded in-memory state, deadline-driven offline
+//!   detection, transition events with per-user sequence numbers; behind a backend trait.
+//! - [`store`]: durable users, sessions and persisted presence, behind the [`store::Store`]
+//!   trait (SQLite by default).
+//! - [`auth`]: Argon2id passwords, opaque bearer tokens, the in-memory session cache.
+//! - [`persister`]: write-behind of presence into the store, in batches.
+//! - [`http`]: the JSON API (seed-compatible), errors, metrics, OpenAPI.
+//! - [`settings`], [`cli`], [`telemetry`], [`startup`], [`commands`]: configuration, the
+//!   command line, logging, wiring of a server, and the one-shot subcommands.
+
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod persister;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,121 @@
+//! Wiring: [`App::build`] opens the store, restores the engine, binds the listener;
+//! [`App::run`] serves until shutdown, then stops the background tasks and flushes presence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::ServiceExt;
+use axum::extract::Request;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::engine::PresenceEngine;
+use crate::engine::local::LocalBackend;
+use crate::http::{self, AppState};
+use crate::persister;
+use crate::settings::Settings;
+use crate::store::{self, Store};
+
+/// A server that is bound and restored, ready to run.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Opens and migrates the store, rebuilds presence from it and binds the listener.
+    ///
+    /// # Errors
+    /// If the database cannot be opened or migrated, or the address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = store::connect(&settings.database_url)
+            .await
+            .context("while opening the database")?;
+        store.migrate().await.context("while applying migrations")?;
+        let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
+        restore(&engine, store.as_ref(), &settings).await?;
+        let auth = Authenticator::new(store.clone()).context("while preparing authentication")?;
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("while binding {}", settings.bind))?;
+        let state = AppState {
+            settings: Arc::new(settings),
+            store,
+            engine,
+            auth,
+            metrics: http::ops::metrics_handle(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The address the server listens on (the real port when bound to port 0).
+    ///
+    /// # Errors
+    /// If the socket has no local address (should not happen once bound).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state, for tests and embedding.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests, stops the expiry and
+    /// persister tasks and writes the last presence changes.
+    ///
+    /// # Errors
+    /// If serving fails.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let tasks = TaskTracker::new();
+        let stop_tasks = CancellationToken::new();
+        let engine = state.engine.clone();
+        let token = stop_tasks.clone();
+        tasks.spawn(async move { engine.run_expiry(token).await });
+        tasks.spawn(persister::run(
+            state.engine.clone(),
+            state.store.clone(),
+            state.settings.persist_interval,
+            stop_tasks.clone(),
+        ));
+        tasks.close();
+
+        let service = http::service(state);
+        let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("while serving HTTP");
+        stop_tasks.cancel();
+        tasks.wait().await;
+        served
+    }
+}
+
+/// Rebuilds the engine from storage: users whose sessions all expired while the server was
+/// down become offline with `last_seen` kept; the others are online for their remaining time.
+async fn restore(
+    engine: &PresenceEngine,
+    store: &dyn Store,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let timeout = chrono::Duration::from_std(settings.inactivity_timeout)
+        .context("inactivity_timeout is out of range")?;
+    let cutoff = Utc::now() - timeout;
+    let went_offline = store
+        .mark_inactive_offline(cutoff, false)
+        .await
+        .context("while marking users inactive during downtime offline")?;
+    let users = store
+        .load_live(cutoff)
+        .await
+        .context("while loading live sessions")?;
+    let online = users.len();
+    engine.restore(users).await;
+    tracing::info!(online, went_offline, "presence restored from the database");
+    Ok(())
+}

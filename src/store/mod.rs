@@ -1,0 +1,123 @@
+//! Durable storage of users, sessions and the persisted copy of presence.
+//!
+//! [`Store`] is the trait every backend implements (SQLite today; PostgreSQL for multi-node
+//! deployments satisfies the same contract). The store owns SQL and its error mapping; it knows
+//! nothing about HTTP or the in-memory engine's locking.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{PresenceStatus, SessionId, UserId, Username};
+use crate::engine::{PresenceWrite, RestoredUser};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (e.g. the username is taken).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database could not be reached or refused the connection.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database failure.
+    #[error("database error")]
+    Other(#[source] anyhow::Error),
+}
+
+/// A stored user.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// Primary key.
+    pub id: UserId,
+    /// Unique name.
+    pub username: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// May use the admin endpoints.
+    pub is_admin: bool,
+    /// Persisted status (current within `persist_interval`).
+    pub online_status: PresenceStatus,
+    /// Persisted last activity.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Persisted sequence number of the last transition.
+    pub presence_seq: u64,
+}
+
+/// A stored session, joined with what authentication needs of its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Primary key.
+    pub session_id: SessionId,
+    /// Owner.
+    pub user_id: UserId,
+    /// Owner's name.
+    pub username: String,
+    /// Owner's admin flag.
+    pub is_admin: bool,
+}
+
+/// Storage operations. Implementations are cheap to share behind an `Arc`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending schema migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Creates a user; [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        is_admin: bool,
+    ) -> Result<UserRecord, StoreError>;
+    /// Looks a user up by name.
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a user up by id.
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks users up by id; unknown ids are left out; order is unspecified.
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError>;
+    /// Stores a new session for `user` identified by the hash of its token.
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<SessionId, StoreError>;
+    /// Finds the session a token hash belongs to.
+    async fn session_by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    /// Deletes a session (logout); its token stops working.
+    async fn delete_session(&self, session: SessionId) -> Result<(), StoreError>;
+    /// Writes a batch of presence state in one transaction.
+    async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
+    /// Loads users with at least one session active at or after `cutoff`, with those sessions.
+    async fn load_live(&self, cutoff: DateTime<Utc>) -> Result<Vec<RestoredUser>, StoreError>;
+    /// Marks offline every user stored as online whose sessions all had their last activity
+    /// before `cutoff`; `last_seen` is kept. With `dry_run`, only counts them.
+    async fn mark_inactive_offline(
+        &self,
+        cutoff: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Opens the store a database URL names (`sqlite://path` or `sqlite::memory:`).
+///
+/// # Errors
+/// [`StoreError::Unavailable`] if it cannot be opened, [`StoreError::Other`] for an
+/// unsupported scheme.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(sqlite::SqliteStore::connect(url).await?));
+    }
+    Err(StoreError::Other(anyhow::anyhow!(
+        "unsupported database_url scheme in {url:?}: this build stores data in SQLite \
+         (sqlite://PATH)"
+    )))
+}

@@ -1,0 +1,327 @@
+//! SQLite implementation of [`Store`], the embedded default.
+//!
+//! WAL journal with `synchronous=NORMAL`: readers never block the writer, and a crash loses at
+//! most the last transactions, never integrity. Timestamps are fixed-width RFC 3339 text so they
+//! compare correctly in SQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, migrate::Migrator};
+
+use super::{SessionRecord, Store, StoreError, UserRecord};
+use crate::domain::{PresenceStatus, SessionId, UserId, Username};
+use crate::engine::{PresenceWrite, RestoredUser};
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A pool of SQLite connections to one database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the file cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        // An in-memory database exists per connection, so it must be a single one.
+        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self { pool })
+    }
+}
+
+/// Formats a timestamp as stored: `2026-11-27T10:30:00.123456Z`.
+fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(raw: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("bad timestamp {raw:?} in database: {e}")))
+}
+
+fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    raw.as_deref().map(parse_ts).transpose()
+}
+
+fn seq_to_db(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn seq_from_db(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+fn other(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(error)
+        }
+        error => StoreError::Other(error.into()),
+    }
+}
+
+const USER_COLUMNS: &str =
+    "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    let status: String = row.try_get("online_status").map_err(other)?;
+    Ok(UserRecord {
+        id: UserId(row.try_get("user_id").map_err(other)?),
+        username: row.try_get("username").map_err(other)?,
+        password_hash: row.try_get("password_hash").map_err(other)?,
+        is_admin: row.try_get("is_admin").map_err(other)?,
+        online_status: PresenceStatus::from_column(&status),
+        last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
+        presence_seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Other(e.into()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(StoreError::Unavailable)
+    }
+
+    async fn create_user(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        is_admin: bool,
+    ) -> Result<UserRecord, StoreError> {
+        let row = sqlx::query(
+            "insert into users (username, password_hash, is_admin, created_at) \
+             values (?, ?, ?, ?) \
+             returning user_id, username, password_hash, is_admin, online_status, last_seen, \
+             presence_seq",
+        )
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(is_admin)
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict("username already taken")
+            }
+            e => other(e),
+        })?;
+        user_from_row(&row)
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where username = ?"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where user_id = ?"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let json = serde_json::to_string(&ids).map_err(|e| StoreError::Other(e.into()))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where user_id in (select value from json_each(?))"
+        )))
+        .bind(json)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
+
+    async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<SessionId, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "insert into sessions (user_id, token_hash, created_at, last_activity) \
+             values (?, ?, ?, ?) returning session_id",
+        )
+        .bind(user.0)
+        .bind(token_hash)
+        .bind(ts(at))
+        .bind(ts(at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(SessionId(id))
+    }
+
+    async fn session_by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "select s.session_id, s.user_id, u.username, u.is_admin \
+             from sessions s join users u on u.user_id = s.user_id where s.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                session_id: SessionId(row.try_get("session_id").map_err(other)?),
+                user_id: UserId(row.try_get("user_id").map_err(other)?),
+                username: row.try_get("username").map_err(other)?,
+                is_admin: row.try_get("is_admin").map_err(other)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
+        sqlx::query("delete from sessions where session_id = ?")
+            .bind(session.0)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(other)
+    }
+
+    async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        for write in batch {
+            sqlx::query(
+                "update users set online_status = ?, last_seen = ?, presence_seq = ? \
+                 where user_id = ?",
+            )
+            .bind(write.status.as_str())
+            .bind(write.last_seen.map(ts))
+            .bind(seq_to_db(write.seq))
+            .bind(write.user_id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+            for (session, last_activity) in &write.sessions {
+                sqlx::query(
+                    "update sessions set last_activity = ?1 \
+                     where session_id = ?2 and last_activity < ?1",
+                )
+                .bind(ts(*last_activity))
+                .bind(session.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
+        }
+        tx.commit().await.map_err(other)
+    }
+
+    async fn load_live(&self, cutoff: DateTime<Utc>) -> Result<Vec<RestoredUser>, StoreError> {
+        let rows = sqlx::query(
+            "select s.user_id, s.session_id, s.last_activity, u.presence_seq, u.last_seen \
+             from sessions s join users u on u.user_id = s.user_id \
+             where s.last_activity >= ? order by s.user_id",
+        )
+        .bind(ts(cutoff))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        let mut users: Vec<RestoredUser> = Vec::new();
+        for row in rows {
+            let user_id = UserId(row.try_get("user_id").map_err(other)?);
+            let session = SessionId(row.try_get("session_id").map_err(other)?);
+            let last_activity = parse_ts(row.try_get("last_activity").map_err(other)?)?;
+            if users.last().is_none_or(|u| u.user_id != user_id) {
+                users.push(RestoredUser {
+                    user_id,
+                    seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
+                    last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
+                    sessions: Vec::new(),
+                });
+            }
+            if let Some(user) = users.last_mut() {
+                user.sessions.push((session, last_activity));
+            }
+        }
+        Ok(users)
+    }
+
+    async fn mark_inactive_offline(
+        &self,
+        cutoff: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        const INACTIVE: &str = "online_status = 'online' and not exists (\
+             select 1 from sessions s where s.user_id = users.user_id and s.last_activity >= ?1)";
+        if dry_run {
+            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "select count(*) from users where {INACTIVE}"
+            )))
+            .bind(ts(cutoff))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(other)?;
+            return Ok(u64::try_from(count).unwrap_or(0));
+        }
+        let seq = crate::engine::state::next_seq(0, Utc::now());
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update users set online_status = 'offline', \
+             presence_seq = max(presence_seq + 1, ?2) where {INACTIVE}"
+        )))
+        .bind(ts(cutoff))
+        .bind(seq_to_db(seq))
+        .execute(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(done.rows_affected())
+    }
+}
