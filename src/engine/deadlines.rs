@@ -82,6 +82,11 @@ impl DeadlineIndex {
     pub fn len(&self) -> usize {
         self.slots.values().map(Vec::len).sum()
     }
+
+    /// Whether no entry is armed.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -135,6 +135,12 @@ impl LocalBackend {
     }
 }
 
+/// The wall clock at the microsecond precision timestamps are stored with, so a `last_seen`
+/// reads the same before and after a restart.
+fn wall_now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock leaves consistent-enough state (every mutation is a
     // few field writes); keep serving rather than poisoning every later request.
@@ -173,7 +179,7 @@ fn update_online_set(shard: &mut Shard, user: UserId, transition: Option<&Transi
 #[async_trait]
 impl PresenceBackend for LocalBackend {
     async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
-        let (now, wall) = (Instant::now(), Utc::now());
+        let (now, wall) = (Instant::now(), wall_now());
         let (transition, result) = {
             let mut shard = self.shard(user);
             let state = shard
@@ -200,7 +206,7 @@ impl PresenceBackend for LocalBackend {
         user: UserId,
         session: SessionId,
     ) -> Result<PresenceView, EngineError> {
-        let wall = Utc::now();
+        let wall = wall_now();
         let (transition, result) = {
             let mut shard = self.shard(user);
             let Some(state) = shard.users.get_mut(&user) else {
@@ -399,13 +405,6 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(300);
 
-    async fn recv_now(rx: &mut broadcast::Receiver<PresenceEvent>) -> Option<PresenceEvent> {
-        match rx.try_recv() {
-            Ok(event) => Some(event),
-            Err(_) => None,
-        }
-    }
-
     fn spawn_expiry(engine: &std::sync::Arc<LocalBackend>) -> CancellationToken {
         let token = CancellationToken::new();
         let (engine, stop) = (engine.clone(), token.clone());
@@ -421,13 +420,13 @@ mod tests {
         let start = Instant::now();
         engine.touch(UserId(1), SessionId(10)).await.unwrap();
         assert_eq!(
-            recv_now(&mut events).await.unwrap().status,
+            events.try_recv().ok().unwrap().status,
             PresenceStatus::Online
         );
 
         tokio::time::sleep_until(start + TIMEOUT - Duration::from_millis(1)).await;
         tokio::task::yield_now().await;
-        assert_eq!(recv_now(&mut events).await, None, "not before the deadline");
+        assert_eq!(events.try_recv().ok(), None, "not before the deadline");
         assert_eq!(engine.online_count(), 1);
 
         let event = tokio::time::timeout(Duration::from_secs(1), events.recv())
@@ -531,7 +530,7 @@ mod tests {
         let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
         let stop = spawn_expiry(&engine);
         let mut events = engine.subscribe();
-        let (now, wall) = (Instant::now(), Utc::now());
+        let (now, wall) = (Instant::now(), wall_now());
         let two_minutes_ago = wall - chrono::Duration::seconds(120);
         engine
             .restore(vec![RestoredUser {

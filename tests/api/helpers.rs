@@ -1,0 +1,220 @@
+//! `spawn_app()`: the real server on port 0 with its own SQLite file, plus typed helpers.
+
+use std::time::Duration;
+
+use lastseen::domain::{Password, Username};
+use lastseen::http::AppState;
+use lastseen::settings::Settings;
+use lastseen::startup::App;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running server and a client for it. Dropping it stops the server.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Keeps the database directory alive for the app's lifetime (and for restarts).
+    pub dir: std::sync::Arc<TempDir>,
+}
+
+/// Settings for tests: port 0, a fresh database in `dir`, fast persistence.
+pub fn test_settings(dir: &TempDir) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("lastseen.db").display()),
+        persist_interval: Duration::from_millis(50),
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(&dir);
+    configure(&mut settings);
+    start(settings, dir).await
+}
+
+/// Starts a server on `settings` (e.g. again on the same database after `stop`).
+pub async fn start(settings: Settings, dir: std::sync::Arc<TempDir>) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        lastseen::telemetry::init(std::io::stderr);
+    }
+    let app = App::build(settings.clone()).await.expect("app builds");
+    let addr = app.local_addr().unwrap();
+    let state = app.state().clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        state,
+        settings,
+        shutdown,
+        server: Some(server),
+        dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful shutdown (as on SIGTERM): waits until the final flush is done.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/users/register/",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/users/login/",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers `username` (password `password123`), logs in, returns (user id, token).
+    pub async fn user(&self, username: &str) -> (i64, String) {
+        let created: Value = expect(self.register(username, "password123").await, 201).await;
+        let token = self.token(username).await;
+        (created["id"].as_i64().unwrap(), token)
+    }
+
+    /// Logs `username` in again (a new session / device).
+    pub async fn token(&self, username: &str) -> String {
+        let body: Value = expect(self.login(username, "password123").await, 200).await;
+        body["access"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an admin directly (as `lastseen user create --admin` does) and logs in.
+    pub async fn admin(&self, username: &str) -> (i64, String) {
+        let user = self
+            .state
+            .auth
+            .register(
+                &Username::parse(username).unwrap(),
+                Password::parse("password123").unwrap(),
+                true,
+            )
+            .await
+            .unwrap();
+        (user.id.0, self.token(username).await)
+    }
+
+    /// Polls `check` until it returns `Some`, failing after `within`.
+    pub async fn eventually<T, F, Fut>(&self, within: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The admin view of one user's status.
+    pub async fn status_of(&self, admin_token: &str, user_id: i64) -> Value {
+        let path = format!("/api/users/admin/users/{user_id}/online-status/");
+        expect(self.get(&path, admin_token).await, 200).await
+    }
+}
+
+/// Asserts the status and returns the JSON body.
+pub async fn expect(response: Response, status: u16) -> Value {
+    let actual = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        actual,
+        StatusCode::from_u16(status).unwrap(),
+        "body: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Asserts an error response: status, JSON shape `{detail, code}` and the code.
+pub async fn expect_error(response: Response, status: u16, code: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = expect(response, status).await;
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type}"
+    );
+    assert_eq!(body["code"], code, "body: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "body: {body}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only detail and code: {body}"
+    );
+    body
+}

@@ -1,0 +1,9 @@
+//! API tests: the real server on port 0 with its own SQLite file, driven over HTTP.
+
+mod accounts;
+mod admin;
+mod errors;
+mod helpers;
+mod ops;
+mod persistence;
+mod presence;

@@ -1,0 +1,353 @@
+//! The `lastseen` binary as an operator runs it: subcommands, settings errors, signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn lastseen(db: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lastseen"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("LASTSEEN_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("RUST_LOG", "warn")
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()));
+    command
+}
+
+fn run(db: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = lastseen(db)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// A `lastseen serve` process; SIGTERM on `stop`, SIGKILL if dropped without it.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str]) -> Self {
+        let mut child = lastseen(db)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let server = Self { child, base };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ureq_get(&format!("{}/readyz", self.base)).is_none() {
+            assert!(Instant::now() < deadline, "server not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean exit after SIGTERM, got {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking HTTP through reqwest's async client on a private runtime.
+fn http(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method.parse().unwrap(), url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+fn ureq_get(url: &str) -> Option<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.ok()?;
+        response.status().is_success().then_some(())?;
+        response.json().await.ok()
+    })
+}
+
+fn login(base: &str, username: &str, password: &str) -> String {
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/users/login/"),
+        None,
+        Some(json!({"username": username, "password": password})),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["access"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_seed_walkthrough_survives_sigterm_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("walkthrough.db");
+
+    let created = stdout(&run(&db, &["user", "create", "root", "--admin"], None));
+    let password = created
+        .lines()
+        .find_map(|l| l.strip_prefix("Password (shown once): "))
+        .expect("generated password printed")
+        .to_owned();
+    assert!(password.len() >= 16);
+
+    let server = Server::start(&db, &[]);
+    let base = server.base.clone();
+    let admin = login(&base, "root", &password);
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/api/users/register/"),
+        None,
+        Some(json!({"username": "ahmad", "password": "password123"})),
+    );
+    assert_eq!(status, 201);
+    let token = login(&base, "ahmad", "password123");
+    let (status, beat) = http(
+        "POST",
+        &format!("{base}/api/users/heartbeat/"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (status, beat["message"].as_str()),
+        (200, Some("Heartbeat recorded"))
+    );
+    let (_, online) = http(
+        "GET",
+        &format!("{base}/api/users/admin/users/online/"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(online["online_count"], 2);
+    server.stop();
+
+    let server = Server::start(&db, &[]);
+    let base = server.base.clone();
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/api/users/heartbeat/"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "the token survives a restart");
+    let (_, online) = http(
+        "GET",
+        &format!("{base}/api/users/admin/users/online/"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(online["online_count"], 2, "presence survives a restart");
+    let ahmad = online["online_users"][1]["id"].as_i64().unwrap();
+    let (status, out) = http(
+        "POST",
+        &format!("{base}/api/users/logout/"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (status, out["online_status"].as_str()),
+        (200, Some("offline"))
+    );
+    let (_, user) = http(
+        "GET",
+        &format!("{base}/api/users/admin/users/{ahmad}/online-status/"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(user["online_status"], "offline");
+    assert!(user["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
+    server.stop();
+}
+
+#[test]
+fn user_create_reads_the_password_from_stdin_and_rejects_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let out = stdout(&run(
+        &db,
+        &["user", "create", "sara", "--password-stdin"],
+        Some("s3cret-pass\n"),
+    ));
+    assert!(out.contains("Created user \"sara\""), "{out}");
+    assert!(!out.contains("s3cret-pass"));
+    let again = run(
+        &db,
+        &["user", "create", "sara", "--password-stdin"],
+        Some("s3cret-pass\n"),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already taken"));
+    let short = run(
+        &db,
+        &["user", "create", "omar", "--password-stdin"],
+        Some("short\n"),
+    );
+    assert!(!short.status.success());
+
+    let server = Server::start(&db, &[]);
+    login(&server.base, "sara", "s3cret-pass");
+    server.stop();
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    assert_eq!(
+        stdout(&run(&db, &["migrate"], None)).trim(),
+        "Migrations applied"
+    );
+    assert!(db.exists());
+    assert_eq!(
+        stdout(&run(&db, &["migrate"], None)).trim(),
+        "Migrations applied"
+    );
+}
+
+#[test]
+fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("check.db");
+    stdout(&run(
+        &db,
+        &["user", "create", "ahmad", "--password-stdin"],
+        Some("password123\n"),
+    ));
+    let server = Server::start(&db, &[]);
+    login(&server.base, "ahmad", "password123");
+    server.stop();
+
+    // Still within the default 5 minutes: nobody to mark.
+    assert_eq!(
+        stdout(&run(&db, &["check-offline-users"], None)).trim(),
+        "Marked 0 users offline"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let short = ["check-offline-users", "--inactivity-timeout", "100ms"];
+    let dry = stdout(&run(&db, &[&short[..], &["--dry-run"]].concat(), None));
+    assert_eq!(dry.trim(), "Would mark 1 users offline");
+    assert_eq!(
+        stdout(&run(&db, &short, None)).trim(),
+        "Marked 1 users offline"
+    );
+    assert_eq!(
+        stdout(&run(&db, &short, None)).trim(),
+        "Marked 0 users offline"
+    );
+}
+
+#[test]
+fn a_bad_setting_names_its_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    let flag = run(&db, &["serve", "--inactivity-timeout", "5 parsecs"], None);
+    assert_eq!(flag.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&flag.stderr).contains("inactivity_timeout"));
+
+    let env = lastseen(&db)
+        .args(["serve"])
+        .env("LASTSEEN_PERSIST_INTERVAL", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&env.stderr).contains("persist_interval"));
+
+    let config = dir.path().join("lastseen.toml");
+    std::fs::write(&config, "heartbeat_interval = 30\n").unwrap();
+    let file = run(&db, &["serve", "--config", config.to_str().unwrap()], None);
+    assert_eq!(file.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&file.stderr).contains("heartbeat_interval"));
+}
+
+#[test]
+fn version_and_help_work_for_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("help.db");
+    let version = stdout(&run(&db, &["--version"], None));
+    assert!(version.starts_with("lastseen "));
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["user", "create", "--help"],
+        &["check-offline-users", "--help"],
+    ] {
+        let out = stdout(&run(&db, args, None));
+        assert!(out.contains("Usage"), "{args:?}: {out}");
+    }
+    assert!(!db.exists(), "--help touches no database");
+}
