@@ -125,6 +125,49 @@ pub struct SettingsArgs {
         value_name = "BYTES"
     )]
     pub max_body_bytes: Option<String>,
+    /// Period of server pings on sockets [default: 15s].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_PING_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub ping_interval: Option<String>,
+    /// Users one socket may watch [default: 1000].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_MAX_SUBSCRIPTIONS",
+        value_name = "N"
+    )]
+    pub max_subscriptions: Option<String>,
+    /// Open sockets and SSE streams per user [default: 16].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_MAX_SOCKETS_PER_USER",
+        value_name = "N"
+    )]
+    pub max_sockets_per_user: Option<String>,
+    /// Largest WebSocket message in bytes [default: 16384].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_MAX_MESSAGE_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_message_bytes: Option<String>,
+    /// Typing messages a socket may send per second [default: 5].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_TYPING_PER_SECOND",
+        value_name = "N"
+    )]
+    pub typing_per_second: Option<String>,
+    /// Messages queued per socket before it is closed as a slow consumer [default: 256].
+    #[arg(long, global = true, env = "LASTSEEN_SEND_QUEUE", value_name = "N")]
+    pub send_queue: Option<String>,
 }
 
 impl SettingsArgs {
@@ -141,6 +184,12 @@ impl SettingsArgs {
             ("open_registration", &self.open_registration),
             ("request_timeout", &self.request_timeout),
             ("max_body_bytes", &self.max_body_bytes),
+            ("ping_interval", &self.ping_interval),
+            ("max_subscriptions", &self.max_subscriptions),
+            ("max_sockets_per_user", &self.max_sockets_per_user),
+            ("max_message_bytes", &self.max_message_bytes),
+            ("typing_per_second", &self.typing_per_second),
+            ("send_queue", &self.send_queue),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.clone().map(|v| (key, v)))

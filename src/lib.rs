@@ -7,7 +7,8 @@
 //!   trait (SQLite by default).
 //! - [`auth`]: Argon2id passwords, opaque bearer tokens, the in-memory session cache.
 //! - [`persister`]: write-behind of presence into the store, in batches.
-//! - [`http`]: the JSON API (seed-compatible), errors, metrics, OpenAPI.
+//! - [`http`]: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page.
+//! - [`realtime`]: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - [`settings`], [`cli`], [`telemetry`], [`startup`], [`commands`]: configuration, the
 //!   command line, logging, wiring of a server, and the one-shot subcommands.
 
@@ -18,6 +19,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod persister;
+pub mod realtime;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -48,6 +48,22 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Largest accepted request body in bytes (`LASTSEEN_MAX_BODY_BYTES`, default `65536`).
     pub max_body_bytes: usize,
+    /// Period of server pings on sockets (`LASTSEEN_PING_INTERVAL`, default `15s`); a socket
+    /// that has not answered the previous ping by the next one is closed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Users one socket or SSE stream may watch (`LASTSEEN_MAX_SUBSCRIPTIONS`, default `1000`).
+    pub max_subscriptions: usize,
+    /// Open sockets and SSE streams per user (`LASTSEEN_MAX_SOCKETS_PER_USER`, default `16`).
+    pub max_sockets_per_user: usize,
+    /// Largest WebSocket message in bytes (`LASTSEEN_MAX_MESSAGE_BYTES`, default `16384`).
+    pub max_message_bytes: usize,
+    /// Typing messages a socket may send per second (`LASTSEEN_TYPING_PER_SECOND`, default
+    /// `5`); more are answered with a `throttled` error frame.
+    pub typing_per_second: u32,
+    /// Messages queued for one socket before it counts as a slow consumer and is closed
+    /// (`LASTSEEN_SEND_QUEUE`, default `256`); presence updates of one user are coalesced.
+    pub send_queue: usize,
 }
 
 impl Default for Settings {
@@ -63,6 +79,12 @@ impl Default for Settings {
             open_registration: true,
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(15),
+            max_subscriptions: 1000,
+            max_sockets_per_user: 16,
+            max_message_bytes: 16 * 1024,
+            typing_per_second: 5,
+            send_queue: 256,
         }
     }
 }
@@ -79,6 +101,12 @@ pub const KEYS: &[&str] = &[
     "open_registration",
     "request_timeout",
     "max_body_bytes",
+    "ping_interval",
+    "max_subscriptions",
+    "max_sockets_per_user",
+    "max_message_bytes",
+    "typing_per_second",
+    "send_queue",
 ];
 
 /// `LASTSEEN_*` variables that are not settings but are read elsewhere (tests, CI).
@@ -142,16 +170,22 @@ impl Settings {
             ("heartbeat_interval", self.heartbeat_interval),
             ("persist_interval", self.persist_interval),
             ("request_timeout", self.request_timeout),
+            ("ping_interval", self.ping_interval),
         ] {
             if value.is_zero() {
                 return Err(SettingsError::new(key, "must be greater than zero"));
             }
         }
-        if self.max_body_bytes < 1024 {
-            return Err(SettingsError::new(
-                "max_body_bytes",
-                "must be at least 1024",
-            ));
+        for (key, value, min) in [
+            ("max_body_bytes", self.max_body_bytes, 1024),
+            ("max_subscriptions", self.max_subscriptions, 1),
+            ("max_sockets_per_user", self.max_sockets_per_user, 1),
+            ("max_message_bytes", self.max_message_bytes, 256),
+            ("send_queue", self.send_queue, 8),
+        ] {
+            if value < min {
+                return Err(SettingsError::new(key, format!("must be at least {min}")));
+            }
         }
         if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
             return Err(SettingsError::new(
@@ -164,14 +198,12 @@ impl Settings {
     }
 }
 
-/// Parses a flag or env value the way a TOML file would type it, except that an empty value
-/// means "unset" for optional keys. Durations stay strings for humantime.
+/// Types a flag or env value the way a TOML file would (`true`, `1024`, `"5m"`), except for
+/// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
     match key {
-        "open_registration" | "max_body_bytes" => {
-            Value::from_str(raw).unwrap_or_else(|e| match e {})
-        }
-        _ => Value::from(raw.to_owned()),
+        "bind" | "database_url" | "redis_url" => Value::from(raw.to_owned()),
+        _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),
     }
 }
 

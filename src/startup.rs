@@ -17,6 +17,7 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::http::{self, AppState};
 use crate::persister;
+use crate::realtime::hub::{Hub, Limits};
 use crate::settings::Settings;
 use crate::store::{self, Store};
 
@@ -42,12 +43,19 @@ impl App {
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("while binding {}", settings.bind))?;
+        let hub = Hub::new(Limits {
+            max_subscriptions: settings.max_subscriptions,
+            max_connections_per_user: settings.max_sockets_per_user,
+            send_queue: settings.send_queue,
+        });
         let state = AppState {
             settings: Arc::new(settings),
             store,
             engine,
             auth,
             metrics: http::ops::metrics_handle(),
+            hub,
+            shutdown: CancellationToken::new(),
         };
         Ok(Self { listener, state })
     }
@@ -77,6 +85,12 @@ impl App {
         let engine = state.engine.clone();
         let token = stop_tasks.clone();
         tasks.spawn(async move { engine.run_expiry(token).await });
+        tasks.spawn(state.hub.clone().run(
+            state.engine.subscribe(),
+            state.engine.clone(),
+            state.store.clone(),
+            stop_tasks.clone(),
+        ));
         tasks.spawn(persister::run(
             state.engine.clone(),
             state.store.clone(),
@@ -85,9 +99,14 @@ impl App {
         ));
         tasks.close();
 
+        let connections = state.shutdown.clone();
         let service = http::service(state);
         let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                // Sockets and SSE streams end themselves (sockets with close code 1001).
+                connections.cancel();
+            })
             .await
             .context("while serving HTTP");
         stop_tasks.cancel();

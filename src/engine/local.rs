@@ -92,15 +92,15 @@ impl LocalBackend {
         lock(&self.shards[index])
     }
 
-    /// Arms `session`'s deadline and wakes the expiry task if it sleeps past it.
-    fn arm(&self, shard: &mut Shard, user: UserId, session: SessionId) {
+    /// Arms `session`'s deadline check at `at` and wakes the expiry task if it sleeps past it.
+    fn arm(&self, shard: &mut Shard, user: UserId, session: SessionId, at: Instant) {
         let Some(state) = shard.users.get_mut(&user) else {
             return;
         };
         let Some(s) = state.sessions.iter_mut().find(|s| s.id == session) else {
             return;
         };
-        let slot = shard.deadlines.arm(s.expires_at, user, session);
+        let slot = shard.deadlines.arm(at, user, session);
         s.armed_slot = slot;
         if slot < self.wake_slot.load(Ordering::Acquire) {
             // `notify_one` never blocks and never runs the woken task inline, so calling it
@@ -192,13 +192,61 @@ impl PresenceBackend for LocalBackend {
             note_dirty(&mut shard, user, was_dirty);
             update_online_set(&mut shard, user, transition.as_ref());
             if is_new {
-                self.arm(&mut shard, user, session);
+                self.arm(&mut shard, user, session, now + self.timeout);
             }
             (transition, result)
         };
         metrics::counter!("lastseen_activity_total").increment(1);
         self.publish(user, transition);
         Ok(result)
+    }
+
+    async fn open_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError> {
+        let (now, wall) = (Instant::now(), wall_now());
+        let (transition, result) = {
+            let mut shard = self.shard(user);
+            let state = shard
+                .users
+                .entry(user)
+                .or_insert_with(|| UserState::offline(0, None));
+            let was_dirty = state.dirty;
+            let (transition, is_new, flap) = state.open_socket(session, now, wall, self.timeout);
+            let result = view(state);
+            note_dirty(&mut shard, user, was_dirty);
+            update_online_set(&mut shard, user, transition.as_ref());
+            if is_new {
+                self.arm(&mut shard, user, session, now + self.timeout);
+            }
+            if flap {
+                metrics::counter!("lastseen_flaps_suppressed_total").increment(1);
+            }
+            (transition, result)
+        };
+        self.publish(user, transition);
+        Ok(result)
+    }
+
+    async fn close_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+        grace: Duration,
+    ) -> Result<(), EngineError> {
+        let (now, wall) = (Instant::now(), wall_now());
+        let mut shard = self.shard(user);
+        let Some(state) = shard.users.get_mut(&user) else {
+            return Ok(());
+        };
+        let was_dirty = state.dirty;
+        if let Some(deadline) = state.close_socket(session, now, wall, grace) {
+            note_dirty(&mut shard, user, was_dirty);
+            self.arm(&mut shard, user, session, deadline);
+        }
+        Ok(())
     }
 
     async fn end_session(
@@ -269,9 +317,9 @@ impl PresenceBackend for LocalBackend {
                             continue;
                         };
                         let was_dirty = state.dirty;
-                        match state.expire(session, slot, now) {
+                        match state.expire(session, slot, now, self.timeout) {
                             Expiry::Stale => continue,
-                            Expiry::Rearm(_) => self.arm(shard, user, session),
+                            Expiry::Rearm(at) => self.arm(shard, user, session, at),
                             Expiry::Expired(transition) => {
                                 note_dirty(shard, user, was_dirty);
                                 update_online_set(shard, user, transition.as_ref());
@@ -382,10 +430,14 @@ impl PresenceBackend for LocalBackend {
             state.last_seen = restored.last_seen.max(state.last_seen);
             state.dirty = false;
             let online = state.status.is_online();
-            let sessions: Vec<SessionId> = state.sessions.iter().map(|s| s.id).collect();
+            let sessions: Vec<_> = state
+                .sessions
+                .iter()
+                .map(|s| (s.id, s.expires_at))
+                .collect();
             shard.users.insert(user, state);
-            for session in sessions {
-                self.arm(&mut shard, user, session);
+            for (session, expires_at) in sessions {
+                self.arm(&mut shard, user, session, expires_at);
             }
             if online {
                 shard.online.insert(user);
@@ -459,6 +511,43 @@ mod tests {
         assert!(went_offline >= start + Duration::from_secs(600) + TIMEOUT);
         assert!(went_offline < start + Duration::from_secs(601) + TIMEOUT);
         assert_eq!(Some(offline.last_seen), last_heartbeat);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_keeps_the_session_past_the_timeout_and_its_close_starts_the_grace() {
+        let grace = Duration::from_secs(10);
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let mut events = engine.subscribe();
+        let stop = spawn_expiry(&engine);
+        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        assert_eq!(events.recv().await.unwrap().status, PresenceStatus::Online);
+        tokio::time::sleep(TIMEOUT * 3).await;
+        assert_eq!(engine.online_count(), 1, "an open socket is a live session");
+
+        engine
+            .close_socket(UserId(1), SessionId(1), grace)
+            .await
+            .unwrap();
+        tokio::time::sleep(grace / 2).await;
+        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        engine
+            .close_socket(UserId(1), SessionId(1), grace)
+            .await
+            .unwrap();
+        let closed = Instant::now();
+        assert!(
+            events.try_recv().is_err(),
+            "a reconnect inside the grace publishes nothing"
+        );
+
+        let offline = events.recv().await.unwrap();
+        assert_eq!(offline.status, PresenceStatus::Offline);
+        let elapsed = Instant::now() - closed;
+        assert!(
+            elapsed >= grace && elapsed < grace + Duration::from_secs(1),
+            "{elapsed:?}"
+        );
         stop.cancel();
     }
 

@@ -94,6 +94,20 @@ pub enum EngineError {
 pub trait PresenceBackend: Send + Sync + 'static {
     /// Records activity of `session`; the user is online afterwards.
     async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError>;
+    /// A socket of `session` opened: the session stays live until its last socket closes.
+    async fn open_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError>;
+    /// A socket of `session` closed: when it was the last, the session ends after `grace`
+    /// unless a socket of the same session reopens (silently) or it has activity.
+    async fn close_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+        grace: std::time::Duration,
+    ) -> Result<(), EngineError>;
     /// Ends `session` now (logout); offline unless another session is live.
     async fn end_session(
         &self,

@@ -41,6 +41,10 @@ pub struct SessionState {
     /// The deadline slot this session's single entry in the deadline index sits in. An index
     /// entry with another slot is stale and is dropped when it fires.
     pub armed_slot: u64,
+    /// Open sockets of this session. While any is open the session never expires.
+    pub sockets: u32,
+    /// The last socket closed and the session is within its reconnect grace.
+    pub in_grace: bool,
 }
 
 /// Presence of one user. Invariant: `status` is online iff `sessions` is not empty.
@@ -106,11 +110,56 @@ impl UserState {
                     expires_at,
                     last_activity_wall: wall,
                     armed_slot: 0,
+                    sockets: 0,
+                    in_grace: false,
                 });
                 true
             }
         };
         (self.set_status(PresenceStatus::Online, wall), is_new)
+    }
+
+    /// A socket of `session` opened: the session is live until its last socket closes.
+    /// Returns what [`UserState::touch`] returns, plus whether this reconnect ended a grace
+    /// period (a flap that produced no events).
+    pub fn open_socket(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        wall: DateTime<Utc>,
+        lifetime: Duration,
+    ) -> (Option<Transition>, bool, bool) {
+        let (transition, is_new) = self.touch(session, now, wall, lifetime);
+        let mut suppressed_flap = false;
+        if let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) {
+            s.sockets += 1;
+            suppressed_flap = std::mem::take(&mut s.in_grace);
+        }
+        (transition, is_new, suppressed_flap)
+    }
+
+    /// A socket of `session` closed at (`now`, `wall`). When it was the last one, the session
+    /// now ends at `now + grace` unless a socket reopens or it has activity; returns that
+    /// deadline, which the caller must arm.
+    pub fn close_socket(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        wall: DateTime<Utc>,
+        grace: Duration,
+    ) -> Option<Instant> {
+        let s = self.sessions.iter_mut().find(|s| s.id == session)?;
+        s.sockets = s.sockets.saturating_sub(1);
+        if s.sockets > 0 {
+            return None;
+        }
+        // The socket was open until now: that is the session's last activity.
+        s.expires_at = now + grace;
+        s.last_activity_wall = s.last_activity_wall.max(wall);
+        s.in_grace = true;
+        self.last_seen = Some(self.last_seen.map_or(wall, |seen| seen.max(wall)));
+        self.dirty = true;
+        Some(now + grace)
     }
 
     /// Ends `session` now (logout). The user goes offline if it was the last live session.
@@ -129,8 +178,15 @@ impl UserState {
         }
     }
 
-    /// Handles the deadline entry of `session` armed in `slot` firing at `now`.
-    pub fn expire(&mut self, session: SessionId, slot: u64, now: Instant) -> Expiry {
+    /// Handles the deadline entry of `session` armed in `slot` firing at `now`. A session held
+    /// open by a socket is looked at again after `hold`.
+    pub fn expire(
+        &mut self,
+        session: SessionId,
+        slot: u64,
+        now: Instant,
+        hold: Duration,
+    ) -> Expiry {
         let Some(pos) = self
             .sessions
             .iter()
@@ -138,9 +194,12 @@ impl UserState {
         else {
             return Expiry::Stale;
         };
-        let deadline = self.sessions[pos].expires_at;
-        if deadline > now {
-            return Expiry::Rearm(deadline);
+        let session = &self.sessions[pos];
+        if session.sockets > 0 {
+            return Expiry::Rearm(now + hold);
+        }
+        if session.expires_at > now {
+            return Expiry::Rearm(session.expires_at);
         }
         self.sessions.swap_remove(pos);
         self.dirty = true;
@@ -211,10 +270,10 @@ mod tests {
         );
 
         assert_eq!(
-            user.expire(SessionId(1), 7, t0 + TIMEOUT),
+            user.expire(SessionId(1), 7, t0 + TIMEOUT, TIMEOUT),
             Expiry::Rearm(t0 + Duration::from_secs(360))
         );
-        match user.expire(SessionId(1), 7, t0 + Duration::from_secs(999)) {
+        match user.expire(SessionId(1), 7, t0 + Duration::from_secs(999), TIMEOUT) {
             Expiry::Expired(Some(t)) => {
                 assert_eq!(t.status, PresenceStatus::Offline);
                 assert_eq!(t.last_seen, wall(60));
@@ -230,8 +289,14 @@ mod tests {
         let mut user = UserState::offline(0, None);
         user.touch(SessionId(1), t0, wall(0), TIMEOUT);
         user.sessions[0].armed_slot = 5;
-        assert_eq!(user.expire(SessionId(1), 4, t0 + TIMEOUT), Expiry::Stale);
-        assert_eq!(user.expire(SessionId(2), 5, t0 + TIMEOUT), Expiry::Stale);
+        assert_eq!(
+            user.expire(SessionId(1), 4, t0 + TIMEOUT, TIMEOUT),
+            Expiry::Stale
+        );
+        assert_eq!(
+            user.expire(SessionId(2), 5, t0 + TIMEOUT, TIMEOUT),
+            Expiry::Stale
+        );
         assert_eq!(user.status, PresenceStatus::Online);
     }
 
@@ -247,6 +312,50 @@ mod tests {
         assert_eq!(event.status, PresenceStatus::Offline);
         assert_eq!(event.last_seen, wall(3));
         assert_eq!(user.end_session(SessionId(2), wall(4)), None, "idempotent");
+    }
+
+    #[test]
+    fn an_open_socket_holds_the_session_and_closing_starts_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let mut user = UserState::offline(0, None);
+        let (event, is_new, flap) = user.open_socket(SessionId(1), t0, wall(0), TIMEOUT);
+        assert!(event.is_some() && is_new && !flap);
+        user.sessions[0].armed_slot = 1;
+        let late = t0 + TIMEOUT * 3;
+        assert!(matches!(
+            user.expire(SessionId(1), 1, late, TIMEOUT),
+            Expiry::Rearm(_)
+        ));
+        assert_eq!(user.status, PresenceStatus::Online);
+
+        let deadline = user.close_socket(SessionId(1), late, wall(900), grace);
+        assert_eq!(deadline, Some(late + grace));
+        assert_eq!(
+            user.last_seen,
+            Some(wall(900)),
+            "closing the socket is the last activity"
+        );
+        let (event, is_new, flap) =
+            user.open_socket(SessionId(1), late + grace / 2, wall(905), TIMEOUT);
+        assert!(
+            event.is_none() && !is_new && flap,
+            "a reconnect inside the grace is silent"
+        );
+    }
+
+    #[test]
+    fn a_closed_socket_ends_the_session_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let mut user = UserState::offline(0, None);
+        user.open_socket(SessionId(1), t0, wall(0), TIMEOUT);
+        user.close_socket(SessionId(1), t0 + grace, wall(10), grace);
+        user.sessions[0].armed_slot = 2;
+        match user.expire(SessionId(1), 2, t0 + grace * 2, TIMEOUT) {
+            Expiry::Expired(Some(t)) => assert_eq!(t.last_seen, wall(10)),
+            other => panic!("expected offline, got {other:?}"),
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
 }
 
 /// A user's presence, as the seed's endpoints return it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UserPresence {
     /// User id.
     pub id: i64,
@@ -70,12 +70,20 @@ pub struct RegisterRequest {
     pub password: String,
 }
 
-/// `POST /api/users/register/` response.
+/// `POST /api/users/register/` response (also a user reference elsewhere).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegisterResponse {
     /// New user's id.
     pub id: i64,
     /// New user's name.
+    pub username: String,
+}
+
+/// `GET /api/users/lookup/` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LookupQuery {
+    /// Exact username.
     pub username: String,
 }
 

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// 415: the body is not `application/json`.
     #[error("Expected a request with `Content-Type: application/json`.")]
     UnsupportedMediaType,
+    /// 429: a per-user limit was reached.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 503: the database (or another backend) is unreachable.
     #[error("Service temporarily unavailable.")]
     Unavailable(#[source] anyhow::Error),
@@ -97,6 +100,7 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

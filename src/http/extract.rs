@@ -3,9 +3,9 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -106,7 +106,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer_token(parts)?;
+        let token = bearer_from_headers(&parts.headers)?;
         let session = state.auth.authenticate(&token).await?;
         let presence = state
             .engine
@@ -120,9 +120,13 @@ where
     }
 }
 
-fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
-    let header = parts
-        .headers
+/// The bearer token of a request's `Authorization` header.
+///
+/// # Errors
+/// [`ApiError::NotAuthenticated`] without the header, [`ApiError::InvalidToken`] if it is not a
+/// non-empty `Bearer` credential.
+pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
+    let header = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::NotAuthenticated)?;
     let value = header.to_str().map_err(|_| ApiError::InvalidToken)?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -27,8 +28,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::realtime::hub::Hub;
+use crate::realtime::{sse, ws};
 use crate::settings::Settings;
 use crate::store::Store;
+use tokio_util::sync::CancellationToken;
 
 /// What every handler may use. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -43,6 +47,10 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Push fan-out to sockets and SSE streams.
+    pub hub: Hub,
+    /// Cancelled when the server shuts down; long-lived connections close on it.
+    pub shutdown: CancellationToken,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.
@@ -50,14 +58,16 @@ pub struct AppState {
 #[openapi(
     info(title = "lastseen", description = "WhatsApp-style online/offline presence server"),
     paths(
-        users::register, users::login, users::logout, users::heartbeat, users::me,
+        users::register, users::login, users::logout, users::heartbeat, users::me, users::lookup,
         admin::online_users, admin::user_status,
+        ws::upgrade, sse::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts and the caller's own presence"),
         (name = "admin", description = "Operator views (admin users only)"),
+        (name = "realtime", description = "WebSocket and SSE push (protocol in docs/REALTIME.md)"),
         (name = "ops", description = "Health, metrics and this document"),
     )
 )]
@@ -86,11 +96,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/logout", post(users::logout))
         .route("/api/users/heartbeat", post(users::heartbeat))
         .route("/api/users/me", get(users::me))
+        .route("/api/users/lookup", get(users::lookup))
         .route("/api/users/admin/users/online", get(admin::online_users))
         .route(
             "/api/users/admin/users/{id}/online-status",
             get(admin::user_status),
         )
+        .route("/api/presence/ws", get(ws::upgrade))
+        .route("/api/presence/events", get(sse::events))
+        .route("/", get(web::index))
+        .route("/static/lastseen.js", get(web::client_js))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 
 use super::AppState;
 use super::dto::{
-    HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, RegisterRequest,
+    HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, LookupQuery, RegisterRequest,
     RegisterResponse, UserPresence,
 };
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, Authenticated};
+use super::extract::{ApiJson, ApiQuery, Authenticated};
 use crate::domain::{Password, PresenceStatus, Username};
 
 fn interval_ms(state: &AppState) -> u64 {
@@ -96,6 +96,7 @@ pub async fn logout(
 ) -> Result<Json<LogoutResponse>, ApiError> {
     let session = &caller.session;
     state.auth.logout(&caller.token, session.session_id).await?;
+    state.hub.close_session(session.session_id);
     let view = state
         .engine
         .end_session(session.user_id, session.session_id)
@@ -144,4 +145,32 @@ pub async fn me(caller: Authenticated) -> Json<UserPresence> {
         session.username,
         caller.presence,
     ))
+}
+
+/// Find a user's id by username (to subscribe to them or add them as a contact).
+#[utoipa::path(
+    get, path = "/api/users/lookup/", tag = "users",
+    security(("bearer" = [])),
+    params(LookupQuery),
+    responses(
+        (status = 200, description = "The user", body = RegisterResponse),
+        (status = 400, description = "Missing username", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
+pub async fn lookup(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+    ApiQuery(query): ApiQuery<LookupQuery>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let user = state
+        .store
+        .user_by_username(&query.username)
+        .await?
+        .ok_or(ApiError::NotFound("No such user."))?;
+    Ok(Json(RegisterResponse {
+        id: user.id.0,
+        username: user.username,
+    }))
 }

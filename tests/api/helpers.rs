@@ -218,3 +218,115 @@ pub async fn expect_error(response: Response, status: u16, code: &str) -> Value 
     );
     body
 }
+
+/// A WebSocket client for the presence protocol.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl TestApp {
+    fn ws_url(&self) -> String {
+        format!("{}/api/presence/ws", self.base.replacen("http", "ws", 1))
+    }
+
+    /// Opens a socket authenticated with an `Authorization` header.
+    pub async fn ws(&self, token: &str) -> WsClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        WsClient { stream }
+    }
+
+    /// Opens a socket without a header (as browsers do); the caller sends `auth` itself.
+    pub async fn ws_anonymous(&self) -> WsClient {
+        let (stream, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .unwrap();
+        WsClient { stream }
+    }
+}
+
+/// What a socket received next.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        self.stream.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON message or close, within `within`; `None` on timeout.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Frame> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(Frame::Json(serde_json::from_str(&text).unwrap()));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Frame::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Frame::Closed(None)),
+            }
+        }
+    }
+
+    /// The next JSON message (fails on close or after 5 s).
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_within(Duration::from_secs(5)).await {
+            Some(Frame::Json(value)) => value,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Some(frame) = self.next_within(within).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    /// The close code the server sends next (fails after 10 s).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_within(Duration::from_secs(10)).await {
+                Some(Frame::Closed(code)) => return code,
+                Some(Frame::Json(_)) => continue,
+                None => panic!("socket not closed within 10 s"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the snapshot.
+    pub async fn subscribe(&mut self, ids: &[i64]) -> Value {
+        self.send_json(serde_json::json!({"type": "subscribe", "user_ids": ids}))
+            .await;
+        let snapshot = self.next_json().await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        snapshot
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

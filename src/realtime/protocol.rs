@@ -1,0 +1,264 @@
+//! The push protocol's messages, shared by WebSocket and SSE: `type`-tagged JSON objects.
+//!
+//! See `docs/REALTIME.md` for the full protocol (close codes, limits, timing guarantees).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::PresenceStatus;
+use crate::http::dto::{UserPresence, rfc3339};
+
+/// Close code: authentication missing, invalid, late, or the session was revoked (logout).
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code: the user already has the maximum number of open sockets.
+pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4429;
+/// Close code: the client did not read fast enough (its send queue overflowed or a write
+/// stalled); reconnect and resume with `since`.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code: the client stopped answering pings.
+pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+/// Close code (standard): the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// How long a typing indicator stays on unless it is refreshed, in milliseconds.
+pub const TYPING_TTL_MS: u64 = 5000;
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message of a browser socket that could not send an `Authorization` header.
+    Auth {
+        /// The bearer token from login.
+        token: String,
+    },
+    /// Start receiving presence of these users; answered by a `snapshot`.
+    Subscribe {
+        /// Users to watch.
+        user_ids: Vec<i64>,
+        /// Resume: the last `seq` the client knows per user; unchanged users are left out of
+        /// the snapshot.
+        #[serde(
+            default,
+            skip_serializing_if = "HashMap::is_empty",
+            deserialize_with = "since_map"
+        )]
+        since: HashMap<i64, u64>,
+    },
+    /// Stop receiving presence of these users.
+    Unsubscribe {
+        /// Users to stop watching.
+        user_ids: Vec<i64>,
+    },
+    /// The caller is typing to this user.
+    Typing {
+        /// Recipient's user id.
+        to: i64,
+    },
+}
+
+/// Reads `since` as a JSON object whose keys are user ids (JSON keys are always strings).
+fn since_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<i64, u64>, D::Error> {
+    let raw = HashMap::<String, u64>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(key, seq)| {
+            key.parse()
+                .map(|id| (id, seq))
+                .map_err(|_| serde::de::Error::custom(format!("since: {key:?} is not a user id")))
+        })
+        .collect()
+}
+
+/// One user in a snapshot: the HTTP `UserPresence` plus the `seq` to resume from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// The user's presence, as the HTTP API shows it to this viewer.
+    #[serde(flatten)]
+    pub presence: UserPresence,
+    /// Sequence number of the user's last transition.
+    pub seq: u64,
+}
+
+/// A presence change of a watched user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    /// Whose presence changed.
+    pub user_id: i64,
+    /// The new status.
+    pub online_status: PresenceStatus,
+    /// Time of the last activity.
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Per-user, strictly increasing.
+    pub seq: u64,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Current presence of newly subscribed users.
+    Snapshot {
+        /// One entry per subscribed user (left out if unchanged since the client's `since`).
+        users: Vec<SnapshotEntry>,
+    },
+    /// A watched user's presence changed.
+    Presence(PresenceUpdate),
+    /// A watched user is typing to the caller.
+    Typing {
+        /// The typing user.
+        from: i64,
+        /// Hide the indicator after this long unless another typing message arrives.
+        expires_in_ms: u64,
+    },
+    /// A client message was rejected; the socket stays open.
+    Error {
+        /// What was wrong.
+        detail: String,
+        /// Machine-readable code (`parse_error`, `invalid`, `not_found`, `limit_exceeded`,
+        /// `throttled`).
+        code: String,
+    },
+}
+
+impl ServerMessage {
+    /// An error frame.
+    pub fn error(code: &str, detail: impl Into<String>) -> Self {
+        Self::Error {
+            detail: detail.into(),
+            code: code.to_owned(),
+        }
+    }
+
+    /// The JSON text of this message.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail (no maps with non-string keys).
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Parses a client frame, turning serde's error into an error frame.
+///
+/// # Errors
+/// An [`ServerMessage::Error`] with code `parse_error` (not JSON) or `invalid` (unknown type,
+/// wrong or missing fields).
+pub fn parse_client(text: &str) -> Result<ClientMessage, ServerMessage> {
+    serde_json::from_str(text).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "parse_error"
+        } else {
+            "invalid"
+        };
+        ServerMessage::error(code, e.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip_client(message: ClientMessage) {
+        let text = serde_json::to_string(&message).unwrap();
+        assert_eq!(parse_client(&text).unwrap(), message, "{text}");
+    }
+
+    #[test]
+    fn every_client_message_round_trips() {
+        round_trip_client(ClientMessage::Auth { token: "t".into() });
+        round_trip_client(ClientMessage::Subscribe {
+            user_ids: vec![1, 2],
+            since: HashMap::from([(1, 7)]),
+        });
+        round_trip_client(ClientMessage::Unsubscribe { user_ids: vec![2] });
+        round_trip_client(ClientMessage::Typing { to: 3 });
+    }
+
+    #[test]
+    fn since_keys_are_json_strings() {
+        let parsed = parse_client(r#"{"type":"subscribe","user_ids":[1],"since":{"1":42}}"#);
+        assert_eq!(
+            parsed.unwrap(),
+            ClientMessage::Subscribe {
+                user_ids: vec![1],
+                since: HashMap::from([(1, 42)])
+            }
+        );
+    }
+
+    #[test]
+    fn every_server_message_round_trips() {
+        let at = DateTime::parse_from_rfc3339("2024-01-15T10:30:00Z")
+            .unwrap()
+            .to_utc();
+        let messages = [
+            ServerMessage::Snapshot {
+                users: vec![SnapshotEntry {
+                    presence: UserPresence {
+                        id: 1,
+                        username: "ahmad".into(),
+                        online_status: PresenceStatus::Online,
+                        last_seen: Some(at),
+                        is_online: true,
+                    },
+                    seq: 9,
+                }],
+            },
+            ServerMessage::Presence(PresenceUpdate {
+                user_id: 1,
+                online_status: PresenceStatus::Offline,
+                last_seen: Some(at),
+                seq: 10,
+            }),
+            ServerMessage::Typing {
+                from: 2,
+                expires_in_ms: TYPING_TTL_MS,
+            },
+            ServerMessage::error("invalid", "bad"),
+        ];
+        for message in messages {
+            let text = message.to_json();
+            let back: ServerMessage = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, message, "{text}");
+        }
+    }
+
+    #[test]
+    fn presence_and_snapshot_have_the_documented_shape() {
+        let update = ServerMessage::Presence(PresenceUpdate {
+            user_id: 5,
+            online_status: PresenceStatus::Online,
+            last_seen: None,
+            seq: 3,
+        });
+        assert_eq!(
+            serde_json::to_value(&update).unwrap(),
+            json!({"type": "presence", "user_id": 5, "online_status": "online", "last_seen": null, "seq": 3})
+        );
+    }
+
+    #[test]
+    fn bad_messages_become_error_frames() {
+        for (text, code) in [
+            (
+                r#"{"type":"subscribe","user_ids":[1],"since":{"x":1}}"#,
+                "invalid",
+            ),
+            ("{not json", "parse_error"),
+            ("", "parse_error"),
+            (r#"{"type":"dance"}"#, "invalid"),
+            (r#"{"type":"subscribe","user_ids":"1"}"#, "invalid"),
+            (r#"{"type":"typing"}"#, "invalid"),
+            (r#"{"type":"typing","to":1,"extra":true}"#, "invalid"),
+            (r#"{"user_ids":[1]}"#, "invalid"),
+            ("[1,2]", "invalid"),
+        ] {
+            match parse_client(text) {
+                Err(ServerMessage::Error { code: got, .. }) => assert_eq!(got, code, "{text}"),
+                other => panic!("{text}: expected an error frame, got {other:?}"),
+            }
+        }
+    }
+}

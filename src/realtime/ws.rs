@@ -1,0 +1,266 @@
+//! `GET /api/presence/ws`: the WebSocket endpoint and the per-socket loop.
+//!
+//! The upgrade handler only authenticates (when an `Authorization` header is present) and
+//! adapts; [`run`] is generic over any `Stream + Sink` of messages. One `select!` loop serves
+//! client frames, the outbox, the ping timer and shutdown; cleanup (unsubscribing, starting the
+//! session's reconnect grace) happens on every exit path through drop guards.
+
+use std::time::{Duration, Instant as StdInstant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+
+use super::hub::{CloseReason, Connection};
+use super::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHORIZED, ClientMessage, ServerMessage, parse_client,
+};
+use super::{Delivered, LiveSession};
+use crate::auth::Session;
+use crate::domain::UserId;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::bearer_from_headers;
+
+/// How long a browser has to send its `auth` message.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upgrade to a presence socket.
+#[utoipa::path(
+    get, path = "/api/presence/ws", tag = "realtime",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (see docs/REALTIME.md)"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = crate::http::error::ErrorBody),
+        (status = 401, description = "The Authorization header carries an invalid token", body = crate::http::error::ErrorBody),
+    )
+)]
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let session = match bearer_from_headers(&headers) {
+        Ok(token) => Some(state.auth.authenticate(&token).await?),
+        Err(ApiError::NotAuthenticated) => None,
+        Err(error) => return Err(error),
+    };
+    let limit = state.settings.max_message_bytes;
+    Ok(upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(socket, state, session))
+        .into_response())
+}
+
+fn close_message(reason: CloseReason) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: reason.code,
+        reason: reason.reason.into(),
+    }))
+}
+
+fn text(message: &ServerMessage) -> Message {
+    Message::Text(message.to_json().into())
+}
+
+/// Serves one socket until it closes. `session` is set when the upgrade request carried a
+/// valid bearer token; otherwise the first message must be `{"type":"auth","token":...}`.
+pub async fn run<S, E>(mut socket: S, state: AppState, session: Option<Session>)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+{
+    let session = match session {
+        Some(session) => session,
+        None => match authenticate_first_message(&mut socket, &state).await {
+            Some(session) => session,
+            None => {
+                let reason = CloseReason {
+                    code: CLOSE_UNAUTHORIZED,
+                    reason: "authentication required",
+                };
+                let _ = socket.send(close_message(reason)).await;
+                return;
+            }
+        },
+    };
+    let connection = match state.hub.connect(session.user_id, session.session_id) {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::debug!(%error, "socket refused");
+            let reason = CloseReason {
+                code: CLOSE_TOO_MANY_SOCKETS,
+                reason: "too many open sockets",
+            };
+            let _ = socket.send(close_message(reason)).await;
+            return;
+        }
+    };
+    let Ok(live) = LiveSession::open(&state, session.user_id, session.session_id).await else {
+        return;
+    };
+    let mut client = SocketLoop {
+        state: &state,
+        connection,
+        delivered: Delivered::default(),
+        typing: TypingBudget::new(state.settings.typing_per_second),
+    };
+    let reason = client.serve(&mut socket).await;
+    if let Some(reason) = reason {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), socket.send(close_message(reason))).await;
+    }
+    drop(live);
+}
+
+async fn authenticate_first_message<S, E>(socket: &mut S, state: &AppState) -> Option<Session>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let first = tokio::time::timeout(AUTH_TIMEOUT, socket.next())
+        .await
+        .ok()??
+        .ok()?;
+    let Message::Text(text) = first else {
+        return None;
+    };
+    match parse_client(&text) {
+        Ok(ClientMessage::Auth { token }) => state.auth.authenticate(&token).await.ok(),
+        _ => None,
+    }
+}
+
+/// Token bucket for typing messages: `per_second` tokens, refilled continuously.
+struct TypingBudget {
+    per_second: f64,
+    tokens: f64,
+    refilled: StdInstant,
+}
+
+impl TypingBudget {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second);
+        Self {
+            per_second,
+            tokens: per_second,
+            refilled: StdInstant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = StdInstant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct SocketLoop<'a> {
+    state: &'a AppState,
+    connection: Connection,
+    delivered: Delivered,
+    typing: TypingBudget,
+}
+
+impl SocketLoop<'_> {
+    /// Runs until the socket ends; returns the close frame to send, if any.
+    async fn serve<S, E>(&mut self, socket: &mut S) -> Option<CloseReason>
+    where
+        S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    {
+        let period = self.state.settings.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut awaiting_pong = false;
+        let shutdown = self.state.shutdown.clone();
+        let outbox = self.connection.outbox().clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Some(CloseReason { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+                }
+                frame = socket.next() => {
+                    let Some(Ok(frame)) = frame else { return None };
+                    awaiting_pong = false;
+                    match frame {
+                        Message::Text(text) => self.handle_text(&text).await,
+                        Message::Binary(_) => self.connection.send(ServerMessage::error(
+                            "invalid", "binary frames are not supported; send JSON text")),
+                        Message::Close(_) => return None,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+                () = outbox.ready() => {
+                    let (messages, close) = outbox.drain();
+                    for message in messages.into_iter().filter_map(|m| self.delivered.admit(m)) {
+                        let sent = tokio::time::timeout(period, socket.send(text(&message))).await;
+                        match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return None,
+                            Err(_) => {
+                                metrics::counter!("lastseen_slow_consumers_closed_total").increment(1);
+                                return Some(CloseReason { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer: write stalled" });
+                            }
+                        }
+                    }
+                    if close.is_some() {
+                        return close;
+                    }
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return Some(CloseReason { code: CLOSE_PING_TIMEOUT, reason: "ping timeout" });
+                    }
+                    awaiting_pong = true;
+                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let message = match parse_client(text) {
+            Ok(message) => message,
+            Err(error) => return self.connection.send(error),
+        };
+        match message {
+            ClientMessage::Auth { .. } => self
+                .connection
+                .send(ServerMessage::error("invalid", "already authenticated")),
+            ClientMessage::Subscribe { user_ids, since } => {
+                let known = |id: i64| since.get(&id).copied();
+                if let Err(error) =
+                    super::subscribe(self.state, &mut self.connection, &user_ids, known).await
+                {
+                    let (_, code) = error.status_and_code();
+                    self.connection
+                        .send(ServerMessage::error(code, error.to_string()));
+                }
+            }
+            ClientMessage::Unsubscribe { user_ids } => {
+                let users: Vec<UserId> = user_ids.into_iter().map(UserId).collect();
+                self.connection.unsubscribe(&users);
+            }
+            ClientMessage::Typing { to } => {
+                if !self.typing.take() {
+                    return self.connection.send(ServerMessage::error(
+                        "throttled",
+                        "too many typing messages; slow down",
+                    ));
+                }
+                let from = self.connection.outbox().viewer();
+                self.state.hub.typing(from, UserId(to));
+            }
+        }
+    }
+}
