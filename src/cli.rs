@@ -125,6 +125,15 @@ pub struct SettingsArgs {
         value_name = "BYTES"
     )]
     pub max_body_bytes: Option<String>,
+    /// Show a coarse `last_seen_approx` where the exact last seen is hidden: true or false
+    /// [default: false].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_LAST_SEEN_APPROX",
+        value_name = "BOOL"
+    )]
+    pub last_seen_approx: Option<String>,
 }
 
 impl SettingsArgs {
@@ -141,6 +150,7 @@ impl SettingsArgs {
             ("open_registration", &self.open_registration),
             ("request_timeout", &self.request_timeout),
             ("max_body_bytes", &self.max_body_bytes),
+            ("last_seen_approx", &self.last_seen_approx),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.clone().map(|v| (key, v)))

@@ -48,6 +48,10 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Largest accepted request body in bytes (`LASTSEEN_MAX_BODY_BYTES`, default `65536`).
     pub max_body_bytes: usize,
+    /// Whether users whose exact `last_seen` is hidden from a viewer show a coarse
+    /// `last_seen_approx` instead (`recently`, `within_week`, ...), like Telegram
+    /// (`LASTSEEN_LAST_SEEN_APPROX`, default `false`).
+    pub last_seen_approx: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             open_registration: true,
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            last_seen_approx: false,
         }
     }
 }
@@ -79,6 +84,7 @@ pub const KEYS: &[&str] = &[
     "open_registration",
     "request_timeout",
     "max_body_bytes",
+    "last_seen_approx",
 ];
 
 /// `LASTSEEN_*` variables that are not settings but are read elsewhere (tests, CI).
@@ -168,7 +174,7 @@ impl Settings {
 /// means "unset" for optional keys. Durations stay strings for humantime.
 fn parse_value(key: &str, raw: &str) -> Value {
     match key {
-        "open_registration" | "max_body_bytes" => {
+        "open_registration" | "max_body_bytes" | "last_seen_approx" => {
             Value::from_str(raw).unwrap_or_else(|e| match e {})
         }
         _ => Value::from(raw.to_owned()),
@@ -235,9 +241,14 @@ mod tests {
             "inactivity_timeout = \"90s\"\npersist_interval = \"500ms\"\nopen_registration = false";
         let s = load(
             Some(file),
-            &[("inactivity_timeout", "2m"), ("max_body_bytes", "2048")],
+            &[
+                ("inactivity_timeout", "2m"),
+                ("max_body_bytes", "2048"),
+                ("last_seen_approx", "true"),
+            ],
         )
         .unwrap();
+        assert!(s.last_seen_approx);
         assert_eq!(s.inactivity_timeout, Duration::from_secs(120));
         assert_eq!(s.persist_interval, Duration::from_millis(500));
         assert!(!s.open_registration);
@@ -254,6 +265,8 @@ mod tests {
         assert_eq!(err.key, "bind");
         let err = load(None, &[("persist_interval", "0s")]).unwrap_err();
         assert_eq!(err.key, "persist_interval");
+        let err = load(None, &[("last_seen_approx", "sometimes")]).unwrap_err();
+        assert_eq!(err.key, "last_seen_approx");
         let err = load(Some("colour = \"blue\""), &[]).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }

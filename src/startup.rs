@@ -17,6 +17,7 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::http::{self, AppState};
 use crate::persister;
+use crate::privacy::Privacy;
 use crate::settings::Settings;
 use crate::store::{self, Store};
 
@@ -39,6 +40,7 @@ impl App {
         let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
         restore(&engine, store.as_ref(), &settings).await?;
         let auth = Authenticator::new(store.clone()).context("while preparing authentication")?;
+        let privacy = Privacy::new(store.clone(), settings.last_seen_approx);
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("while binding {}", settings.bind))?;
@@ -47,6 +49,7 @@ impl App {
             store,
             engine,
             auth,
+            privacy,
             metrics: http::ops::metrics_handle(),
         };
         Ok(Self { listener, state })

@@ -8,6 +8,8 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod ops;
+pub mod presence;
+pub mod privacy;
 pub mod users;
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -27,6 +29,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::privacy::Privacy;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -41,6 +44,8 @@ pub struct AppState {
     pub engine: PresenceEngine,
     /// Accounts and tokens.
     pub auth: Authenticator,
+    /// Contacts, blocks, visibility settings; filters what ordinary users see.
+    pub privacy: Privacy,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -52,11 +57,17 @@ pub struct AppState {
     paths(
         users::register, users::login, users::logout, users::heartbeat, users::me,
         admin::online_users, admin::user_status,
+        presence::user_presence, presence::query_presence,
+        privacy::list_contacts, privacy::add_contact, privacy::remove_contact,
+        privacy::list_blocked, privacy::block_user, privacy::unblock_user,
+        privacy::get_privacy, privacy::put_privacy,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts and the caller's own presence"),
+        (name = "presence", description = "Other users' presence, filtered by their privacy settings"),
+        (name = "privacy", description = "The caller's contacts, blocked users and privacy settings"),
         (name = "admin", description = "Operator views (admin users only)"),
         (name = "ops", description = "Health, metrics and this document"),
     )
@@ -86,6 +97,25 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/logout", post(users::logout))
         .route("/api/users/heartbeat", post(users::heartbeat))
         .route("/api/users/me", get(users::me))
+        .route(
+            "/api/users/me/contacts",
+            get(privacy::list_contacts).post(privacy::add_contact),
+        )
+        .route(
+            "/api/users/me/contacts/{id}",
+            delete(privacy::remove_contact),
+        )
+        .route(
+            "/api/users/me/blocked",
+            get(privacy::list_blocked).post(privacy::block_user),
+        )
+        .route("/api/users/me/blocked/{id}", delete(privacy::unblock_user))
+        .route(
+            "/api/users/me/privacy",
+            get(privacy::get_privacy).put(privacy::put_privacy),
+        )
+        .route("/api/users/{id}/presence", get(presence::user_presence))
+        .route("/api/presence/query", post(presence::query_presence))
         .route("/api/users/admin/users/online", get(admin::online_users))
         .route(
             "/api/users/admin/users/{id}/online-status",

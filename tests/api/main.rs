@@ -7,3 +7,4 @@ mod helpers;
 mod ops;
 mod persistence;
 mod presence;
+mod privacy;
