@@ -168,6 +168,15 @@ pub struct SettingsArgs {
     /// Messages queued per socket before it is closed as a slow consumer [default: 256].
     #[arg(long, global = true, env = "LASTSEEN_SEND_QUEUE", value_name = "N")]
     pub send_queue: Option<String>,
+    /// Show a coarse `last_seen_approx` where the exact last seen is hidden: true or false
+    /// [default: false].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_LAST_SEEN_APPROX",
+        value_name = "BOOL"
+    )]
+    pub last_seen_approx: Option<String>,
 }
 
 impl SettingsArgs {
@@ -190,6 +199,7 @@ impl SettingsArgs {
             ("max_message_bytes", &self.max_message_bytes),
             ("typing_per_second", &self.typing_per_second),
             ("send_queue", &self.send_queue),
+            ("last_seen_approx", &self.last_seen_approx),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.clone().map(|v| (key, v)))

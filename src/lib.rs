@@ -7,6 +7,9 @@
 //!   trait (SQLite by default).
 //! - [`auth`]: Argon2id passwords, opaque bearer tokens, the in-memory session cache.
 //! - [`persister`]: write-behind of presence into the store, in batches.
+//! - [`privacy`]: contacts, blocks, visibility settings and invisible mode; the one rule that
+//!   decides what a viewer may see of a user's presence, and the in-memory service every read
+//!   and push path filters through.
 //! - [`http`]: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page.
 //! - [`realtime`]: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - [`settings`], [`cli`], [`telemetry`], [`startup`], [`commands`]: configuration, the
@@ -19,6 +22,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod persister;
+pub mod privacy;
 pub mod realtime;
 pub mod settings;
 pub mod startup;

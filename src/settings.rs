@@ -64,6 +64,10 @@ pub struct Settings {
     /// Messages queued for one socket before it counts as a slow consumer and is closed
     /// (`LASTSEEN_SEND_QUEUE`, default `256`); presence updates of one user are coalesced.
     pub send_queue: usize,
+    /// Whether users whose exact `last_seen` is hidden from a viewer show a coarse
+    /// `last_seen_approx` instead (`recently`, `within_week`, ...), like Telegram
+    /// (`LASTSEEN_LAST_SEEN_APPROX`, default `false`).
+    pub last_seen_approx: bool,
 }
 
 impl Default for Settings {
@@ -85,6 +89,7 @@ impl Default for Settings {
             max_message_bytes: 16 * 1024,
             typing_per_second: 5,
             send_queue: 256,
+            last_seen_approx: false,
         }
     }
 }
@@ -107,6 +112,7 @@ pub const KEYS: &[&str] = &[
     "max_message_bytes",
     "typing_per_second",
     "send_queue",
+    "last_seen_approx",
 ];
 
 /// `LASTSEEN_*` variables that are not settings but are read elsewhere (tests, CI).
@@ -267,9 +273,14 @@ mod tests {
             "inactivity_timeout = \"90s\"\npersist_interval = \"500ms\"\nopen_registration = false";
         let s = load(
             Some(file),
-            &[("inactivity_timeout", "2m"), ("max_body_bytes", "2048")],
+            &[
+                ("inactivity_timeout", "2m"),
+                ("max_body_bytes", "2048"),
+                ("last_seen_approx", "true"),
+            ],
         )
         .unwrap();
+        assert!(s.last_seen_approx);
         assert_eq!(s.inactivity_timeout, Duration::from_secs(120));
         assert_eq!(s.persist_interval, Duration::from_millis(500));
         assert!(!s.open_registration);
@@ -286,6 +297,8 @@ mod tests {
         assert_eq!(err.key, "bind");
         let err = load(None, &[("persist_interval", "0s")]).unwrap_err();
         assert_eq!(err.key, "persist_interval");
+        let err = load(None, &[("last_seen_approx", "sometimes")]).unwrap_err();
+        assert_eq!(err.key, "last_seen_approx");
         let err = load(Some("colour = \"blue\""), &[]).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }

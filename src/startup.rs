@@ -17,6 +17,7 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::http::{self, AppState};
 use crate::persister;
+use crate::privacy::Privacy;
 use crate::realtime::hub::{Hub, Limits};
 use crate::settings::Settings;
 use crate::store::{self, Store};
@@ -40,19 +41,22 @@ impl App {
         let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
         restore(&engine, store.as_ref(), &settings).await?;
         let auth = Authenticator::new(store.clone()).context("while preparing authentication")?;
+        let privacy = Privacy::new(store.clone(), settings.last_seen_approx);
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("while binding {}", settings.bind))?;
-        let hub = Hub::new(Limits {
+        let limits = Limits {
             max_subscriptions: settings.max_subscriptions,
             max_connections_per_user: settings.max_sockets_per_user,
             send_queue: settings.send_queue,
-        });
+        };
+        let hub = Hub::new(limits, privacy.clone());
         let state = AppState {
             settings: Arc::new(settings),
             store,
             engine,
             auth,
+            privacy,
             metrics: http::ops::metrics_handle(),
             hub,
             shutdown: CancellationToken::new(),

@@ -154,7 +154,9 @@ export class PresenceClient extends EventTarget {
       socket.send(JSON.stringify({ type: "auth", token: this.token }));
       if (this.watched.size) {
         const since = {};
-        for (const [id, user] of this.users) if (this.watched.has(id)) since[id] = user.seq;
+        for (const [id, user] of this.users) {
+          if (this.watched.has(id) && typeof user.seq === "number") since[id] = user.seq;
+        }
         socket.send(JSON.stringify({ type: "subscribe", user_ids: [...this.watched], since }));
       }
       this.#stopFallback();
@@ -208,7 +210,8 @@ export class PresenceClient extends EventTarget {
 
   #update(userId, user) {
     const known = this.users.get(userId);
-    if (known && known.seq > user.seq) return;
+    // seq is null where the user hides last_seen from us; then arrival order is the order.
+    if (known && typeof known.seq === "number" && typeof user.seq === "number" && known.seq > user.seq) return;
     this.users.set(userId, user);
     this.#emit("presence", { userId, user });
   }

@@ -91,5 +91,5 @@ pub async fn user_status(
         .user_by_id(UserId(id))
         .await?
         .ok_or(ApiError::NotFound("No such user."))?;
-    Ok(Json(UserPresence::new(&user, view).into()))
+    Ok(Json(UserStatusResponse::new(&user, view)))
 }

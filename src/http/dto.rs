@@ -7,6 +7,9 @@ use utoipa::ToSchema;
 
 use crate::domain::{PresenceStatus, UserId};
 use crate::engine::PresenceView;
+use crate::privacy::{
+    LastSeenApprox, LastSeenAudience, OnlineAudience, UserPrivacy, VisiblePresence,
+};
 use crate::store::UserRecord;
 
 /// Serialises timestamps as the seed does: RFC 3339 UTC with a `Z` (`2024-01-15T10:30:00Z`),
@@ -18,45 +21,62 @@ pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
     }
 }
 
-/// A user's presence, as the seed's endpoints return it.
+/// A user's presence, as the seed's endpoints return it. On reads for ordinary users a field
+/// the owner's privacy settings hide from the caller is `null`; nothing is ever hidden on the
+/// caller's own account endpoints or the admin endpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UserPresence {
     /// User id.
     pub id: i64,
     /// Username.
     pub username: String,
-    /// `online` or `offline`.
-    pub online_status: PresenceStatus,
-    /// Time of the last activity (RFC 3339 UTC), or null if the user was never active.
+    /// `online` or `offline`; null when hidden.
+    pub online_status: Option<PresenceStatus>,
+    /// Time of the last activity (RFC 3339 UTC); null if the user was never active or it is
+    /// hidden.
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen: Option<DateTime<Utc>>,
-    /// `online_status == "online"`.
-    pub is_online: bool,
+    /// `online_status == "online"`; null when hidden.
+    pub is_online: Option<bool>,
+    /// Coarse last seen, present only when the exact one is hidden and the server enables
+    /// `last_seen_approx`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_approx: Option<LastSeenApprox>,
+}
+
+/// The current presence of a stored user given the engine's view. Without a view the user is
+/// offline and the stored `last_seen` is current: the engine keeps every user it holds fresher
+/// state for until that state is written.
+pub fn current_view(user: &UserRecord, view: Option<PresenceView>) -> PresenceView {
+    view.unwrap_or(PresenceView {
+        status: PresenceStatus::Offline,
+        last_seen: user.last_seen,
+        seq: user.presence_seq,
+    })
 }
 
 impl UserPresence {
-    /// A user's presence from the engine's view.
+    /// A user's whole presence from the engine's view.
     pub fn from_view(id: UserId, username: String, view: PresenceView) -> Self {
+        Self::from_visible(id, username, VisiblePresence::full(view))
+    }
+
+    /// A user's presence as a viewer may see it.
+    pub fn from_visible(id: UserId, username: String, visible: VisiblePresence) -> Self {
         Self {
             id: id.0,
             username,
-            online_status: view.status,
-            last_seen: view.last_seen,
-            is_online: view.status.is_online(),
+            online_status: visible.status,
+            last_seen: visible.last_seen,
+            is_online: visible.status.map(PresenceStatus::is_online),
+            last_seen_approx: visible.last_seen_approx,
         }
     }
 
-    /// Combines a stored user with the engine's view. Without a view the user is offline and
-    /// the stored `last_seen` is current: the engine keeps every user it holds fresher state
-    /// for until that state is written.
+    /// A stored user's whole presence, combined with the engine's view ([`current_view`]).
     pub fn new(user: &UserRecord, view: Option<PresenceView>) -> Self {
-        let view = view.unwrap_or(PresenceView {
-            status: PresenceStatus::Offline,
-            last_seen: user.last_seen,
-            seq: user.presence_seq,
-        });
-        Self::from_view(user.id, user.username.clone(), view)
+        Self::from_view(user.id, user.username.clone(), current_view(user, view))
     }
 }
 
@@ -172,14 +192,16 @@ pub struct UserStatusResponse {
     pub is_online: bool,
 }
 
-impl From<UserPresence> for UserStatusResponse {
-    fn from(p: UserPresence) -> Self {
+impl UserStatusResponse {
+    /// A stored user's whole status, combined with the engine's view ([`current_view`]).
+    pub fn new(user: &UserRecord, view: Option<PresenceView>) -> Self {
+        let view = current_view(user, view);
         Self {
-            user_id: p.id,
-            username: p.username,
-            online_status: p.online_status,
-            last_seen: p.last_seen,
-            is_online: p.is_online,
+            user_id: user.id.0,
+            username: user.username.clone(),
+            online_status: view.status,
+            last_seen: view.last_seen,
+            is_online: view.status.is_online(),
         }
     }
 }
@@ -189,4 +211,104 @@ impl From<UserPresence> for UserStatusResponse {
 pub struct HealthResponse {
     /// `ok`.
     pub status: &'static str,
+}
+
+/// `POST /api/presence/query/` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQueryRequest {
+    /// Users to look up, at most 500; unknown ids are left out of the answer.
+    pub user_ids: Vec<i64>,
+}
+
+/// `POST /api/presence/query/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceQueryResponse {
+    /// The users that exist, in request order, each once, as the caller may see them.
+    pub users: Vec<UserPresence>,
+}
+
+/// Body of `POST /api/users/me/contacts/` and `POST /api/users/me/blocked/`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRef {
+    /// The user to add.
+    pub user_id: i64,
+}
+
+/// A user in a contact or block list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserSummary {
+    /// User id.
+    pub id: i64,
+    /// Username.
+    pub username: String,
+}
+
+impl From<&UserRecord> for UserSummary {
+    fn from(user: &UserRecord) -> Self {
+        Self {
+            id: user.id.0,
+            username: user.username.clone(),
+        }
+    }
+}
+
+/// `GET /api/users/me/contacts/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactsResponse {
+    /// The caller's contacts, ordered by id.
+    pub contacts: Vec<UserSummary>,
+}
+
+/// `GET /api/users/me/blocked/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockedResponse {
+    /// The users the caller blocked, ordered by id.
+    pub blocked: Vec<UserSummary>,
+}
+
+/// `PUT /api/users/me/privacy/` body. Every field but `except` is required, so a client can
+/// never widen its audience by leaving a field out.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyRequest {
+    /// Who sees your last seen.
+    pub last_seen: LastSeenAudience,
+    /// Users hidden from by `contacts_except` (replaces the stored list; default empty).
+    #[serde(default)]
+    pub except: Vec<i64>,
+    /// Who sees whether you are online.
+    pub online: OnlineAudience,
+    /// Appear offline to everyone else, with last seen frozen at the moment you turn it on.
+    pub invisible: bool,
+}
+
+/// `GET`/`PUT /api/users/me/privacy/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrivacyResponse {
+    /// Who sees your last seen.
+    pub last_seen: LastSeenAudience,
+    /// The `contacts_except` list, ordered by id (kept while another setting is active).
+    pub except: Vec<i64>,
+    /// Who sees whether you are online.
+    pub online: OnlineAudience,
+    /// Whether invisible mode is on.
+    pub invisible: bool,
+    /// When invisible mode was turned on (the last seen others see); null when off.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub invisible_since: Option<DateTime<Utc>>,
+}
+
+impl From<&UserPrivacy> for PrivacyResponse {
+    fn from(data: &UserPrivacy) -> Self {
+        Self {
+            last_seen: data.settings.last_seen,
+            except: data.except.iter().map(|id| id.0).collect(),
+            online: data.settings.online,
+            invisible: data.settings.invisible_since.is_some(),
+            invisible_since: data.settings.invisible_since,
+        }
+    }
 }

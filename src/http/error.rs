@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::auth::AuthError;
 use crate::domain::DomainError;
 use crate::engine::EngineError;
+use crate::privacy::PrivacyError;
 use crate::store::StoreError;
 
 /// The body of every error response.
@@ -143,6 +144,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Unavailable(_) => Self::Unavailable(e.into()),
             StoreError::Other(_) => Self::Internal(e.into()),
         }
@@ -152,6 +154,18 @@ impl From<StoreError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         Self::Unavailable(e.into())
+    }
+}
+
+impl From<PrivacyError> for ApiError {
+    fn from(e: PrivacyError) -> Self {
+        match e {
+            PrivacyError::SelfReference(_)
+            | PrivacyError::UnknownUsers(_)
+            | PrivacyError::TooLong => Self::invalid(e.to_string()),
+            PrivacyError::ListFull(what) => Self::Conflict(what),
+            PrivacyError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -8,6 +8,8 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod ops;
+pub mod presence;
+pub mod privacy;
 pub mod users;
 pub mod web;
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -28,6 +30,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::privacy::Privacy;
 use crate::realtime::hub::Hub;
 use crate::realtime::{sse, ws};
 use crate::settings::Settings;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub engine: PresenceEngine,
     /// Accounts and tokens.
     pub auth: Authenticator,
+    /// Contacts, blocks, visibility settings; filters what ordinary users see.
+    pub privacy: Privacy,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Push fan-out to sockets and SSE streams.
@@ -61,11 +66,17 @@ pub struct AppState {
         users::register, users::login, users::logout, users::heartbeat, users::me, users::lookup,
         admin::online_users, admin::user_status,
         ws::upgrade, sse::events,
+        presence::user_presence, presence::query_presence,
+        privacy::list_contacts, privacy::add_contact, privacy::remove_contact,
+        privacy::list_blocked, privacy::block_user, privacy::unblock_user,
+        privacy::get_privacy, privacy::put_privacy,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts and the caller's own presence"),
+        (name = "presence", description = "Other users' presence, filtered by their privacy settings"),
+        (name = "privacy", description = "The caller's contacts, blocked users and privacy settings"),
         (name = "admin", description = "Operator views (admin users only)"),
         (name = "realtime", description = "WebSocket and SSE push (protocol in docs/REALTIME.md)"),
         (name = "ops", description = "Health, metrics and this document"),
@@ -97,6 +108,25 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/heartbeat", post(users::heartbeat))
         .route("/api/users/me", get(users::me))
         .route("/api/users/lookup", get(users::lookup))
+        .route(
+            "/api/users/me/contacts",
+            get(privacy::list_contacts).post(privacy::add_contact),
+        )
+        .route(
+            "/api/users/me/contacts/{id}",
+            delete(privacy::remove_contact),
+        )
+        .route(
+            "/api/users/me/blocked",
+            get(privacy::list_blocked).post(privacy::block_user),
+        )
+        .route("/api/users/me/blocked/{id}", delete(privacy::unblock_user))
+        .route(
+            "/api/users/me/privacy",
+            get(privacy::get_privacy).put(privacy::put_privacy),
+        )
+        .route("/api/users/{id}/presence", get(presence::user_presence))
+        .route("/api/presence/query", post(presence::query_presence))
         .route("/api/users/admin/users/online", get(admin::online_users))
         .route(
             "/api/users/admin/users/{id}/online-status",

@@ -6,7 +6,8 @@
 //! updates of one user are coalesced (only the newest is kept), so a slow reader never makes
 //! the server buffer without bound; one whose queue still overflows is closed with
 //! [`CLOSE_SLOW_CONSUMER`]. The hub does not talk to sockets itself: connection loops drain
-//! their outbox. What a viewer may see of an event is decided by [`Hub::present`].
+//! their outbox. What a viewer may see is decided by the privacy service, called from one place
+//! ([`Hub::present`]) for events, snapshots and re-sends after privacy changes alike.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{
-    CLOSE_SLOW_CONSUMER, CLOSE_UNAUTHORIZED, PresenceUpdate, ServerMessage, TYPING_TTL_MS,
-};
-use crate::domain::{SessionId, UserId};
+use super::protocol::{CLOSE_SLOW_CONSUMER, CLOSE_UNAUTHORIZED, ServerMessage, TYPING_TTL_MS};
+use crate::domain::{PresenceStatus, SessionId, UserId};
 use crate::engine::{PresenceEngine, PresenceEvent, PresenceView};
+use crate::privacy::{Privacy, PrivacyChanged, Viewer, VisiblePresence};
 use crate::store::Store;
 
 /// Shards of the subscription index; a power of two.
@@ -64,9 +64,36 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+/// An owner's presence as filtered for one connection's viewer, with the owner's raw `seq`
+/// (used for ordering and deduplication; exposed to the client only where `last_seen` is).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// Whose presence.
+    pub owner: UserId,
+    /// What the viewer may see.
+    pub visible: VisiblePresence,
+    /// The owner's raw sequence number.
+    pub seq: u64,
+    /// Whether the viewer may see `seq`: it encodes the transition's time, so only where the
+    /// owner's `last_seen` is visible to them (or the owner was never active).
+    pub seq_visible: bool,
+}
+
+/// What a connection has to send, in order. Presence is still in its filtered, internal form;
+/// the connection turns it into wire messages (see `realtime::Delivered`).
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A ready wire message (typing, error).
+    Message(ServerMessage),
+    /// The newest visible presence of one owner.
+    Presence(Seen),
+    /// The answer to a subscribe: each owner with their username.
+    Snapshot(Vec<(Seen, String)>),
+}
+
 #[derive(Debug)]
 enum Pending {
-    Message(ServerMessage),
+    Item(Outgoing),
     /// The newest update of this user is in `OutboxState::presence`.
     Presence(UserId),
 }
@@ -74,17 +101,19 @@ enum Pending {
 #[derive(Debug, Default)]
 struct OutboxState {
     queue: VecDeque<Pending>,
-    presence: HashMap<UserId, PresenceUpdate>,
+    presence: HashMap<UserId, Seen>,
     closed: Option<CloseReason>,
 }
 
 /// The bounded send queue of one connection. Producers (the hub) never block.
 #[derive(Debug)]
 pub struct Outbox {
-    /// The watching user.
-    viewer: UserId,
-    /// The watching user's session (closed on logout).
+    /// Who watches through this connection.
+    viewer: Viewer,
+    /// The viewer's session (its connections close on logout).
     session: SessionId,
+    /// Users this connection watches (mirrors its entries in the hub's index).
+    watching: Mutex<HashSet<UserId>>,
     /// Queue and close flag; locked only for a push or a drain.
     state: Mutex<OutboxState>,
     /// Signalled after every push and on close; stores a permit if nobody waits.
@@ -94,24 +123,24 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The user this connection belongs to.
-    pub fn viewer(&self) -> UserId {
+    /// Who this connection belongs to.
+    pub fn viewer(&self) -> Viewer {
         self.viewer
     }
 
-    fn push(&self, message: ServerMessage) {
+    fn push(&self, item: Outgoing) {
         self.enqueue(|state| {
-            state.queue.push_back(Pending::Message(message));
+            state.queue.push_back(Pending::Item(item));
             true
         });
     }
 
-    fn push_presence(&self, update: PresenceUpdate) {
+    fn push_presence(&self, seen: Seen) {
         self.enqueue(|state| {
-            let user = UserId(update.user_id);
-            let fresh = state.presence.insert(user, update).is_none();
+            let owner = seen.owner;
+            let fresh = state.presence.insert(owner, seen).is_none();
             if fresh {
-                state.queue.push_back(Pending::Presence(user));
+                state.queue.push_back(Pending::Presence(owner));
             } else {
                 metrics::counter!("lastseen_push_coalesced_total").increment(1);
             }
@@ -157,40 +186,58 @@ impl Outbox {
     }
 
     /// Takes everything queued, in order, and the close request if there is one.
-    pub fn drain(&self) -> (Vec<ServerMessage>, Option<CloseReason>) {
+    pub fn drain(&self) -> (Vec<Outgoing>, Option<CloseReason>) {
         let mut state = lock(&self.state);
         let queue = std::mem::take(&mut state.queue);
-        let mut messages = Vec::with_capacity(queue.len());
+        let mut items = Vec::with_capacity(queue.len());
         for item in queue {
             match item {
-                Pending::Message(message) => messages.push(message),
-                Pending::Presence(user) => {
-                    if let Some(update) = state.presence.remove(&user) {
-                        messages.push(ServerMessage::Presence(update));
+                Pending::Item(item) => items.push(item),
+                Pending::Presence(owner) => {
+                    if let Some(seen) = state.presence.remove(&owner) {
+                        items.push(Outgoing::Presence(seen));
                     }
                 }
             }
         }
-        (messages, state.closed)
+        (items, state.closed)
+    }
+
+    fn watched(&self) -> Vec<UserId> {
+        lock(&self.watching).iter().copied().collect()
+    }
+}
+
+/// Outboxes by key; an empty list is removed with its key.
+type Outboxes<K> = HashMap<K, Vec<Arc<Outbox>>>;
+
+/// Removes `outbox` from the list under `key`, and the key once its list is empty.
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut Outboxes<K>, key: K, outbox: &Arc<Outbox>) {
+    if let Some(list) = map.get_mut(&key) {
+        list.retain(|o| !Arc::ptr_eq(o, outbox));
+        if list.is_empty() {
+            map.remove(&key);
+        }
     }
 }
 
 #[derive(Default)]
 struct Registry {
-    per_user: HashMap<UserId, usize>,
-    per_session: HashMap<SessionId, Vec<Arc<Outbox>>>,
+    /// A user's open connections (for the limit, and to re-filter what they watch).
+    per_user: Outboxes<UserId>,
+    /// A session's open connections (closed on logout).
+    per_session: Outboxes<SessionId>,
 }
 
-/// Watched user -> outboxes of the connections watching them.
-type Watchers = HashMap<UserId, Vec<Arc<Outbox>>>;
-
 struct HubInner {
-    /// One map per shard; the shard is chosen by the watched user's id.
-    watchers: Box<[Mutex<Watchers>]>,
-    /// Open connections by user (for the limit) and by session (to close them on logout).
+    /// Watched user -> outboxes watching them; the shard is chosen by the watched user's id.
+    watchers: Box<[Mutex<Outboxes<UserId>>]>,
+    /// Open connections by user and by session.
     registry: Mutex<Registry>,
     limits: Limits,
     next_id: AtomicU64,
+    /// Decides what each viewer may see.
+    privacy: Privacy,
 }
 
 /// Cheap, cloneable handle to the fan-out hub.
@@ -200,19 +247,25 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub enforcing `limits`.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty hub enforcing `limits` and filtering through `privacy`.
+    pub fn new(limits: Limits, privacy: Privacy) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 watchers: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 registry: Mutex::default(),
                 limits,
                 next_id: AtomicU64::new(1),
+                privacy,
             }),
         }
     }
 
-    fn shard(&self, user: UserId) -> MutexGuard<'_, Watchers> {
+    /// The privacy service the hub filters through.
+    pub fn privacy(&self) -> &Privacy {
+        &self.inner.privacy
+    }
+
+    fn shard(&self, user: UserId) -> MutexGuard<'_, Outboxes<UserId>> {
         let index = (user.0 as u64 as usize) & (SHARDS - 1);
         lock(&self.inner.watchers[index])
     }
@@ -221,24 +274,25 @@ impl Hub {
     ///
     /// # Errors
     /// [`HubError::TooManyConnections`] when the user is at the limit.
-    pub fn connect(&self, viewer: UserId, session: SessionId) -> Result<Connection, HubError> {
+    pub fn connect(&self, viewer: Viewer, session: SessionId) -> Result<Connection, HubError> {
         let limits = self.inner.limits;
         let outbox = Arc::new(Outbox {
             viewer,
             session,
+            watching: Mutex::default(),
             state: Mutex::default(),
             ready: Notify::new(),
             limit: limits.send_queue,
         });
         {
             let mut registry = lock(&self.inner.registry);
-            let count = registry.per_user.entry(viewer).or_default();
-            if *count >= limits.max_connections_per_user {
+            let mine = registry.per_user.entry(viewer.id).or_default();
+            if mine.len() >= limits.max_connections_per_user {
                 return Err(HubError::TooManyConnections(
                     limits.max_connections_per_user,
                 ));
             }
-            *count += 1;
+            mine.push(outbox.clone());
             registry
                 .per_session
                 .entry(session)
@@ -251,24 +305,19 @@ impl Hub {
             hub: self.clone(),
             id,
             outbox,
-            subscriptions: HashSet::new(),
         })
     }
 
-    /// What `viewer` may see of `owner`'s presence: the single place where visibility is
-    /// decided for pushed events (every user sees every other's presence, as in the seed).
-    pub fn present(
-        &self,
-        _viewer: UserId,
-        owner: UserId,
-        view: PresenceView,
-    ) -> Option<PresenceUpdate> {
-        Some(PresenceUpdate {
-            user_id: owner.0,
-            online_status: view.status,
-            last_seen: view.last_seen,
-            seq: view.seq,
-        })
+    /// What `viewer` may see of `owner`'s raw presence: the single place where push decides
+    /// visibility (events, snapshots and re-sends all come through here).
+    pub fn present(&self, viewer: Viewer, owner: UserId, raw: PresenceView) -> Seen {
+        let visible = self.inner.privacy.filter(viewer, owner, raw);
+        Seen {
+            owner,
+            visible,
+            seq: raw.seq,
+            seq_visible: visible.last_seen.is_some() || raw.last_seen.is_none(),
+        }
     }
 
     fn outboxes_watching(&self, user: UserId) -> Vec<Arc<Outbox>> {
@@ -282,24 +331,30 @@ impl Hub {
             last_seen: Some(event.last_seen),
             seq: event.seq,
         };
-        let outboxes = self.outboxes_watching(event.user_id);
+        self.publish_view(event.user_id, view);
+    }
+
+    fn publish_view(&self, user: UserId, view: PresenceView) {
+        let outboxes = self.outboxes_watching(user);
         for outbox in &outboxes {
-            if let Some(update) = self.present(outbox.viewer, event.user_id, view) {
-                outbox.push_presence(update);
-            }
+            outbox.push_presence(self.present(outbox.viewer, user, view));
         }
         metrics::counter!("lastseen_push_events_total").increment(outboxes.len() as u64);
     }
 
-    /// Delivers "`from` is typing" to `to`'s connections that watch `from`; returns how many.
+    /// Delivers "`from` is typing" to `to`'s connections that watch `from`, unless either
+    /// blocked the other; returns how many connections got it.
     pub fn typing(&self, from: UserId, to: UserId) -> usize {
+        if !self.inner.privacy.typing_allowed(from, to) {
+            return 0;
+        }
         let outboxes = self.outboxes_watching(from);
         let mut delivered = 0;
-        for outbox in outboxes.iter().filter(|o| o.viewer == to) {
-            outbox.push(ServerMessage::Typing {
+        for outbox in outboxes.iter().filter(|o| o.viewer.id == to) {
+            outbox.push(Outgoing::Message(ServerMessage::Typing {
                 from: from.0,
                 expires_in_ms: TYPING_TTL_MS,
-            });
+            }));
             delivered += 1;
         }
         delivered
@@ -320,9 +375,13 @@ impl Hub {
         }
     }
 
-    /// Forwards engine events to subscribers until `shutdown`. If this task falls behind the
-    /// engine's channel, every watched user's current state is re-sent, so subscribers return
-    /// to the true state instead of keeping a stale view.
+    /// Forwards engine events and privacy changes to subscribers until `shutdown`.
+    ///
+    /// A privacy change of a user re-filters that user for their watchers and, when it changed
+    /// what the user may see of others (reciprocity), everything the user's own connections
+    /// watch; connections send only values that differ from what they sent before. If this
+    /// task falls behind either channel, every watched user's current state is re-sent, so
+    /// subscribers return to the true state instead of keeping a stale view.
     pub async fn run(
         self,
         mut events: broadcast::Receiver<PresenceEvent>,
@@ -330,56 +389,107 @@ impl Hub {
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) {
+        use broadcast::error::RecvError;
+        let mut changes = self.inner.privacy.subscribe();
         loop {
-            let received = tokio::select! {
+            let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                received = events.recv() => received,
-            };
-            match received {
-                Ok(event) => self.publish(&event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "push fan-out fell behind; resending current state");
-                    if let Err(error) = self.resync(&engine, store.as_ref()).await {
-                        tracing::error!(%error, "resync after lag failed");
+                received = events.recv() => match received {
+                    Ok(event) => {
+                        self.publish(&event);
+                        Ok(())
                     }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "push fan-out fell behind; re-sending current state");
+                        self.resend(&self.all_watched(), &engine, store.as_ref()).await
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                changed = changes.recv() => match changed {
+                    Ok(change) => self.privacy_changed(change, &engine, store.as_ref()).await,
+                    Err(RecvError::Lagged(_)) => {
+                        self.resend(&self.all_watched(), &engine, store.as_ref()).await
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "re-sending presence failed");
             }
         }
     }
 
-    async fn resync(&self, engine: &PresenceEngine, store: &dyn Store) -> anyhow::Result<()> {
-        let watched: Vec<UserId> = self
-            .inner
-            .watchers
-            .iter()
-            .flat_map(|shard| lock(shard).keys().copied().collect::<Vec<_>>())
-            .collect();
-        let mut evicted = Vec::new();
-        for &user in &watched {
-            match engine.presence(user).await? {
-                Some(view) => self.publish_view(user, view),
-                None => evicted.push(user),
+    async fn privacy_changed(
+        &self,
+        change: PrivacyChanged,
+        engine: &PresenceEngine,
+        store: &dyn Store,
+    ) -> anyhow::Result<()> {
+        self.resend(&[change.user], engine, store).await?;
+        if change.own_view_changed {
+            let mine = lock(&self.inner.registry)
+                .per_user
+                .get(&change.user)
+                .cloned()
+                .unwrap_or_default();
+            for outbox in mine {
+                for (owner, view) in current_views(&outbox.watched(), engine, store).await? {
+                    outbox.push_presence(self.present(outbox.viewer, owner, view));
+                }
             }
-        }
-        for record in store.users_by_ids(&evicted).await? {
-            let view = PresenceView {
-                status: crate::domain::PresenceStatus::Offline,
-                last_seen: record.last_seen,
-                seq: record.presence_seq,
-            };
-            self.publish_view(record.id, view);
         }
         Ok(())
     }
 
-    fn publish_view(&self, user: UserId, view: PresenceView) {
-        for outbox in self.outboxes_watching(user) {
-            if let Some(update) = self.present(outbox.viewer, user, view) {
-                outbox.push_presence(update);
-            }
+    fn all_watched(&self) -> Vec<UserId> {
+        self.inner
+            .watchers
+            .iter()
+            .flat_map(|shard| lock(shard).keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Re-sends the current state of `users` to all their watchers.
+    async fn resend(
+        &self,
+        users: &[UserId],
+        engine: &PresenceEngine,
+        store: &dyn Store,
+    ) -> anyhow::Result<()> {
+        for (user, view) in current_views(users, engine, store).await? {
+            self.publish_view(user, view);
+        }
+        Ok(())
+    }
+}
+
+/// The current raw presence of `users`: from the engine, or (for users it holds nothing for,
+/// who are offline) from the store. Unknown users are left out.
+///
+/// # Errors
+/// Engine or store failures.
+pub async fn current_views(
+    users: &[UserId],
+    engine: &PresenceEngine,
+    store: &dyn Store,
+) -> anyhow::Result<Vec<(UserId, PresenceView)>> {
+    let mut views = Vec::with_capacity(users.len());
+    let mut evicted = Vec::new();
+    for &user in users {
+        match engine.presence(user).await? {
+            Some(view) => views.push((user, view)),
+            None => evicted.push(user),
         }
     }
+    for record in store.users_by_ids(&evicted).await? {
+        let view = PresenceView {
+            status: PresenceStatus::Offline,
+            last_seen: record.last_seen,
+            seq: record.presence_seq,
+        };
+        views.push((record.id, view));
+    }
+    Ok(views)
 }
 
 /// One open socket or SSE stream: its outbox and subscriptions. Dropping it unregisters
@@ -388,7 +498,6 @@ pub struct Connection {
     hub: Hub,
     id: u64,
     outbox: Arc<Outbox>,
-    subscriptions: HashSet<UserId>,
 }
 
 impl Connection {
@@ -397,9 +506,14 @@ impl Connection {
         &self.outbox
     }
 
-    /// Queues a message for this connection (e.g. a snapshot or an error frame).
+    /// Queues a wire message (e.g. an error frame) for this connection.
     pub fn send(&self, message: ServerMessage) {
-        self.outbox.push(message);
+        self.outbox.push(Outgoing::Message(message));
+    }
+
+    /// Queues a snapshot for this connection.
+    pub fn send_snapshot(&self, entries: Vec<(Seen, String)>) {
+        self.outbox.push(Outgoing::Snapshot(entries));
     }
 
     /// Starts watching `users` (all or none). Returns the ones not watched before.
@@ -407,24 +521,26 @@ impl Connection {
     /// # Errors
     /// [`HubError::TooManySubscriptions`] if the limit would be exceeded.
     pub fn subscribe(&mut self, users: &[UserId]) -> Result<Vec<UserId>, HubError> {
-        let new: Vec<UserId> = users
-            .iter()
-            .copied()
-            .filter(|u| !self.subscriptions.contains(u))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let limit = self.hub.inner.limits.max_subscriptions;
-        if self.subscriptions.len() + new.len() > limit {
-            return Err(HubError::TooManySubscriptions(limit));
-        }
+        let new: Vec<UserId> = {
+            let mut watching = lock(&self.outbox.watching);
+            let new: HashSet<UserId> = users
+                .iter()
+                .copied()
+                .filter(|u| !watching.contains(u))
+                .collect();
+            let limit = self.hub.inner.limits.max_subscriptions;
+            if watching.len() + new.len() > limit {
+                return Err(HubError::TooManySubscriptions(limit));
+            }
+            watching.extend(new.iter().copied());
+            new.into_iter().collect()
+        };
         for &user in &new {
             self.hub
                 .shard(user)
                 .entry(user)
                 .or_default()
                 .push(self.outbox.clone());
-            self.subscriptions.insert(user);
         }
         metrics::gauge!("lastseen_subscriptions").increment(new.len() as f64);
         Ok(new)
@@ -432,20 +548,10 @@ impl Connection {
 
     /// Stops watching `users`.
     pub fn unsubscribe(&mut self, users: &[UserId]) {
-        for user in users {
-            if self.subscriptions.remove(user) {
-                self.remove_watcher(*user);
+        for &user in users {
+            if lock(&self.outbox.watching).remove(&user) {
+                remove_from(&mut self.hub.shard(user), user, &self.outbox);
                 metrics::gauge!("lastseen_subscriptions").decrement(1.0);
-            }
-        }
-    }
-
-    fn remove_watcher(&self, user: UserId) {
-        let mut shard = self.hub.shard(user);
-        if let Some(list) = shard.get_mut(&user) {
-            list.retain(|o| !Arc::ptr_eq(o, &self.outbox));
-            if list.is_empty() {
-                shard.remove(&user);
             }
         }
     }
@@ -458,25 +564,14 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        for user in std::mem::take(&mut self.subscriptions) {
-            self.remove_watcher(user);
+        let watched = std::mem::take(&mut *lock(&self.outbox.watching));
+        for user in watched {
+            remove_from(&mut self.hub.shard(user), user, &self.outbox);
             metrics::gauge!("lastseen_subscriptions").decrement(1.0);
         }
         let mut registry = lock(&self.hub.inner.registry);
-        let viewer = self.outbox.viewer;
-        if let Some(count) = registry.per_user.get_mut(&viewer) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                registry.per_user.remove(&viewer);
-            }
-        }
-        let session = self.outbox.session;
-        if let Some(list) = registry.per_session.get_mut(&session) {
-            list.retain(|o| !Arc::ptr_eq(o, &self.outbox));
-            if list.is_empty() {
-                registry.per_session.remove(&session);
-            }
-        }
+        remove_from(&mut registry.per_user, self.outbox.viewer.id, &self.outbox);
+        remove_from(&mut registry.per_session, self.outbox.session, &self.outbox);
         metrics::gauge!("lastseen_open_connections").decrement(1.0);
     }
 }
@@ -484,15 +579,37 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PresenceStatus;
+    use crate::domain::Username;
+    use crate::store::sqlite::SqliteStore;
     use chrono::Utc;
 
-    fn hub(send_queue: usize) -> Hub {
-        Hub::new(Limits {
+    /// A hub over an in-memory database holding users 1..=9 with default privacy.
+    async fn hub(send_queue: usize) -> Hub {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap());
+        store.migrate().await.unwrap();
+        for i in 1..=9 {
+            let name = Username::parse(&format!("user{i}")).unwrap();
+            store.create_user(&name, "unused", false).await.unwrap();
+        }
+        let privacy = Privacy::new(store, false);
+        privacy
+            .ensure_loaded(&(1..=9).map(UserId).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let limits = Limits {
             max_subscriptions: 3,
             max_connections_per_user: 2,
             send_queue,
-        })
+        };
+        Hub::new(limits, privacy)
+    }
+
+    fn viewer(id: i64) -> Viewer {
+        Viewer {
+            id: UserId(id),
+            is_admin: false,
+        }
     }
 
     fn event(user: i64, seq: u64) -> PresenceEvent {
@@ -504,11 +621,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_reach_only_the_subscribers_of_their_user() {
-        let hub = hub(16);
-        let mut a = hub.connect(UserId(1), SessionId(1)).unwrap();
-        let b = hub.connect(UserId(2), SessionId(2)).unwrap();
+    #[tokio::test]
+    async fn events_reach_only_the_subscribers_of_their_user() {
+        let hub = hub(16).await;
+        let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
+        let b = hub.connect(viewer(2), SessionId(2)).unwrap();
         a.subscribe(&[UserId(9)]).unwrap();
         hub.publish(&event(9, 1));
         hub.publish(&event(8, 1));
@@ -519,43 +636,41 @@ mod tests {
         assert!(a.outbox().drain().0.is_empty());
     }
 
-    #[test]
-    fn updates_of_one_user_are_coalesced_to_the_newest() {
-        let hub = hub(16);
-        let mut a = hub.connect(UserId(1), SessionId(1)).unwrap();
+    #[tokio::test]
+    async fn updates_of_one_user_are_coalesced_to_the_newest() {
+        let hub = hub(16).await;
+        let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
         a.subscribe(&[UserId(9), UserId(8)]).unwrap();
         for seq in 1..=100 {
             hub.publish(&event(9, seq));
         }
         hub.publish(&event(8, 1));
-        let (messages, closed) = a.outbox().drain();
+        let (items, closed) = a.outbox().drain();
         assert_eq!(closed, None);
-        assert_eq!(messages.len(), 2);
-        assert!(
-            matches!(&messages[0], ServerMessage::Presence(u) if u.seq == 100 && u.user_id == 9)
-        );
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Outgoing::Presence(s) if s.seq == 100 && s.owner == UserId(9)));
     }
 
-    #[test]
-    fn an_overflowing_queue_closes_the_connection_as_a_slow_consumer() {
-        let hub = hub(8);
-        let mut a = hub.connect(UserId(1), SessionId(1)).unwrap();
+    #[tokio::test]
+    async fn an_overflowing_queue_closes_the_connection_as_a_slow_consumer() {
+        let hub = hub(8).await;
+        let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
         a.subscribe(&[UserId(9)]).unwrap();
         for _ in 0..20 {
             a.send(ServerMessage::error("invalid", "x"));
         }
-        let (messages, closed) = a.outbox().drain();
-        assert!(messages.is_empty(), "a closed outbox drops its backlog");
+        let (items, closed) = a.outbox().drain();
+        assert!(items.is_empty(), "a closed outbox drops its backlog");
         assert_eq!(closed.map(|c| c.code), Some(CLOSE_SLOW_CONSUMER));
     }
 
-    #[test]
-    fn limits_are_enforced_and_released_on_drop() {
-        let hub = hub(8);
-        let first = hub.connect(UserId(1), SessionId(1)).unwrap();
-        let mut second = hub.connect(UserId(1), SessionId(2)).unwrap();
+    #[tokio::test]
+    async fn limits_are_enforced_and_released_on_drop() {
+        let hub = hub(8).await;
+        let first = hub.connect(viewer(1), SessionId(1)).unwrap();
+        let mut second = hub.connect(viewer(1), SessionId(2)).unwrap();
         assert_eq!(
-            hub.connect(UserId(1), SessionId(3)).err(),
+            hub.connect(viewer(1), SessionId(3)).err(),
             Some(HubError::TooManyConnections(2))
         );
         assert!(
@@ -571,7 +686,7 @@ mod tests {
             2
         );
         drop(first);
-        assert!(hub.connect(UserId(1), SessionId(3)).is_ok());
+        assert!(hub.connect(viewer(1), SessionId(3)).is_ok());
         drop(second);
         assert!(
             hub.shard(UserId(5)).is_empty(),
@@ -579,12 +694,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn typing_reaches_only_the_recipients_connections_that_watch_the_sender() {
-        let hub = hub(8);
-        let mut recipient = hub.connect(UserId(2), SessionId(2)).unwrap();
-        let mut bystander = hub.connect(UserId(3), SessionId(3)).unwrap();
-        let not_watching = hub.connect(UserId(2), SessionId(4)).unwrap();
+    #[tokio::test]
+    async fn typing_reaches_only_the_recipients_connections_that_watch_the_sender() {
+        let hub = hub(8).await;
+        let mut recipient = hub.connect(viewer(2), SessionId(2)).unwrap();
+        let mut bystander = hub.connect(viewer(3), SessionId(3)).unwrap();
+        let not_watching = hub.connect(viewer(2), SessionId(4)).unwrap();
         recipient.subscribe(&[UserId(1)]).unwrap();
         bystander.subscribe(&[UserId(1)]).unwrap();
         assert_eq!(hub.typing(UserId(1), UserId(2)), 1);
@@ -593,11 +708,11 @@ mod tests {
         assert!(not_watching.outbox().drain().0.is_empty());
     }
 
-    #[test]
-    fn closing_a_session_closes_its_connections() {
-        let hub = hub(8);
-        let a = hub.connect(UserId(1), SessionId(1)).unwrap();
-        let other = hub.connect(UserId(1), SessionId(2)).unwrap();
+    #[tokio::test]
+    async fn closing_a_session_closes_its_connections() {
+        let hub = hub(8).await;
+        let a = hub.connect(viewer(1), SessionId(1)).unwrap();
+        let other = hub.connect(viewer(1), SessionId(2)).unwrap();
         hub.close_session(SessionId(1));
         assert_eq!(
             a.outbox().drain().1.map(|c| c.code),

@@ -12,13 +12,14 @@ pub mod ws;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::domain::{PresenceStatus, SessionId, UserId};
-use crate::engine::{PresenceEngine, PresenceView};
+use crate::domain::{SessionId, UserId};
+use crate::engine::PresenceEngine;
 use crate::http::AppState;
 use crate::http::dto::UserPresence;
 use crate::http::error::ApiError;
-use hub::Connection;
-use protocol::{ServerMessage, SnapshotEntry};
+use crate::privacy::VisiblePresence;
+use hub::{Connection, Outgoing, Seen, current_views};
+use protocol::{PresenceUpdate, ServerMessage, SnapshotEntry};
 
 /// An open connection counted as a live session; when dropped (on every exit path), the
 /// session's reconnect grace starts.
@@ -62,45 +63,91 @@ impl Drop for LiveSession {
     }
 }
 
-/// Per-connection delivery state: the last `seq` sent per user, so that nothing older than
-/// what the client already has is ever sent (e.g. an update queued before a snapshot).
+/// Per-connection delivery state: what was last sent about each watched user. It turns the
+/// hub's filtered values into wire messages and enforces two rules: nothing older than what the
+/// client already has is sent (e.g. an update queued before a snapshot), and nothing that looks
+/// the same to this viewer is sent again, so the timing of a hidden transition (an invisible
+/// user going online, say) does not leak. `seq` reaches the client only where `last_seen` does,
+/// since it encodes the transition's time.
 #[derive(Debug, Default)]
 pub struct Delivered {
-    seqs: HashMap<i64, u64>,
+    last: HashMap<UserId, (u64, VisiblePresence)>,
+    high_water: u64,
 }
 
 impl Delivered {
-    /// Filters and records a drained message; `None` if it is stale.
-    pub fn admit(&mut self, message: ServerMessage) -> Option<ServerMessage> {
-        match message {
-            ServerMessage::Presence(update) => {
-                let last = self.seqs.entry(update.user_id).or_default();
-                if update.seq <= *last {
+    /// The wire form of a drained item, or `None` if it must not be sent.
+    pub fn admit(&mut self, item: Outgoing) -> Option<ServerMessage> {
+        match item {
+            Outgoing::Message(message) => Some(message),
+            Outgoing::Presence(seen) => {
+                if !self.record(&seen) {
                     return None;
                 }
-                *last = update.seq;
+                let update = PresenceUpdate {
+                    user_id: seen.owner.0,
+                    online_status: seen.visible.status,
+                    last_seen: seen.visible.last_seen,
+                    last_seen_approx: seen.visible.last_seen_approx,
+                    seq: self.expose(&seen),
+                };
                 Some(ServerMessage::Presence(update))
             }
-            ServerMessage::Snapshot { users } => {
-                for entry in &users {
-                    let last = self.seqs.entry(entry.presence.id).or_default();
-                    *last = (*last).max(entry.seq);
-                }
+            Outgoing::Snapshot(entries) => {
+                let users = entries
+                    .into_iter()
+                    .map(|(seen, username)| {
+                        self.record(&seen);
+                        SnapshotEntry {
+                            seq: self.expose(&seen),
+                            presence: UserPresence::from_visible(
+                                seen.owner,
+                                username,
+                                seen.visible,
+                            ),
+                        }
+                    })
+                    .collect();
                 Some(ServerMessage::Snapshot { users })
             }
-            other => Some(other),
         }
     }
 
-    /// Highest `seq` delivered so far (the SSE event id).
+    /// Records `seen`; `false` if it is older than, or looks the same as, what was sent.
+    fn record(&mut self, seen: &Seen) -> bool {
+        match self.last.get_mut(&seen.owner) {
+            Some((seq, visible)) => {
+                if seen.seq < *seq || seen.visible == *visible {
+                    *seq = (*seq).max(seen.seq);
+                    return false;
+                }
+                *seq = seen.seq;
+                *visible = seen.visible;
+                true
+            }
+            None => {
+                self.last.insert(seen.owner, (seen.seq, seen.visible));
+                true
+            }
+        }
+    }
+
+    fn expose(&mut self, seen: &Seen) -> Option<u64> {
+        let exposed = seen.seq_visible.then_some(seen.seq);
+        self.high_water = self.high_water.max(exposed.unwrap_or(0));
+        exposed
+    }
+
+    /// Highest `seq` sent to the client so far (the SSE event id).
     pub fn high_water(&self) -> u64 {
-        self.seqs.values().copied().max().unwrap_or(0)
+        self.high_water
     }
 }
 
-/// Subscribes `connection` to `ids` and queues the snapshot answering it. Users whose current
-/// `seq` is not above `known(user)` are left out of the snapshot (the client is up to date).
-/// Unknown ids are not subscribed and are reported in an error frame.
+/// Subscribes `connection` to `ids` and queues the snapshot answering it. A user whose `seq`
+/// is visible to the viewer and not above `known(user)` is left out (the client is up to
+/// date); where `seq` is hidden the entry is always sent, so `since` cannot be used to probe a
+/// hidden `last_seen`. Unknown ids are not subscribed and are reported in an error frame.
 ///
 /// # Errors
 /// Storage or engine failures; a limit violation is reported as an error frame instead.
@@ -112,66 +159,38 @@ pub async fn subscribe(
 ) -> Result<(), ApiError> {
     let wanted: Vec<UserId> = ids.iter().copied().map(UserId).collect();
     let records = state.store.users_by_ids(&wanted).await?;
-    let existing: Vec<UserId> = records.iter().map(|r| r.id).collect();
+    let names: HashMap<UserId, String> = records.into_iter().map(|r| (r.id, r.username)).collect();
+    let existing: Vec<UserId> = names.keys().copied().collect();
     let unknown: Vec<i64> = ids
         .iter()
         .copied()
-        .filter(|id| !existing.contains(&UserId(*id)))
+        .filter(|id| !names.contains_key(&UserId(*id)))
         .collect();
     if let Err(error) = connection.subscribe(&existing) {
         connection.send(ServerMessage::error("limit_exceeded", error.to_string()));
         return Ok(());
     }
     if !unknown.is_empty() {
-        connection.send(ServerMessage::error(
-            "not_found",
-            format!("unknown user ids: {unknown:?}"),
-        ));
+        let detail = format!("unknown user ids: {unknown:?}");
+        connection.send(ServerMessage::error("not_found", detail));
     }
-    // Subscribed before reading state, so no transition can fall between the two.
     let viewer = connection.outbox().viewer();
-    let mut views = HashMap::with_capacity(records.len());
-    for record in &records {
-        if let Some(view) = state.engine.presence(record.id).await? {
-            views.insert(record.id, view);
-        }
-    }
-    // Users the engine holds nothing for are offline, and the store is current for them; read
-    // them again, as they may have gone offline since the first read.
-    let evicted: Vec<UserId> = existing
-        .iter()
-        .copied()
-        .filter(|id| !views.contains_key(id))
-        .collect();
-    let records: Vec<_> = records
+    let mut load = existing.clone();
+    load.push(viewer.id);
+    state.privacy.ensure_loaded(&load).await?;
+    // Subscribed before reading state, so no transition can fall between the two.
+    let views = current_views(&existing, &state.engine, state.store.as_ref())
+        .await
+        .map_err(ApiError::Internal)?;
+    let mut entries: Vec<(Seen, String)> = views
         .into_iter()
-        .filter(|r| views.contains_key(&r.id))
-        .chain(state.store.users_by_ids(&evicted).await?)
+        .map(|(owner, view)| state.hub.present(viewer, owner, view))
+        .filter(|seen| {
+            !(seen.seq_visible && known(seen.owner.0).is_some_and(|have| have >= seen.seq))
+        })
+        .filter_map(|seen| names.get(&seen.owner).cloned().map(|name| (seen, name)))
         .collect();
-    let mut users = Vec::with_capacity(records.len());
-    for record in &records {
-        let view = views.get(&record.id).copied().unwrap_or(PresenceView {
-            status: PresenceStatus::Offline,
-            last_seen: record.last_seen,
-            seq: record.presence_seq,
-        });
-        if known(record.id.0).is_some_and(|have| have >= view.seq) {
-            continue;
-        }
-        if let Some(update) = state.hub.present(viewer, record.id, view) {
-            users.push(SnapshotEntry {
-                presence: UserPresence {
-                    id: record.id.0,
-                    username: record.username.clone(),
-                    online_status: update.online_status,
-                    last_seen: update.last_seen,
-                    is_online: update.online_status.is_online(),
-                },
-                seq: update.seq,
-            });
-        }
-    }
-    users.sort_by_key(|entry| entry.presence.id);
-    connection.send(ServerMessage::Snapshot { users });
+    entries.sort_by_key(|(seen, _)| seen.owner);
+    connection.send_snapshot(entries);
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::PresenceStatus;
 use crate::http::dto::{UserPresence, rfc3339};
+use crate::privacy::LastSeenApprox;
 
 /// Close code: authentication missing, invalid, late, or the session was revoked (logout).
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
@@ -74,25 +75,29 @@ fn since_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<i64, u64>
 /// One user in a snapshot: the HTTP `UserPresence` plus the `seq` to resume from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotEntry {
-    /// The user's presence, as the HTTP API shows it to this viewer.
+    /// The user's presence, as the HTTP API shows it to this viewer (hidden fields null).
     #[serde(flatten)]
     pub presence: UserPresence,
-    /// Sequence number of the user's last transition.
-    pub seq: u64,
+    /// Sequence number of the user's last transition; null where `last_seen` is hidden (it
+    /// encodes the transition's time).
+    pub seq: Option<u64>,
 }
 
-/// A presence change of a watched user.
+/// A presence change of a watched user, as this viewer may see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresenceUpdate {
     /// Whose presence changed.
     pub user_id: i64,
-    /// The new status.
-    pub online_status: PresenceStatus,
-    /// Time of the last activity.
+    /// The new status; null when the owner hides it from this viewer.
+    pub online_status: Option<PresenceStatus>,
+    /// Time of the last activity; null when hidden (or never active).
     #[serde(serialize_with = "rfc3339")]
     pub last_seen: Option<DateTime<Utc>>,
-    /// Per-user, strictly increasing.
-    pub seq: u64,
+    /// Coarse last seen where the exact one is hidden (only with `last_seen_approx` enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_approx: Option<LastSeenApprox>,
+    /// Per-user, strictly increasing; null where `last_seen` is hidden.
+    pub seq: Option<u64>,
 }
 
 /// A message from the server.
@@ -199,18 +204,27 @@ mod tests {
                     presence: UserPresence {
                         id: 1,
                         username: "ahmad".into(),
-                        online_status: PresenceStatus::Online,
+                        online_status: Some(PresenceStatus::Online),
                         last_seen: Some(at),
-                        is_online: true,
+                        is_online: Some(true),
+                        last_seen_approx: None,
                     },
-                    seq: 9,
+                    seq: Some(9),
                 }],
             },
             ServerMessage::Presence(PresenceUpdate {
                 user_id: 1,
-                online_status: PresenceStatus::Offline,
+                online_status: Some(PresenceStatus::Offline),
                 last_seen: Some(at),
-                seq: 10,
+                last_seen_approx: None,
+                seq: Some(10),
+            }),
+            ServerMessage::Presence(PresenceUpdate {
+                user_id: 1,
+                online_status: None,
+                last_seen: None,
+                last_seen_approx: Some(LastSeenApprox::Recently),
+                seq: None,
             }),
             ServerMessage::Typing {
                 from: 2,
@@ -229,9 +243,10 @@ mod tests {
     fn presence_and_snapshot_have_the_documented_shape() {
         let update = ServerMessage::Presence(PresenceUpdate {
             user_id: 5,
-            online_status: PresenceStatus::Online,
+            online_status: Some(PresenceStatus::Online),
             last_seen: None,
-            seq: 3,
+            last_seen_approx: None,
+            seq: Some(3),
         });
         assert_eq!(
             serde_json::to_value(&update).unwrap(),

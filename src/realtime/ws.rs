@@ -24,6 +24,7 @@ use crate::domain::UserId;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_from_headers;
+use crate::privacy::Viewer;
 
 /// How long a browser has to send its `auth` message.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,7 +88,10 @@ where
             }
         },
     };
-    let connection = match state.hub.connect(session.user_id, session.session_id) {
+    let connection = match state
+        .hub
+        .connect(Viewer::from(&session), session.session_id)
+    {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "socket refused");
@@ -200,7 +204,7 @@ impl SocketLoop<'_> {
                 }
                 () = outbox.ready() => {
                     let (messages, close) = outbox.drain();
-                    for message in messages.into_iter().filter_map(|m| self.delivered.admit(m)) {
+                    for message in messages.into_iter().filter_map(|item| self.delivered.admit(item)) {
                         let sent = tokio::time::timeout(period, socket.send(text(&message))).await;
                         match sent {
                             Ok(Ok(())) => {}
@@ -258,7 +262,7 @@ impl SocketLoop<'_> {
                         "too many typing messages; slow down",
                     ));
                 }
-                let from = self.connection.outbox().viewer();
+                let from = self.connection.outbox().viewer().id;
                 self.state.hub.typing(from, UserId(to));
             }
         }

@@ -1,4 +1,5 @@
-//! Durable storage of users, sessions and the persisted copy of presence.
+//! Durable storage of users, sessions, the persisted copy of presence, and privacy data
+//! (settings, contacts, blocks).
 //!
 //! [`Store`] is the trait every backend implements (SQLite today; PostgreSQL for multi-node
 //! deployments satisfies the same contract). The store owns SQL and its error mapping; it knows
@@ -13,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser};
+use crate::privacy::{PrivacyChange, StoredPrivacy};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,9 @@ pub enum StoreError {
     /// A uniqueness rule was violated (e.g. the username is taken).
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The row to change, or a user it refers to, does not exist.
+    #[error("not found: {0}")]
+    NotFound(&'static str),
     /// The database could not be reached or refused the connection.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -105,6 +110,20 @@ pub trait Store: Send + Sync + 'static {
         cutoff: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<u64, StoreError>;
+    /// Privacy data of those of `users` that exist (defaults, version 0, for a user who never
+    /// changed any), read in one consistent snapshot; order is unspecified.
+    async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError>;
+    /// Applies `change` to `owner`'s privacy data in one transaction that also bumps its
+    /// version, and returns the whole new state. `at` is the request time (for
+    /// `invisible_since` when invisible mode is turned on, and `created_at`).
+    /// [`StoreError::Conflict`] if the user is already in the list; [`StoreError::NotFound`]
+    /// if a removed user is not in it, or an added user does not exist.
+    async fn change_privacy(
+        &self,
+        owner: UserId,
+        change: &PrivacyChange,
+        at: DateTime<Utc>,
+    ) -> Result<StoredPrivacy, StoreError>;
 }
 
 /// Opens the store a database URL names (`sqlite://path` or `sqlite::memory:`).

@@ -2,7 +2,9 @@
 //!
 //! WAL journal with `synchronous=NORMAL`: readers never block the writer, and a crash loses at
 //! most the last transactions, never integrity. Timestamps are fixed-width RFC 3339 text so they
-//! compare correctly in SQL.
+//! compare correctly in SQL. Privacy data lives in the `privacy` submodule.
+
+mod privacy;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use sqlx::{Row, migrate::Migrator};
 use super::{SessionRecord, Store, StoreError, UserRecord};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser};
+use crate::privacy::{PrivacyChange, StoredPrivacy};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -323,5 +326,18 @@ impl Store for SqliteStore {
         .await
         .map_err(other)?;
         Ok(done.rows_affected())
+    }
+
+    async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError> {
+        privacy::privacy_of(&self.pool, users).await
+    }
+
+    async fn change_privacy(
+        &self,
+        owner: UserId,
+        change: &PrivacyChange,
+        at: DateTime<Utc>,
+    ) -> Result<StoredPrivacy, StoreError> {
+        privacy::change_privacy(&self.pool, owner, change, at).await
     }
 }

@@ -112,6 +112,32 @@ impl TestApp {
             .unwrap()
     }
 
+    /// An authenticated request with a JSON body (`POST`, `PUT`, ...).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn register(&self, username: &str, password: &str) -> Response {
         self.post_json(
             "/api/users/register/",

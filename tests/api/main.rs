@@ -7,4 +7,6 @@ mod helpers;
 mod ops;
 mod persistence;
 mod presence;
+mod privacy;
+mod privacy_push;
 mod realtime;

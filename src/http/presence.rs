@@ -1,0 +1,119 @@
+//! Presence reads for ordinary users: one user, or a batch. Every answer goes through
+//! [`crate::privacy::Privacy::filter`], so hidden fields are `null`.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::Json;
+use axum::extract::State;
+use chrono::Utc;
+
+use super::AppState;
+use super::dto::{PresenceQueryRequest, PresenceQueryResponse, UserPresence, current_view};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, Authenticated};
+use crate::domain::UserId;
+use crate::privacy::Viewer;
+use crate::store::UserRecord;
+
+/// Most user ids one `POST /api/presence/query/` may ask for.
+pub const MAX_QUERY_IDS: usize = 500;
+
+/// The presence of `ids` (distinct) as `caller` may see it, in the order given; ids of users
+/// that do not exist are left out.
+async fn visible_presence(
+    state: &AppState,
+    caller: &Authenticated,
+    ids: &[UserId],
+) -> Result<Vec<UserPresence>, ApiError> {
+    // Engine first: if it holds nothing for a user, that user's state is already in the store
+    // we read next.
+    let mut views = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Some(view) = state.engine.presence(*id).await? {
+            views.insert(*id, view);
+        }
+    }
+    let users: HashMap<UserId, UserRecord> = state
+        .store
+        .users_by_ids(ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    let viewer = Viewer::from(&caller.session);
+    let mut involved: Vec<UserId> = users.keys().copied().collect();
+    involved.push(viewer.id);
+    state.privacy.ensure_loaded(&involved).await?;
+    let now = Utc::now();
+    Ok(ids
+        .iter()
+        .filter_map(|id| {
+            let user = users.get(id)?;
+            let raw = current_view(user, views.remove(id));
+            let visible = state.privacy.filter_at(viewer, *id, raw, now);
+            Some(UserPresence::from_visible(
+                *id,
+                user.username.clone(),
+                visible,
+            ))
+        })
+        .collect())
+}
+
+/// One user's presence, as the caller may see it.
+#[utoipa::path(
+    get, path = "/api/users/{id}/presence/", tag = "presence",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user's presence; hidden fields are null", body = UserPresence),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    )
+)]
+pub async fn user_presence(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<UserPresence>, ApiError> {
+    visible_presence(&state, &caller, &[UserId(id)])
+        .await?
+        .pop()
+        .map(Json)
+        .ok_or(ApiError::NotFound("No such user."))
+}
+
+/// Several users' presence at once, as the caller may see it.
+#[utoipa::path(
+    post, path = "/api/presence/query/", tag = "presence",
+    security(("bearer" = [])),
+    request_body = PresenceQueryRequest,
+    responses(
+        (status = 200, description = "The users that exist, in request order; hidden fields are null", body = PresenceQueryResponse),
+        (status = 400, description = "Malformed body or more than 500 ids", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    )
+)]
+pub async fn query_presence(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    ApiJson(body): ApiJson<PresenceQueryRequest>,
+) -> Result<Json<PresenceQueryResponse>, ApiError> {
+    if body.user_ids.len() > MAX_QUERY_IDS {
+        return Err(ApiError::invalid(format!(
+            "user_ids may list at most {MAX_QUERY_IDS} users (got {})",
+            body.user_ids.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(body.user_ids.len());
+    let ids: Vec<UserId> = body
+        .user_ids
+        .into_iter()
+        .map(UserId)
+        .filter(|id| seen.insert(*id))
+        .collect();
+    let users = visible_presence(&state, &caller, &ids).await?;
+    Ok(Json(PresenceQueryResponse { users }))
+}
