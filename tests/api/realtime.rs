@@ -493,3 +493,28 @@ async fn the_demo_page_and_client_module_are_served() {
             .contains("export class PresenceClient")
     );
 }
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_missing_a_ping_and_goes_offline_after_the_grace() {
+    let app = spawn_app_with(|s| {
+        s.ping_interval = Duration::from_millis(300);
+        s.disconnect_grace = Duration::from_millis(300);
+    })
+    .await;
+    let (_, alice) = app.user("alice").await;
+    let bob = registered(&app, "bob").await;
+    let mut watcher = app.ws(&alice).await;
+    watcher.subscribe(&[bob]).await;
+    let bob_token = app.token("bob").await;
+    assert_eq!(presence(&watcher.next_json().await), (bob, "online".into()));
+    let mut dead = app.ws(&bob_token).await;
+
+    // `dead` reads nothing, so it never answers the server's pings (as a vanished phone).
+    let offline = watcher.next_json().await;
+    assert_eq!(
+        presence(&offline),
+        (bob, "offline".into()),
+        "worst case 2 pings + grace"
+    );
+    assert_eq!(dead.close_code().await, Some(4000));
+}
