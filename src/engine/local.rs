@@ -126,6 +126,41 @@ impl LocalBackend {
         });
     }
 
+    /// Runs `f` on `user`'s state (created offline if absent and `create`; else `None` is
+    /// returned for an absent user), then keeps the shard's bookkeeping in step (dirty list,
+    /// online set, the deadline `f` asks for) and publishes the transition after unlocking.
+    fn apply(
+        &self,
+        user: UserId,
+        session: SessionId,
+        create: bool,
+        f: impl FnOnce(&mut UserState) -> Change,
+    ) -> Option<PresenceView> {
+        let (transition, result) = {
+            let mut guard = self.shard(user);
+            let shard = &mut *guard;
+            let state = if create {
+                shard
+                    .users
+                    .entry(user)
+                    .or_insert_with(|| UserState::offline(0, None))
+            } else {
+                shard.users.get_mut(&user)?
+            };
+            let was_dirty = state.dirty;
+            let change = f(state);
+            let (result, is_dirty) = (view(state), state.dirty);
+            note_dirty(shard, user, was_dirty, is_dirty);
+            update_online_set(shard, user, change.transition.as_ref());
+            if let Some(at) = change.arm {
+                self.arm(shard, user, session, at);
+            }
+            (change.transition, result)
+        };
+        self.publish(user, transition);
+        Some(result)
+    }
+
     /// The earliest armed deadline of any shard.
     fn next_due(&self) -> Option<Instant> {
         self.shards
@@ -157,9 +192,26 @@ fn view(state: &UserState) -> PresenceView {
     }
 }
 
-/// Records the user as dirty in its shard if it just became dirty.
-fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool) {
-    if !was_dirty {
+/// What a mutation of one user's state did, for [`LocalBackend::apply`].
+struct Change {
+    /// The user's transition, to publish.
+    transition: Option<Transition>,
+    /// A deadline to arm for the session.
+    arm: Option<Instant>,
+}
+
+/// The view of a user the engine holds nothing for, as a fallback answer.
+fn never_active() -> PresenceView {
+    PresenceView {
+        status: PresenceStatus::Offline,
+        last_seen: None,
+        seq: 0,
+    }
+}
+
+/// Records the user in its shard's dirty list if it just became dirty.
+fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool, is_dirty: bool) {
+    if is_dirty && !was_dirty {
         shard.dirty.push(user);
     }
 }
@@ -180,25 +232,15 @@ fn update_online_set(shard: &mut Shard, user: UserId, transition: Option<&Transi
 impl PresenceBackend for LocalBackend {
     async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        let (transition, result) = {
-            let mut shard = self.shard(user);
-            let state = shard
-                .users
-                .entry(user)
-                .or_insert_with(|| UserState::offline(0, None));
-            let was_dirty = state.dirty;
+        let view = self.apply(user, session, true, |state| {
             let (transition, is_new) = state.touch(session, now, wall, self.timeout);
-            let result = view(state);
-            note_dirty(&mut shard, user, was_dirty);
-            update_online_set(&mut shard, user, transition.as_ref());
-            if is_new {
-                self.arm(&mut shard, user, session, now + self.timeout);
+            Change {
+                transition,
+                arm: is_new.then_some(now + self.timeout),
             }
-            (transition, result)
-        };
+        });
         metrics::counter!("lastseen_activity_total").increment(1);
-        self.publish(user, transition);
-        Ok(result)
+        Ok(view.unwrap_or_else(never_active))
     }
 
     async fn open_socket(
@@ -207,27 +249,17 @@ impl PresenceBackend for LocalBackend {
         session: SessionId,
     ) -> Result<PresenceView, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        let (transition, result) = {
-            let mut shard = self.shard(user);
-            let state = shard
-                .users
-                .entry(user)
-                .or_insert_with(|| UserState::offline(0, None));
-            let was_dirty = state.dirty;
+        let view = self.apply(user, session, true, |state| {
             let (transition, is_new, flap) = state.open_socket(session, now, wall, self.timeout);
-            let result = view(state);
-            note_dirty(&mut shard, user, was_dirty);
-            update_online_set(&mut shard, user, transition.as_ref());
-            if is_new {
-                self.arm(&mut shard, user, session, now + self.timeout);
-            }
             if flap {
                 metrics::counter!("lastseen_flaps_suppressed_total").increment(1);
             }
-            (transition, result)
-        };
-        self.publish(user, transition);
-        Ok(result)
+            Change {
+                transition,
+                arm: is_new.then_some(now + self.timeout),
+            }
+        });
+        Ok(view.unwrap_or_else(never_active))
     }
 
     async fn close_socket(
@@ -237,15 +269,10 @@ impl PresenceBackend for LocalBackend {
         grace: Duration,
     ) -> Result<(), EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        let mut shard = self.shard(user);
-        let Some(state) = shard.users.get_mut(&user) else {
-            return Ok(());
-        };
-        let was_dirty = state.dirty;
-        if let Some(deadline) = state.close_socket(session, now, wall, grace) {
-            note_dirty(&mut shard, user, was_dirty);
-            self.arm(&mut shard, user, session, deadline);
-        }
+        self.apply(user, session, false, |state| Change {
+            transition: None,
+            arm: state.close_socket(session, now, wall, grace),
+        });
         Ok(())
     }
 
@@ -255,24 +282,11 @@ impl PresenceBackend for LocalBackend {
         session: SessionId,
     ) -> Result<PresenceView, EngineError> {
         let wall = wall_now();
-        let (transition, result) = {
-            let mut shard = self.shard(user);
-            let Some(state) = shard.users.get_mut(&user) else {
-                return Ok(PresenceView {
-                    status: PresenceStatus::Offline,
-                    last_seen: None,
-                    seq: 0,
-                });
-            };
-            let was_dirty = state.dirty;
-            let transition = state.end_session(session, wall);
-            let result = view(state);
-            note_dirty(&mut shard, user, was_dirty);
-            update_online_set(&mut shard, user, transition.as_ref());
-            (transition, result)
-        };
-        self.publish(user, transition);
-        Ok(result)
+        let view = self.apply(user, session, false, |state| Change {
+            transition: state.end_session(session, wall),
+            arm: None,
+        });
+        Ok(view.unwrap_or_else(never_active))
     }
 
     async fn presence(&self, user: UserId) -> Result<Option<PresenceView>, EngineError> {
@@ -321,7 +335,7 @@ impl PresenceBackend for LocalBackend {
                             Expiry::Stale => continue,
                             Expiry::Rearm(at) => self.arm(shard, user, session, at),
                             Expiry::Expired(transition) => {
-                                note_dirty(shard, user, was_dirty);
+                                note_dirty(shard, user, was_dirty, true);
                                 update_online_set(shard, user, transition.as_ref());
                                 transitions.push((user, transition));
                             }
@@ -393,7 +407,7 @@ impl PresenceBackend for LocalBackend {
             let mut shard = self.shard(user);
             if let Some(state) = shard.users.get_mut(&user) {
                 let was_dirty = std::mem::replace(&mut state.dirty, true);
-                note_dirty(&mut shard, user, was_dirty);
+                note_dirty(&mut shard, user, was_dirty, true);
             }
         }
     }
