@@ -286,7 +286,10 @@ export class PresenceClient extends EventTarget {
 export function describePresence(user, now = new Date()) {
   if (!user) return "";
   if (user.online_status === "online") return "online";
-  if (!user.last_seen) return user.last_seen_approx ? `last seen ${user.last_seen_approx.replace("_", " ")}` : "";
+  if (!user.last_seen) {
+    if (user.last_seen_approx) return `last seen ${user.last_seen_approx.replace("_", " ")}`;
+    return user.online_status === "offline" ? "offline" : "";
+  }
   const seen = new Date(user.last_seen);
   const time = seen.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
