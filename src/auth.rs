@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -33,6 +36,9 @@ pub enum AuthError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Too many password hashes are already running or waiting.
+    #[error("too many logins in progress")]
+    Busy,
     /// Hashing failed or its task died.
     #[error("password hashing failed: {0}")]
     Hashing(String),
@@ -110,13 +116,16 @@ fn verify_password(candidate: &[u8], stored: &str) -> bool {
         .is_ok_and(|hash| Argon2::default().verify_password(candidate, &hash).is_ok())
 }
 
-/// Runs CPU-heavy hashing off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AuthError::Hashing(e.to_string()))
+/// Longest a login or registration waits for a free hashing slot before it is refused.
+const HASHING_WAIT: Duration = Duration::from_secs(10);
+
+/// One shard of the session cache.
+#[derive(Default)]
+struct CacheShard {
+    sessions: HashMap<TokenHash, Session>,
+    /// Bumped by every logout of a token of this shard; a database lookup that started before
+    /// a bump does not cache its result (it may have read a row being deleted).
+    revocations: u64,
 }
 
 /// Accounts, logins and token validation over a [`Store`], with an in-memory session cache.
@@ -124,10 +133,13 @@ async fn blocking<T: Send + 'static>(
 pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Token hash -> session, sharded by the hash's first byte. Entries are added on login or
-    /// first use and removed on logout; nothing else mutates them.
-    cache: Arc<[Mutex<HashMap<TokenHash, Session>>]>,
+    /// first use and removed on logout.
+    cache: Arc<[Mutex<CacheShard>]>,
     /// A valid hash to verify against for unknown users, so both failures cost the same.
     dummy_hash: Arc<str>,
+    /// Argon2 costs ~19 MiB and a core for tens of milliseconds per hash: at most one hash per
+    /// core runs at once, so a burst of logins cannot exhaust memory or starve the server.
+    hashing: Arc<Semaphore>,
 }
 
 impl Authenticator {
@@ -138,48 +150,68 @@ impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, AuthError> {
         let dummy =
             Password::parse(&random_secret(16)).map_err(|e| AuthError::Hashing(e.to_string()))?;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             store,
             cache: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
             dummy_hash: hash_password(&dummy)?.into(),
+            hashing: Arc::new(Semaphore::new(cores)),
         })
     }
 
-    fn cache_shard(
-        &self,
-        hash: &TokenHash,
-    ) -> std::sync::MutexGuard<'_, HashMap<TokenHash, Session>> {
+    fn cache_shard(&self, hash: &TokenHash) -> std::sync::MutexGuard<'_, CacheShard> {
         let shard = &self.cache[usize::from(hash.0[0]) % CACHE_SHARDS];
         shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs CPU-heavy hashing off the async workers, one per core at a time.
+    async fn hash_work<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let permit = tokio::time::timeout(HASHING_WAIT, self.hashing.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| AuthError::Hashing(e.to_string()))
+    }
+
     /// Creates a user with a hashed password.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] (wrapped) if the name is taken.
+    /// [`StoreError::Conflict`] (wrapped) if the name is taken; [`AuthError::Busy`] when too
+    /// many hashes are waiting.
     pub async fn register(
         &self,
         username: &Username,
         password: Password,
         is_admin: bool,
     ) -> Result<UserRecord, AuthError> {
-        let hash = blocking(move || hash_password(&password)).await??;
+        let hash = self.hash_work(move || hash_password(&password)).await??;
         Ok(self.store.create_user(username, &hash, is_admin).await?)
     }
 
     /// Checks credentials and opens a new session.
     ///
     /// # Errors
-    /// [`AuthError::BadCredentials`] for an unknown user or a wrong password alike.
+    /// [`AuthError::BadCredentials`] for an unknown user or a wrong password alike;
+    /// [`AuthError::Busy`] when too many hashes are waiting.
     pub async fn login(&self, username: &str, password: &str) -> Result<Login, AuthError> {
         let user = self.store.user_by_username(username).await?;
         let stored = user
             .as_ref()
             .map_or_else(|| self.dummy_hash.to_string(), |u| u.password_hash.clone());
         let candidate = password.as_bytes().to_vec();
-        let matches = blocking(move || verify_password(&candidate, &stored)).await?;
+        let matches = self
+            .hash_work(move || verify_password(&candidate, &stored))
+            .await?;
         let user = user.filter(|_| matches).ok_or(AuthError::BadCredentials)?;
 
         let token = random_secret(32);
@@ -194,37 +226,62 @@ impl Authenticator {
             username: user.username,
             is_admin: user.is_admin,
         };
-        self.cache_shard(&hash).insert(hash, session.clone());
+        self.cache_shard(&hash)
+            .sessions
+            .insert(hash, session.clone());
         Ok(Login { token, session })
     }
 
-    /// Resolves a bearer token to its session: from the cache, else once from the store.
+    /// Resolves a bearer token to its session: from the cache, else from the store (and then
+    /// cached, unless a logout raced with the lookup).
     ///
     /// # Errors
     /// [`AuthError::InvalidToken`] if no session has this token.
     pub async fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
         let hash = TokenHash::of(token);
-        if let Some(session) = self.cache_shard(&hash).get(&hash) {
-            return Ok(session.clone());
+        loop {
+            let revocations = {
+                let shard = self.cache_shard(&hash);
+                if let Some(session) = shard.sessions.get(&hash) {
+                    return Ok(session.clone());
+                }
+                shard.revocations
+            };
+            let session: Session = self
+                .store
+                .session_by_token(hash.as_bytes())
+                .await?
+                .ok_or(AuthError::InvalidToken)?
+                .into();
+            let mut shard = self.cache_shard(&hash);
+            if shard.revocations == revocations {
+                shard.sessions.insert(hash, session.clone());
+                return Ok(session);
+            }
+            // A logout happened meanwhile: read again, the row may be gone now.
         }
-        let session: Session = self
-            .store
-            .session_by_token(hash.as_bytes())
-            .await?
-            .ok_or(AuthError::InvalidToken)?
-            .into();
-        self.cache_shard(&hash).insert(hash, session.clone());
-        Ok(session)
     }
 
-    /// Revokes the session `token` belongs to.
+    /// Whether `token` is still valid as far as this process knows (after a logout it is not).
+    /// Callers that recorded activity for a session re-check with this, so a request racing
+    /// the session's logout cannot bring it back.
+    pub fn is_cached(&self, token: &str) -> bool {
+        let hash = TokenHash::of(token);
+        self.cache_shard(&hash).sessions.contains_key(&hash)
+    }
+
+    /// Revokes the session `token` belongs to: the row first, then the cache entry, so no
+    /// lookup can put the token back.
     ///
     /// # Errors
-    /// Storage failures; the cache entry is removed first either way.
+    /// Storage failures (the token then stays valid; the client may retry).
     pub async fn logout(&self, token: &str, session: SessionId) -> Result<(), AuthError> {
+        self.store.delete_session(session).await?;
         let hash = TokenHash::of(token);
-        self.cache_shard(&hash).remove(&hash);
-        Ok(self.store.delete_session(session).await?)
+        let mut shard = self.cache_shard(&hash);
+        shard.sessions.remove(&hash);
+        shard.revocations += 1;
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use chrono::Utc;
 use crate::auth::{self, Authenticator};
 use crate::domain::{Password, Username};
 use crate::settings::Settings;
-use crate::store::{self, Store};
+use crate::store::{self, Liveness, Store};
 
 async fn open(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let store = store::connect(&settings.database_url)
@@ -70,16 +70,15 @@ pub async fn create_user(
     Ok(out)
 }
 
-/// `lastseen check-offline-users`: marks users inactive for longer than the timeout offline.
+/// `lastseen check-offline-users`: marks offline the users stored as online whose sessions have
+/// all ended (no activity within the timeout, or a closed socket's grace is over).
 ///
 /// # Errors
 /// Database failures.
 pub async fn check_offline_users(settings: &Settings, dry_run: bool) -> anyhow::Result<String> {
     let store = open(settings).await?;
-    let timeout = chrono::Duration::from_std(settings.inactivity_timeout)?;
-    let count = store
-        .mark_inactive_offline(Utc::now() - timeout, dry_run)
-        .await?;
+    let live = Liveness::at(Utc::now(), settings.inactivity_timeout);
+    let count = store.mark_inactive_offline(live, dry_run).await?;
     Ok(if dry_run {
         format!("Would mark {count} users offline")
     } else {

@@ -20,7 +20,10 @@ use crate::persister;
 use crate::privacy::Privacy;
 use crate::realtime::hub::{Hub, Limits};
 use crate::settings::Settings;
-use crate::store::{self, Store};
+use crate::store::{self, Liveness, Store};
+
+/// Longest shutdown waits for open sockets to close.
+const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A server that is bound and restored, ready to run.
 pub struct App {
@@ -60,6 +63,7 @@ impl App {
             metrics: http::ops::metrics_handle(),
             hub,
             shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
         };
         Ok(Self { listener, state })
     }
@@ -103,16 +107,24 @@ impl App {
         ));
         tasks.close();
 
-        let connections = state.shutdown.clone();
+        let (closing, connections) = (state.shutdown.clone(), state.connections.clone());
         let service = http::service(state);
         let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;
                 // Sockets and SSE streams end themselves (sockets with close code 1001).
-                connections.cancel();
+                closing.cancel();
             })
             .await
             .context("while serving HTTP");
+        // Upgraded sockets outlive the HTTP server; let them record their close first.
+        connections.close();
+        if tokio::time::timeout(SOCKET_DRAIN, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not close within {SOCKET_DRAIN:?}");
+        }
         stop_tasks.cancel();
         tasks.wait().await;
         served
@@ -126,15 +138,13 @@ async fn restore(
     store: &dyn Store,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let timeout = chrono::Duration::from_std(settings.inactivity_timeout)
-        .context("inactivity_timeout is out of range")?;
-    let cutoff = Utc::now() - timeout;
+    let live = Liveness::at(Utc::now(), settings.inactivity_timeout);
     let went_offline = store
-        .mark_inactive_offline(cutoff, false)
+        .mark_inactive_offline(live, false)
         .await
-        .context("while marking users inactive during downtime offline")?;
+        .context("while marking users whose sessions ended during downtime offline")?;
     let users = store
-        .load_live(cutoff)
+        .load_live(live)
         .await
         .context("while loading live sessions")?;
     let online = users.len();

@@ -18,7 +18,7 @@ use super::deadlines::{DeadlineIndex, slot_of};
 use super::state::{Expiry, Transition, UserState};
 use super::{
     EngineError, OnlinePage, PresenceBackend, PresenceEvent, PresenceView, PresenceWrite,
-    RestoredUser,
+    RestoredUser, StoredSession,
 };
 use crate::domain::{PresenceStatus, SessionId, UserId};
 
@@ -111,10 +111,6 @@ impl LocalBackend {
 
     fn publish(&self, user_id: UserId, transition: Option<Transition>) {
         let Some(t) = transition else { return };
-        match t.status {
-            PresenceStatus::Online => self.online.fetch_add(1, Ordering::Relaxed),
-            PresenceStatus::Offline => self.online.fetch_sub(1, Ordering::Relaxed),
-        };
         metrics::counter!("lastseen_presence_transitions_total", "to" => t.status.as_str())
             .increment(1);
         // No receivers is not an error: nobody subscribed yet.
@@ -151,7 +147,7 @@ impl LocalBackend {
             let change = f(state);
             let (result, is_dirty) = (view(state), state.dirty);
             note_dirty(shard, user, was_dirty, is_dirty);
-            update_online_set(shard, user, change.transition.as_ref());
+            update_online_set(shard, &self.online, user, change.transition.as_ref());
             if let Some(at) = change.arm {
                 self.arm(shard, user, session, at);
             }
@@ -168,6 +164,10 @@ impl LocalBackend {
             .filter_map(|s| lock(s).deadlines.next_due())
             .min()
     }
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The wall clock at the microsecond precision timestamps are stored with, so a `last_seen`
@@ -216,15 +216,22 @@ fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool, is_dirty: bool) 
     }
 }
 
-fn update_online_set(shard: &mut Shard, user: UserId, transition: Option<&Transition>) {
+/// Keeps the shard's online set and the global count in step with a transition; called under
+/// the shard lock, so the count never runs ahead of the sets.
+fn update_online_set(
+    shard: &mut Shard,
+    count: &AtomicUsize,
+    user: UserId,
+    transition: Option<&Transition>,
+) {
     match transition.map(|t| t.status) {
-        Some(PresenceStatus::Online) => {
-            shard.online.insert(user);
+        Some(PresenceStatus::Online) if shard.online.insert(user) => {
+            count.fetch_add(1, Ordering::Relaxed);
         }
-        Some(PresenceStatus::Offline) => {
-            shard.online.remove(&user);
+        Some(PresenceStatus::Offline) if shard.online.remove(&user) => {
+            count.fetch_sub(1, Ordering::Relaxed);
         }
-        None => {}
+        _ => {}
     }
 }
 
@@ -318,7 +325,10 @@ impl PresenceBackend for LocalBackend {
     }
 
     async fn expire_due(&self) -> Result<usize, EngineError> {
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), wall_now());
+        // Sockets are re-checked (and their activity recorded) twice per timeout, so the
+        // stored `last_activity` of a socket-held session is never older than the timeout.
+        let hold = self.timeout / 2;
         let mut offline = 0;
         for shard in self.shards.iter() {
             let mut transitions = Vec::new();
@@ -331,12 +341,16 @@ impl PresenceBackend for LocalBackend {
                             continue;
                         };
                         let was_dirty = state.dirty;
-                        match state.expire(session, slot, now, self.timeout) {
+                        match state.expire(session, slot, now, wall, hold) {
                             Expiry::Stale => continue,
-                            Expiry::Rearm(at) => self.arm(shard, user, session, at),
+                            Expiry::Rearm(at) => {
+                                let is_dirty = state.dirty;
+                                note_dirty(shard, user, was_dirty, is_dirty);
+                                self.arm(shard, user, session, at);
+                            }
                             Expiry::Expired(transition) => {
                                 note_dirty(shard, user, was_dirty, true);
-                                update_online_set(shard, user, transition.as_ref());
+                                update_online_set(shard, &self.online, user, transition.as_ref());
                                 transitions.push((user, transition));
                             }
                         }
@@ -377,6 +391,8 @@ impl PresenceBackend for LocalBackend {
     }
 
     async fn take_dirty(&self) -> Vec<PresenceWrite> {
+        let (now, wall) = (Instant::now(), wall_now());
+        let timeout = chrono_duration(self.timeout);
         let mut writes = Vec::new();
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
@@ -394,7 +410,17 @@ impl PresenceBackend for LocalBackend {
                     sessions: state
                         .sessions
                         .iter()
-                        .map(|s| (s.id, s.last_activity_wall))
+                        .map(|s| StoredSession {
+                            id: s.id,
+                            last_activity: s.last_activity_wall,
+                            // A socket-held session lasts while it is refreshed; after a crash
+                            // it is treated like HTTP activity.
+                            expires_at: if s.sockets > 0 {
+                                s.last_activity_wall + timeout
+                            } else {
+                                wall + chrono_duration(s.expires_at.saturating_duration_since(now))
+                            },
+                        })
                         .collect(),
                 });
             }
@@ -426,18 +452,15 @@ impl PresenceBackend for LocalBackend {
     }
 
     async fn restore(&self, users: Vec<RestoredUser>) {
-        let (now, wall_now) = (Instant::now(), Utc::now());
-        let timeout = chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX);
+        let (now, wall) = (Instant::now(), Utc::now());
         for restored in users {
             let user = restored.user_id;
             let mut state = UserState::offline(restored.seq, restored.last_seen);
             let mut shard = self.shard(user);
-            for (session, last_activity) in restored.sessions {
-                let remaining = (last_activity + timeout - wall_now)
-                    .to_std()
-                    .unwrap_or_default();
+            for session in restored.sessions {
+                let remaining = (session.expires_at - wall).to_std().unwrap_or_default();
                 let lifetime = remaining.min(self.timeout);
-                state.touch(session, now, last_activity, lifetime);
+                state.touch(session.id, now, session.last_activity, lifetime);
             }
             // Restored state is already stored: keep its seq and last_seen, publish nothing.
             state.seq = restored.seq;
@@ -566,6 +589,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_socket_held_session_keeps_its_stored_activity_fresh() {
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let stop = spawn_expiry(&engine);
+        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        engine.take_dirty().await;
+        tokio::time::sleep(TIMEOUT * 2).await;
+        let writes = engine.take_dirty().await;
+        assert_eq!(writes.len(), 1, "refreshed while the socket is open");
+        let stored = writes[0].sessions[0];
+        assert!(stored.expires_at > wall_now(), "stored as live");
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn logout_with_another_live_session_keeps_the_user_online() {
         let engine = LocalBackend::new(TIMEOUT);
         engine.touch(UserId(7), SessionId(1)).await.unwrap();
@@ -640,7 +677,11 @@ mod tests {
                 user_id: UserId(5),
                 seq: 42,
                 last_seen: Some(two_minutes_ago),
-                sessions: vec![(SessionId(9), two_minutes_ago)],
+                sessions: vec![StoredSession {
+                    id: SessionId(9),
+                    last_activity: two_minutes_ago,
+                    expires_at: two_minutes_ago + chrono::Duration::seconds(300),
+                }],
             }])
             .await;
         let view = engine.presence(UserId(5)).await.unwrap().unwrap();

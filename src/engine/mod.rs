@@ -63,8 +63,20 @@ pub struct PresenceWrite {
     pub last_seen: Option<DateTime<Utc>>,
     /// Value for `users.presence_seq`.
     pub seq: u64,
-    /// Live sessions and their last activity, for `sessions.last_activity`.
-    pub sessions: Vec<(SessionId, DateTime<Utc>)>,
+    /// Live sessions, for `sessions.last_activity` and `sessions.expires_at`.
+    pub sessions: Vec<StoredSession>,
+}
+
+/// A session's liveness as stored: when it was last active and when it ends unless it has
+/// activity again (later for a socket-held session, earlier in a reconnect grace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Which session.
+    pub id: SessionId,
+    /// Its last activity.
+    pub last_activity: DateTime<Utc>,
+    /// When it ends unless it has activity again.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A user's state loaded from storage at start-up.
@@ -76,8 +88,8 @@ pub struct RestoredUser {
     pub seq: u64,
     /// Stored `last_seen`.
     pub last_seen: Option<DateTime<Utc>>,
-    /// Sessions whose last activity was within the inactivity timeout.
-    pub sessions: Vec<(SessionId, DateTime<Utc>)>,
+    /// Sessions still live (not yet expired).
+    pub sessions: Vec<StoredSession>,
 }
 
 /// Errors of a presence backend. The in-process backend never fails; a networked one can.

@@ -178,13 +178,15 @@ impl UserState {
         }
     }
 
-    /// Handles the deadline entry of `session` armed in `slot` firing at `now`. A session held
-    /// open by a socket is looked at again after `hold`.
+    /// Handles the deadline entry of `session` armed in `slot` firing at (`now`, `wall`).
+    /// A session held open by a socket is refreshed (its open socket is activity, recorded so
+    /// the stored copy stays current) and looked at again after `hold`.
     pub fn expire(
         &mut self,
         session: SessionId,
         slot: u64,
         now: Instant,
+        wall: DateTime<Utc>,
         hold: Duration,
     ) -> Expiry {
         let Some(pos) = self
@@ -194,8 +196,11 @@ impl UserState {
         else {
             return Expiry::Stale;
         };
-        let session = &self.sessions[pos];
+        let session = &mut self.sessions[pos];
         if session.sockets > 0 {
+            session.last_activity_wall = session.last_activity_wall.max(wall);
+            self.last_seen = Some(self.last_seen.map_or(wall, |seen| seen.max(wall)));
+            self.dirty = true;
             return Expiry::Rearm(now + hold);
         }
         if session.expires_at > now {
@@ -206,20 +211,21 @@ impl UserState {
         if !self.sessions.is_empty() {
             return Expiry::Expired(None);
         }
-        // `last_seen` already holds the last activity; the sweep time is never recorded.
-        let at = self.last_seen.unwrap_or_default();
-        Expiry::Expired(self.set_status(PresenceStatus::Offline, at))
+        // `last_seen` keeps the last activity; the expiry time only orders the event (`seq`).
+        Expiry::Expired(self.set_status(PresenceStatus::Offline, wall))
     }
 
-    fn set_status(&mut self, status: PresenceStatus, at: DateTime<Utc>) -> Option<Transition> {
+    /// Sets the status; a change is a transition whose `seq` comes from `now` (the time it is
+    /// emitted, so events are ordered as they happen) while `last_seen` stays the last activity.
+    fn set_status(&mut self, status: PresenceStatus, now: DateTime<Utc>) -> Option<Transition> {
         if self.status == status {
             return None;
         }
         self.status = status;
-        self.seq = next_seq(self.seq, at);
+        self.seq = next_seq(self.seq, now);
         Some(Transition {
             status,
-            last_seen: self.last_seen.unwrap_or(at),
+            last_seen: self.last_seen.unwrap_or(now),
             seq: self.seq,
         })
     }
@@ -270,10 +276,16 @@ mod tests {
         );
 
         assert_eq!(
-            user.expire(SessionId(1), 7, t0 + TIMEOUT, TIMEOUT),
+            user.expire(SessionId(1), 7, t0 + TIMEOUT, wall(300), TIMEOUT),
             Expiry::Rearm(t0 + Duration::from_secs(360))
         );
-        match user.expire(SessionId(1), 7, t0 + Duration::from_secs(999), TIMEOUT) {
+        match user.expire(
+            SessionId(1),
+            7,
+            t0 + Duration::from_secs(999),
+            wall(999),
+            TIMEOUT,
+        ) {
             Expiry::Expired(Some(t)) => {
                 assert_eq!(t.status, PresenceStatus::Offline);
                 assert_eq!(t.last_seen, wall(60));
@@ -290,11 +302,11 @@ mod tests {
         user.touch(SessionId(1), t0, wall(0), TIMEOUT);
         user.sessions[0].armed_slot = 5;
         assert_eq!(
-            user.expire(SessionId(1), 4, t0 + TIMEOUT, TIMEOUT),
+            user.expire(SessionId(1), 4, t0 + TIMEOUT, wall(300), TIMEOUT),
             Expiry::Stale
         );
         assert_eq!(
-            user.expire(SessionId(2), 5, t0 + TIMEOUT, TIMEOUT),
+            user.expire(SessionId(2), 5, t0 + TIMEOUT, wall(300), TIMEOUT),
             Expiry::Stale
         );
         assert_eq!(user.status, PresenceStatus::Online);
@@ -324,7 +336,7 @@ mod tests {
         user.sessions[0].armed_slot = 1;
         let late = t0 + TIMEOUT * 3;
         assert!(matches!(
-            user.expire(SessionId(1), 1, late, TIMEOUT),
+            user.expire(SessionId(1), 1, late, wall(899), TIMEOUT),
             Expiry::Rearm(_)
         ));
         assert_eq!(user.status, PresenceStatus::Online);
@@ -352,7 +364,7 @@ mod tests {
         user.open_socket(SessionId(1), t0, wall(0), TIMEOUT);
         user.close_socket(SessionId(1), t0 + grace, wall(10), grace);
         user.sessions[0].armed_slot = 2;
-        match user.expire(SessionId(1), 2, t0 + grace * 2, TIMEOUT) {
+        match user.expire(SessionId(1), 2, t0 + grace * 2, wall(20), TIMEOUT) {
             Expiry::Expired(Some(t)) => assert_eq!(t.last_seen, wall(10)),
             other => panic!("expected offline, got {other:?}"),
         }

@@ -174,6 +174,9 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::BadCredentials => Self::BadCredentials,
             AuthError::InvalidToken => Self::InvalidToken,
+            AuthError::Busy => {
+                Self::TooManyRequests("Too many logins in progress; retry shortly.".into())
+            }
             AuthError::Store(e) => e.into(),
             AuthError::Hashing(_) => Self::Internal(e.into()),
         }

@@ -112,6 +112,12 @@ where
             .engine
             .touch(session.user_id, session.session_id)
             .await?;
+        if !state.auth.is_cached(&token) {
+            // The session was logged out while this request ran: undo its activity.
+            let (user, session) = (session.user_id, session.session_id);
+            state.engine.end_session(user, session).await?;
+            return Err(ApiError::InvalidToken);
+        }
         Ok(Self {
             session,
             token,

@@ -36,6 +36,7 @@ use crate::realtime::{sse, ws};
 use crate::settings::Settings;
 use crate::store::Store;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What every handler may use. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -56,6 +57,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Cancelled when the server shuts down; long-lived connections close on it.
     pub shutdown: CancellationToken,
+    /// WebSocket tasks and session closes; shutdown waits for them before the final flush.
+    pub connections: TaskTracker,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.

@@ -76,13 +76,14 @@ pub enum PrivacyChange {
     Settings(SettingsUpdate),
 }
 
-/// Published whenever a user's settings, contacts or blocks change (not for no-op writes).
+/// Published after every write of a user's settings, contacts or blocks (subscribers re-filter
+/// and send only what changed for them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrivacyChanged {
     /// Whose privacy data changed: what others may see of `user` may differ now.
     pub user: UserId,
-    /// `user`'s own `last_seen` setting changed, so by reciprocity what `user` may see of
-    /// others may differ too.
+    /// `user`'s settings were written, so by reciprocity (their own `last_seen` setting) what
+    /// `user` may see of others may differ too.
     pub own_view_changed: bool,
 }
 

@@ -182,6 +182,12 @@ impl Privacy {
         visibility.apply(raw, data.settings.invisible_since, self.shared.approx, now)
     }
 
+    /// Whether `user` is in invisible mode (`true` when not loaded: fail closed).
+    pub fn is_invisible(&self, user: UserId) -> bool {
+        self.cached(user)
+            .is_none_or(|d| d.settings.invisible_since.is_some())
+    }
+
     /// Whether `owner` blocked `other`. `true` when `owner` is not loaded (fail closed).
     pub fn has_blocked(&self, owner: UserId, other: UserId) -> bool {
         self.cached(owner)
@@ -217,16 +223,17 @@ impl Privacy {
         let before = self.load(owner).await?;
         self.validate(owner, &change, &before).await?;
         let stored = self.shared.store.change_privacy(owner, &change, at).await?;
-        let after = stored.data.clone();
         let cached = self.install(stored);
-        if after != *before {
+        if *cached != *before {
             metrics::counter!("lastseen_privacy_changes_total").increment(1);
-            // No receivers is not an error: nothing subscribed yet.
-            let _ = self.shared.changes.send(PrivacyChanged {
-                user: owner,
-                own_view_changed: after.settings.last_seen != before.settings.last_seen,
-            });
         }
+        // Published after every write, even one that seems to change nothing: `before` may be
+        // stale when two writes of the same user race, and a subscriber re-filters cheaply
+        // and sends only what really changed.
+        let _ = self.shared.changes.send(PrivacyChanged {
+            user: owner,
+            own_view_changed: matches!(change, PrivacyChange::Settings(_)),
+        });
         Ok(cached)
     }
 
@@ -372,7 +379,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn changes_take_effect_at_once_and_are_published_unless_nothing_changed() {
+    async fn changes_take_effect_at_once_and_every_write_is_published() {
         let (privacy, ids) = setup(&["owner", "viewer"]).await;
         let (owner, other) = (ids[0], ids[1]);
         privacy.ensure_loaded(&[owner, other]).await.unwrap();
@@ -393,9 +400,10 @@ mod tests {
         );
 
         privacy.change(owner, nobody(), Utc::now()).await.unwrap();
-        assert!(
-            changes.try_recv().is_err(),
-            "a no-op write publishes nothing"
+        assert_eq!(
+            changes.try_recv().map(|e| e.user),
+            Ok(owner),
+            "published even when it looks unchanged: the comparison may be stale"
         );
 
         privacy

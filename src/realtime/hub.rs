@@ -75,7 +75,7 @@ pub struct Seen {
     /// The owner's raw sequence number.
     pub seq: u64,
     /// Whether the viewer may see `seq`: it encodes the transition's time, so only where the
-    /// owner's `last_seen` is visible to them (or the owner was never active).
+    /// viewer sees the owner's real `last_seen`.
     pub seq_visible: bool,
 }
 
@@ -138,13 +138,22 @@ impl Outbox {
     fn push_presence(&self, seen: Seen) {
         self.enqueue(|state| {
             let owner = seen.owner;
-            let fresh = state.presence.insert(owner, seen).is_none();
-            if fresh {
-                state.queue.push_back(Pending::Presence(owner));
-            } else {
-                metrics::counter!("lastseen_push_coalesced_total").increment(1);
+            match state.presence.get_mut(&owner) {
+                // Events can reach the hub slightly out of order; keep the newest. An equal
+                // seq is a re-filtered value (a privacy change) and replaces the pending one.
+                Some(pending) => {
+                    if seen.seq >= pending.seq {
+                        *pending = seen;
+                    }
+                    metrics::counter!("lastseen_push_coalesced_total").increment(1);
+                    false
+                }
+                None => {
+                    state.presence.insert(owner, seen);
+                    state.queue.push_back(Pending::Presence(owner));
+                    true
+                }
             }
-            fresh
         });
     }
 
@@ -311,12 +320,17 @@ impl Hub {
     /// What `viewer` may see of `owner`'s raw presence: the single place where push decides
     /// visibility (events, snapshots and re-sends all come through here).
     pub fn present(&self, viewer: Viewer, owner: UserId, raw: PresenceView) -> Seen {
-        let visible = self.inner.privacy.filter(viewer, owner, raw);
+        let privacy = &self.inner.privacy;
+        let visible = privacy.filter(viewer, owner, raw);
+        let sees_all = viewer.id == owner || viewer.is_admin;
+        let masked = !sees_all && privacy.is_invisible(owner);
         Seen {
             owner,
             visible,
             seq: raw.seq,
-            seq_visible: visible.last_seen.is_some() || raw.last_seen.is_none(),
+            // Exposed only when the viewer sees the owner's real last activity: not where it
+            // is hidden, nor where invisible mode shows a frozen one.
+            seq_visible: !masked && visible.last_seen == raw.last_seen,
         }
     }
 
@@ -649,6 +663,17 @@ mod tests {
         assert_eq!(closed, None);
         assert_eq!(items.len(), 2);
         assert!(matches!(&items[0], Outgoing::Presence(s) if s.seq == 100 && s.owner == UserId(9)));
+    }
+
+    #[tokio::test]
+    async fn an_older_event_arriving_late_never_replaces_a_newer_pending_one() {
+        let hub = hub(16).await;
+        let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
+        a.subscribe(&[UserId(9)]).unwrap();
+        hub.publish(&event(9, 5));
+        hub.publish(&event(9, 3));
+        let (items, _) = a.outbox().drain();
+        assert!(matches!(&items[..], [Outgoing::Presence(s)] if s.seq == 5));
     }
 
     #[tokio::test]

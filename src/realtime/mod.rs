@@ -12,6 +12,8 @@ pub mod ws;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
+
 use crate::domain::{SessionId, UserId};
 use crate::engine::PresenceEngine;
 use crate::http::AppState;
@@ -21,12 +23,14 @@ use crate::privacy::VisiblePresence;
 use hub::{Connection, Outgoing, Seen, current_views};
 use protocol::{PresenceUpdate, ServerMessage, SnapshotEntry};
 
-/// An open connection counted as a live session; when dropped (on every exit path), the
-/// session's reconnect grace starts.
+/// An open connection counted as a live session. Closing it (or dropping it, on any other exit
+/// path) starts the session's reconnect grace. The close runs on the server's connection
+/// tracker, so shutdown waits for it before the final presence flush.
 pub struct LiveSession {
     engine: PresenceEngine,
-    user: UserId,
-    session: SessionId,
+    connections: TaskTracker,
+    /// `None` once closed.
+    open: Option<(UserId, SessionId)>,
     grace: Duration,
 }
 
@@ -43,23 +47,34 @@ impl LiveSession {
         state.engine.open_socket(user, session).await?;
         Ok(Self {
             engine: state.engine.clone(),
-            user,
-            session,
+            connections: state.connections.clone(),
+            open: Some((user, session)),
             grace: state.settings.disconnect_grace,
         })
+    }
+
+    /// Ends the connection's hold on the session now.
+    pub async fn close(mut self) {
+        if let Some((user, session)) = self.open.take() {
+            close_socket(&self.engine, user, session, self.grace).await;
+        }
+    }
+}
+
+async fn close_socket(engine: &PresenceEngine, user: UserId, session: SessionId, grace: Duration) {
+    if let Err(error) = engine.close_socket(user, session, grace).await {
+        tracing::warn!(%error, "could not end a socket's session");
     }
 }
 
 impl Drop for LiveSession {
     fn drop(&mut self) {
-        let (engine, user, session, grace) =
-            (self.engine.clone(), self.user, self.session, self.grace);
-        // Drop cannot await; the close is a quick in-memory update.
-        tokio::spawn(async move {
-            if let Err(error) = engine.close_socket(user, session, grace).await {
-                tracing::warn!(%error, "could not end a socket's session");
-            }
-        });
+        if let Some((user, session)) = self.open.take() {
+            // Drop cannot await; the close is a quick in-memory update on a tracked task.
+            let (engine, grace) = (self.engine.clone(), self.grace);
+            self.connections
+                .spawn(async move { close_socket(&engine, user, session, grace).await });
+        }
     }
 }
 
@@ -97,7 +112,9 @@ impl Delivered {
                 let users = entries
                     .into_iter()
                     .map(|(seen, username)| {
-                        self.record(&seen);
+                        // An event newer than the snapshot's read may already have been sent:
+                        // then the snapshot repeats that, never older state.
+                        let seen = self.newest(seen);
                         SnapshotEntry {
                             seq: self.expose(&seen),
                             presence: UserPresence::from_visible(
@@ -129,6 +146,28 @@ impl Delivered {
                 self.last.insert(seen.owner, (seen.seq, seen.visible));
                 true
             }
+        }
+    }
+
+    /// `seen`, or what was already sent about its owner if that is newer; recorded either way.
+    fn newest(&mut self, seen: Seen) -> Seen {
+        match self.last.get(&seen.owner) {
+            Some(&(seq, visible)) if seq > seen.seq => Seen {
+                visible,
+                seq,
+                ..seen
+            },
+            _ => {
+                self.record(&seen);
+                seen
+            }
+        }
+    }
+
+    /// Forgets what was sent about users no longer watched.
+    pub fn forget(&mut self, users: &[UserId]) {
+        for user in users {
+            self.last.remove(user);
         }
     }
 
@@ -166,6 +205,11 @@ pub async fn subscribe(
         .copied()
         .filter(|id| !names.contains_key(&UserId(*id)))
         .collect();
+    // Privacy data first, so no event is filtered against data not yet loaded.
+    let viewer = connection.outbox().viewer();
+    let mut load = existing.clone();
+    load.push(viewer.id);
+    state.privacy.ensure_loaded(&load).await?;
     if let Err(error) = connection.subscribe(&existing) {
         connection.send(ServerMessage::error("limit_exceeded", error.to_string()));
         return Ok(());
@@ -174,10 +218,6 @@ pub async fn subscribe(
         let detail = format!("unknown user ids: {unknown:?}");
         connection.send(ServerMessage::error("not_found", detail));
     }
-    let viewer = connection.outbox().viewer();
-    let mut load = existing.clone();
-    load.push(viewer.id);
-    state.privacy.ensure_loaded(&load).await?;
     // Subscribed before reading state, so no transition can fall between the two.
     let views = current_views(&existing, &state.engine, state.store.as_ref())
         .await
@@ -193,4 +233,59 @@ pub async fn subscribe(
     entries.sort_by_key(|(seen, _)| seen.owner);
     connection.send_snapshot(entries);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PresenceStatus;
+    use crate::privacy::VisiblePresence;
+
+    fn seen(owner: i64, status: PresenceStatus, seq: u64) -> Seen {
+        Seen {
+            owner: UserId(owner),
+            visible: VisiblePresence {
+                status: Some(status),
+                last_seen: None,
+                last_seen_approx: None,
+            },
+            seq,
+            seq_visible: true,
+        }
+    }
+
+    fn status_of(message: &ServerMessage) -> Option<PresenceStatus> {
+        match message {
+            ServerMessage::Presence(update) => update.online_status,
+            ServerMessage::Snapshot { users } => users[0].presence.online_status,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn older_and_unchanged_updates_are_not_sent() {
+        let mut delivered = Delivered::default();
+        let online = Outgoing::Presence(seen(1, PresenceStatus::Online, 5));
+        assert!(delivered.admit(online).is_some());
+        let older = Outgoing::Presence(seen(1, PresenceStatus::Offline, 4));
+        assert!(delivered.admit(older).is_none(), "older than what was sent");
+        let same = Outgoing::Presence(seen(1, PresenceStatus::Online, 6));
+        assert!(
+            delivered.admit(same).is_none(),
+            "looks the same to the viewer"
+        );
+        let offline = Outgoing::Presence(seen(1, PresenceStatus::Offline, 7));
+        assert!(delivered.admit(offline).is_some());
+        assert_eq!(delivered.high_water(), 7);
+    }
+
+    #[test]
+    fn a_snapshot_never_goes_back_behind_an_event_already_sent() {
+        let mut delivered = Delivered::default();
+        let newer = Outgoing::Presence(seen(1, PresenceStatus::Offline, 9));
+        delivered.admit(newer);
+        let stale = Outgoing::Snapshot(vec![(seen(1, PresenceStatus::Online, 8), "a".into())]);
+        let sent = delivered.admit(stale).unwrap();
+        assert_eq!(status_of(&sent), Some(PresenceStatus::Offline));
+    }
 }

@@ -53,7 +53,11 @@ pub async fn upgrade(
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| run(socket, state, session))
+        .on_upgrade(move |socket| {
+            let connections = state.connections.clone();
+            // Tracked, so shutdown waits for sockets to close before the final flush.
+            connections.track_future(run(socket, state, session))
+        })
         .into_response())
 }
 
@@ -117,7 +121,7 @@ where
         let _ =
             tokio::time::timeout(Duration::from_secs(1), socket.send(close_message(reason))).await;
     }
-    drop(live);
+    live.close().await;
 }
 
 async fn authenticate_first_message<S, E>(socket: &mut S, state: &AppState) -> Option<Session>
@@ -183,6 +187,9 @@ impl SocketLoop<'_> {
     {
         let period = self.state.settings.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // After a stall, wait a full period before the next ping rather than firing a burst
+        // that would close a healthy client for a missed pong.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
         let shutdown = self.state.shutdown.clone();
         let outbox = self.connection.outbox().clone();
@@ -224,8 +231,11 @@ impl SocketLoop<'_> {
                         return Some(CloseReason { code: CLOSE_PING_TIMEOUT, reason: "ping timeout" });
                     }
                     awaiting_pong = true;
-                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        return None;
+                    let ping = socket.send(Message::Ping(Vec::new().into()));
+                    match tokio::time::timeout(period, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        Err(_) => return Some(CloseReason { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer: write stalled" }),
                     }
                 }
             }
@@ -254,6 +264,7 @@ impl SocketLoop<'_> {
             ClientMessage::Unsubscribe { user_ids } => {
                 let users: Vec<UserId> = user_ids.into_iter().map(UserId).collect();
                 self.connection.unsubscribe(&users);
+                self.delivered.forget(&users);
             }
             ClientMessage::Typing { to } => {
                 if !self.typing.take() {

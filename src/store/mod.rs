@@ -33,6 +33,34 @@ pub enum StoreError {
     Other(#[source] anyhow::Error),
 }
 
+/// Which stored sessions are live at a moment: those active at or after `inactive_before`
+/// whose `expires_at` (if stored) is after `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// The moment.
+    pub now: DateTime<Utc>,
+    /// `now` minus the inactivity timeout.
+    pub inactive_before: DateTime<Utc>,
+}
+
+impl Liveness {
+    /// Liveness at `now` for sessions that end `timeout` after their last activity.
+    pub fn at(now: DateTime<Utc>, timeout: std::time::Duration) -> Self {
+        let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        Self {
+            now,
+            inactive_before: now
+                .checked_sub_signed(timeout)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// The inactivity timeout this liveness was built with.
+    pub fn timeout(&self) -> chrono::Duration {
+        self.now - self.inactive_before
+    }
+}
+
 /// A stored user.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
@@ -101,15 +129,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError>;
     /// Writes a batch of presence state in one transaction.
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
-    /// Loads users with at least one session active at or after `cutoff`, with those sessions.
-    async fn load_live(&self, cutoff: DateTime<Utc>) -> Result<Vec<RestoredUser>, StoreError>;
-    /// Marks offline every user stored as online whose sessions all had their last activity
-    /// before `cutoff`; `last_seen` is kept. With `dry_run`, only counts them.
-    async fn mark_inactive_offline(
-        &self,
-        cutoff: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<u64, StoreError>;
+    /// Loads users with at least one session live at `live.now`, with those sessions.
+    async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError>;
+    /// Marks offline every user stored as online who has no session live at `live.now`;
+    /// `last_seen` is kept. With `dry_run`, only counts them.
+    async fn mark_inactive_offline(&self, live: Liveness, dry_run: bool)
+    -> Result<u64, StoreError>;
     /// Privacy data of those of `users` that exist (defaults, version 0, for a user who never
     /// changed any), read in one consistent snapshot; order is unspecified.
     async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError>;

@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, migrate::Migrator};
 
-use super::{SessionRecord, Store, StoreError, UserRecord};
+use super::{Liveness, SessionRecord, Store, StoreError, UserRecord};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
-use crate::engine::{PresenceWrite, RestoredUser};
+use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -85,6 +85,11 @@ fn other(error: sqlx::Error) -> StoreError {
         error => StoreError::Other(error.into()),
     }
 }
+
+/// A live session (`s`) at `?1` = now, `?2` = now - inactivity timeout: active within the
+/// timeout and not ended earlier (a closed socket's grace; `expires_at` is null for rows
+/// written before it existed).
+const LIVE_SESSION: &str = "(s.expires_at is null or s.expires_at > ?1) and s.last_activity >= ?2";
 
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
@@ -253,13 +258,14 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(other)?;
-            for (session, last_activity) in &write.sessions {
+            for session in &write.sessions {
                 sqlx::query(
-                    "update sessions set last_activity = ?1 \
-                     where session_id = ?2 and last_activity < ?1",
+                    "update sessions set last_activity = max(last_activity, ?1), expires_at = ?2 \
+                     where session_id = ?3",
                 )
-                .bind(ts(*last_activity))
-                .bind(session.0)
+                .bind(ts(session.last_activity))
+                .bind(ts(session.expires_at))
+                .bind(session.id.0)
                 .execute(&mut *tx)
                 .await
                 .map_err(other)?;
@@ -268,21 +274,27 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(other)
     }
 
-    async fn load_live(&self, cutoff: DateTime<Utc>) -> Result<Vec<RestoredUser>, StoreError> {
-        let rows = sqlx::query(
-            "select s.user_id, s.session_id, s.last_activity, u.presence_seq, u.last_seen \
-             from sessions s join users u on u.user_id = s.user_id \
-             where s.last_activity >= ? order by s.user_id",
-        )
-        .bind(ts(cutoff))
+    async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select s.user_id, s.session_id, s.last_activity, s.expires_at, u.presence_seq, \
+             u.last_seen from sessions s join users u on u.user_id = s.user_id \
+             where {LIVE_SESSION} order by s.user_id"
+        )))
+        .bind(ts(live.now))
+        .bind(ts(live.inactive_before))
         .fetch_all(&self.pool)
         .await
         .map_err(other)?;
         let mut users: Vec<RestoredUser> = Vec::new();
         for row in rows {
             let user_id = UserId(row.try_get("user_id").map_err(other)?);
-            let session = SessionId(row.try_get("session_id").map_err(other)?);
             let last_activity = parse_ts(row.try_get("last_activity").map_err(other)?)?;
+            let expires_at = parse_opt_ts(row.try_get("expires_at").map_err(other)?)?;
+            let session = StoredSession {
+                id: SessionId(row.try_get("session_id").map_err(other)?),
+                last_activity,
+                expires_at: expires_at.unwrap_or(last_activity + live.timeout()),
+            };
             if users.last().is_none_or(|u| u.user_id != user_id) {
                 users.push(RestoredUser {
                     user_id,
@@ -292,7 +304,7 @@ impl Store for SqliteStore {
                 });
             }
             if let Some(user) = users.last_mut() {
-                user.sessions.push((session, last_activity));
+                user.sessions.push(session);
             }
         }
         Ok(users)
@@ -300,27 +312,31 @@ impl Store for SqliteStore {
 
     async fn mark_inactive_offline(
         &self,
-        cutoff: DateTime<Utc>,
+        live: Liveness,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        const INACTIVE: &str = "online_status = 'online' and not exists (\
-             select 1 from sessions s where s.user_id = users.user_id and s.last_activity >= ?1)";
+        let inactive = format!(
+            "online_status = 'online' and not exists (\
+             select 1 from sessions s where s.user_id = users.user_id and ({LIVE_SESSION}))"
+        );
         if dry_run {
             let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "select count(*) from users where {INACTIVE}"
+                "select count(*) from users where {inactive}"
             )))
-            .bind(ts(cutoff))
+            .bind(ts(live.now))
+            .bind(ts(live.inactive_before))
             .fetch_one(&self.pool)
             .await
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let seq = crate::engine::state::next_seq(0, Utc::now());
+        let seq = crate::engine::state::next_seq(0, live.now);
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "update users set online_status = 'offline', \
-             presence_seq = max(presence_seq + 1, ?2) where {INACTIVE}"
+             presence_seq = max(presence_seq + 1, ?3) where {inactive}"
         )))
-        .bind(ts(cutoff))
+        .bind(ts(live.now))
+        .bind(ts(live.inactive_before))
         .bind(seq_to_db(seq))
         .execute(&self.pool)
         .await

@@ -75,18 +75,62 @@ async fn graceful_shutdown_flushes_and_a_restart_restores_sessions_and_presence(
 
 #[tokio::test]
 async fn users_whose_deadline_passed_during_downtime_restart_offline_with_last_seen_kept() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.inactivity_timeout = Duration::from_millis(500)).await;
     let (id, token) = app.user("ahmad").await;
     let before = expect(app.post("/api/users/heartbeat/", &token).await, 200).await;
-    let (mut settings, dir) = (app.settings.clone(), app.dir.clone());
+    let (settings, dir) = (app.settings.clone(), app.dir.clone());
     app.stop().await;
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    settings.inactivity_timeout = Duration::from_millis(200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let app = start(settings, dir).await;
     let (_, admin) = app.admin("root").await;
     let status = app.status_of(&admin, id).await;
     assert_eq!(status["online_status"], "offline");
     assert_eq!(status["last_seen"], before["last_seen"]);
     assert_eq!(db_row(&app, "ahmad").await.0, "offline");
+}
+
+#[tokio::test]
+async fn a_user_whose_socket_grace_ended_before_a_restart_stays_offline() {
+    let app = spawn_app_with(|s| s.disconnect_grace = Duration::from_millis(200)).await;
+    let (id, token) = app.user("ahmad").await;
+    let (_, admin) = app.admin("root").await;
+    app.ws(&token).await.close().await;
+    app.eventually(Duration::from_secs(3), || async {
+        (app.status_of(&admin, id).await["online_status"] == "offline").then_some(())
+    })
+    .await;
+    let (settings, dir) = (app.settings.clone(), app.dir.clone());
+    app.stop().await;
+
+    let app = start(settings, dir).await;
+    let admin = app.token("root").await;
+    assert_eq!(app.status_of(&admin, id).await["online_status"], "offline");
+    assert_eq!(db_row(&app, "ahmad").await.0, "offline");
+}
+
+#[tokio::test]
+async fn sockets_open_at_shutdown_get_their_grace_after_the_restart() {
+    let app = spawn_app_with(|s| s.disconnect_grace = Duration::from_millis(800)).await;
+    let (id, token) = app.user("ahmad").await;
+    let (_, admin) = app.admin("root").await;
+    let socket = app.ws(&token).await;
+    let (settings, dir) = (app.settings.clone(), app.dir.clone());
+    app.stop().await;
+    drop(socket);
+
+    // The app reconnects within the grace: it never looks offline.
+    let app = start(settings, dir).await;
+    let admin_token = app.token("root").await;
+    assert_eq!(
+        app.status_of(&admin_token, id).await["online_status"],
+        "online"
+    );
+    let _again = app.ws(&token).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.status_of(&admin_token, id).await["online_status"],
+        "online"
+    );
+    let _ = admin;
 }

@@ -174,6 +174,11 @@ async fn invisible_mode_freezes_what_subscribers_see() {
     let frozen = next_presence(&mut socket).await;
     assert_eq!(frozen["online_status"], "offline");
     assert!(frozen["last_seen"].is_string());
+    assert_eq!(
+        frozen["seq"],
+        Value::Null,
+        "the real seq would reveal bob's real activity"
+    );
     assert_eq!(fields(&frozen), fields(&http_view(&app, &alice, bob).await));
 
     // Bob keeps working (another device logs in and out): alice sees nothing move.
