@@ -86,6 +86,19 @@ fn other(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// Maps a failed session insert: a token hash in use → `Conflict`, no such user → `NotFound`.
+fn session_refused(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("token already in use")
+        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound("No such user.")
+        }
+        error => other(error),
+    }
+}
+
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
 
@@ -203,7 +216,7 @@ impl Store for SqliteStore {
         .bind(ts(at))
         .fetch_one(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(session_refused)?;
         Ok(SessionId(id))
     }
 
