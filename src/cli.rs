@@ -63,7 +63,8 @@ pub struct SettingsArgs {
     /// Address to listen on [default: 127.0.0.1:8000]; port 0 picks a free one.
     #[arg(long, global = true, env = "LASTSEEN_BIND", value_name = "ADDR")]
     pub bind: Option<String>,
-    /// Database URL [default: sqlite://lastseen.db].
+    /// Database URL: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// [default: sqlite://lastseen.db].
     #[arg(long, global = true, env = "LASTSEEN_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     /// Redis URL for multi-node presence [default: unset, in-process engine].

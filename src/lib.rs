@@ -4,7 +4,7 @@
 //! - [`engine`]: the presence engine: sharded in-memory state, deadline-driven offline
 //!   detection, transition events with per-user sequence numbers; behind a backend trait.
 //! - [`store`]: durable users, sessions and persisted presence, behind the [`store::Store`]
-//!   trait (SQLite by default).
+//!   trait (SQLite by default, or PostgreSQL).
 //! - [`auth`]: Argon2id passwords, opaque bearer tokens, the in-memory session cache.
 //! - [`persister`]: write-behind of presence into the store, in batches.
 //! - [`privacy`]: contacts, blocks, visibility settings and invisible mode; the one rule that

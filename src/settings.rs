@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Address to listen on (`LASTSEEN_BIND`, default `127.0.0.1:8000`; port 0 picks one).
     pub bind: SocketAddr,
-    /// Database (`LASTSEEN_DATABASE_URL`, default `sqlite://lastseen.db`, created if missing).
+    /// Database (`LASTSEEN_DATABASE_URL`, default `sqlite://lastseen.db`, created if missing;
+    /// or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`).
     pub database_url: String,
     /// Redis for multi-node presence (`LASTSEEN_REDIS_URL`; unset = in-process engine).
     pub redis_url: Option<String>,

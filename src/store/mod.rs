@@ -1,10 +1,12 @@
 //! Durable storage of users, sessions, the persisted copy of presence, and privacy data
 //! (settings, contacts, blocks).
 //!
-//! [`Store`] is the trait every backend implements (SQLite today; PostgreSQL for multi-node
-//! deployments satisfies the same contract). The store owns SQL and its error mapping; it knows
-//! nothing about HTTP or the in-memory engine's locking.
+//! [`Store`] is the trait every backend implements: [`sqlite::SqliteStore`] (embedded, the
+//! default) and [`postgres::PostgresStore`] (a database server); [`connect`] picks one by the
+//! URL's scheme. `tests/store_contract.rs` runs one suite against both. The store owns SQL and
+//! its error mapping; it knows nothing about HTTP or the in-memory engine's locking.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -113,7 +115,9 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks users up by id; unknown ids are left out; order is unspecified.
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError>;
-    /// Stores a new session for `user` identified by the hash of its token.
+    /// Stores a new session for `user` identified by the hash of its token;
+    /// [`StoreError::Conflict`] if another session has that hash, [`StoreError::NotFound`] if
+    /// the user does not exist.
     async fn create_session(
         &self,
         user: UserId,
@@ -151,17 +155,88 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StoredPrivacy, StoreError>;
 }
 
-/// Opens the store a database URL names (`sqlite://path` or `sqlite::memory:`).
+/// Opens the store a database URL names: `sqlite://PATH`, `sqlite::memory:`, or
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (also spelt `postgresql://`).
 ///
 /// # Errors
 /// [`StoreError::Unavailable`] if it cannot be opened, [`StoreError::Other`] for an
-/// unsupported scheme.
+/// unsupported scheme. Errors name at most the scheme, never the URL, which may hold a
+/// password.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if url.starts_with("sqlite:") {
-        return Ok(Arc::new(sqlite::SqliteStore::connect(url).await?));
+    match scheme(url).map(str::to_ascii_lowercase).as_deref() {
+        Some("sqlite") => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        Some("postgres" | "postgresql") => {
+            Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+        }
+        Some(other) => Err(unsupported(&format!("scheme `{other}:`"))),
+        None => Err(unsupported("URL without a scheme")),
     }
-    Err(StoreError::Other(anyhow::anyhow!(
-        "unsupported database_url scheme in {url:?}: this build stores data in SQLite \
-         (sqlite://PATH)"
-    )))
+}
+
+/// The URL's scheme (what precedes the first `:`), if it is spelt like one.
+fn scheme(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let spelt_right = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    spelt_right.then_some(scheme)
+}
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Other(anyhow::anyhow!(
+        "unsupported database_url ({what}): use sqlite://PATH or postgres://USER@HOST/DB"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error and its causes, as `main` prints them.
+    fn error_text(error: &StoreError) -> String {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn schemes_are_recognised_only_when_spelt_like_one() {
+        assert_eq!(scheme("sqlite::memory:"), Some("sqlite"));
+        assert_eq!(scheme("postgresql://u@h/db"), Some("postgresql"));
+        assert_eq!(scheme("lastseen.db"), None);
+        assert_eq!(scheme("/var/lib/x:y"), None);
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_the_password_of_a_url() {
+        let unsupported = connect("mysql://admin:hunter2-secret@db.example/app")
+            .await
+            .err()
+            .expect("mysql is not supported");
+        let text = error_text(&unsupported);
+        assert!(text.contains("mysql"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let no_scheme = connect("admin:hunter2-secret@db.example/app").await.err();
+        let text = error_text(&no_scheme.expect("no scheme"));
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let malformed = connect("postgres://admin:hunter2-secret@127.0.0.1:port/app").await;
+        let text = error_text(&malformed.err().expect("the port is not a number"));
+        assert!(!text.contains("hunter2"), "{text}");
+
+        // Nothing listens on port 1: the connection is refused.
+        let refused = connect("postgres://admin:hunter2-secret@127.0.0.1:1/app")
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+        let text = error_text(&refused);
+        assert!(!text.contains("hunter2"), "{text}");
+    }
 }

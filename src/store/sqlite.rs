@@ -91,6 +91,19 @@ fn other(error: sqlx::Error) -> StoreError {
 /// written before it existed).
 const LIVE_SESSION: &str = "(s.expires_at is null or s.expires_at > ?1) and s.last_activity >= ?2";
 
+/// Maps a failed session insert: a token hash in use → `Conflict`, no such user → `NotFound`.
+fn session_refused(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict("token already in use")
+        }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound("No such user.")
+        }
+        error => other(error),
+    }
+}
+
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
 
@@ -208,7 +221,7 @@ impl Store for SqliteStore {
         .bind(ts(at))
         .fetch_one(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(session_refused)?;
         Ok(SessionId(id))
     }
 
@@ -330,7 +343,7 @@ impl Store for SqliteStore {
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let seq = crate::engine::state::next_seq(0, live.now);
+        let seq = crate::engine::state::next_seq(0, Utc::now());
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "update users set online_status = 'offline', \
              presence_seq = max(presence_seq + 1, ?3) where {inactive}"

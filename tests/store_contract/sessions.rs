@@ -1,0 +1,80 @@
+//! Sessions: creation, lookup by token hash, deletion.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use lastseen::domain::{SessionId, UserId, Username};
+use lastseen::store::{SessionRecord, Store, StoreError};
+
+use crate::users::user;
+
+pub async fn a_session_is_found_by_its_token_hash_until_it_is_deleted(store: Arc<dyn Store>) {
+    let admin = store
+        .create_user(&Username::parse("root").unwrap(), "hash", true)
+        .await
+        .unwrap();
+    let ahmad = user(store.as_ref(), "ahmad").await;
+    let now = Utc::now();
+    // Hashes are raw bytes, zeros and high bytes included.
+    let phone_hash = [0u8, 255, 1, 254, 0, 0, 7];
+    let phone = store
+        .create_session(ahmad.id, &phone_hash, now)
+        .await
+        .unwrap();
+    let laptop = store
+        .create_session(ahmad.id, b"laptop", now)
+        .await
+        .unwrap();
+    let admin_session = store.create_session(admin.id, b"root", now).await.unwrap();
+    assert_ne!(phone, laptop);
+
+    let found = store.session_by_token(&phone_hash).await.unwrap();
+    let expected = SessionRecord {
+        session_id: phone,
+        user_id: ahmad.id,
+        username: "ahmad".to_owned(),
+        is_admin: false,
+    };
+    assert_eq!(found, Some(expected));
+    let found = store.session_by_token(b"root").await.unwrap().unwrap();
+    assert_eq!((found.session_id, found.is_admin), (admin_session, true));
+    assert_eq!(found.username, "root");
+    assert!(store.session_by_token(b"unknown").await.unwrap().is_none());
+    assert!(
+        store
+            .session_by_token(&phone_hash[..6])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.delete_session(phone).await.unwrap();
+    assert!(store.session_by_token(&phone_hash).await.unwrap().is_none());
+    let other = store.session_by_token(b"laptop").await.unwrap().unwrap();
+    assert_eq!(other.session_id, laptop, "the user's other session is kept");
+
+    store.delete_session(phone).await.unwrap();
+    store.delete_session(SessionId(i64::MAX)).await.unwrap();
+}
+
+pub async fn a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found(
+    store: Arc<dyn Store>,
+) {
+    let ahmad = user(store.as_ref(), "ahmad").await;
+    let sara = user(store.as_ref(), "sara").await;
+    let first = store
+        .create_session(ahmad.id, b"token", Utc::now())
+        .await
+        .unwrap();
+
+    let again = store.create_session(sara.id, b"token", Utc::now()).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let owner = store.session_by_token(b"token").await.unwrap().unwrap();
+    assert_eq!((owner.session_id, owner.user_id), (first, ahmad.id));
+
+    let orphan = store
+        .create_session(UserId(i64::MAX), b"orphan", Utc::now())
+        .await;
+    assert!(matches!(orphan, Err(StoreError::NotFound(_))), "{orphan:?}");
+    assert!(store.session_by_token(b"orphan").await.unwrap().is_none());
+}
