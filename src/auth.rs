@@ -91,6 +91,8 @@ pub struct Login {
     pub token: String,
     /// The new session.
     pub session: Session,
+    /// Older sessions of the user revoked to stay within the per-user limit.
+    pub revoked: Vec<SessionId>,
 }
 
 /// Generates a random URL-safe secret of `bytes` random bytes (hex encoded).
@@ -140,14 +142,16 @@ pub struct Authenticator {
     /// Argon2 costs ~19 MiB and a core for tens of milliseconds per hash: at most one hash per
     /// core runs at once, so a burst of logins cannot exhaust memory or starve the server.
     hashing: Arc<Semaphore>,
+    /// Sessions (devices) a user may have; a login beyond it revokes the least recently active.
+    max_sessions: usize,
 }
 
 impl Authenticator {
-    /// An authenticator over `store`.
+    /// An authenticator over `store` allowing `max_sessions` sessions per user.
     ///
     /// # Errors
     /// [`AuthError::Hashing`] if the timing-equaliser hash cannot be computed.
-    pub fn new(store: Arc<dyn Store>) -> Result<Self, AuthError> {
+    pub fn new(store: Arc<dyn Store>, max_sessions: usize) -> Result<Self, AuthError> {
         let dummy =
             Password::parse(&random_secret(16)).map_err(|e| AuthError::Hashing(e.to_string()))?;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -156,6 +160,7 @@ impl Authenticator {
             cache: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
             dummy_hash: hash_password(&dummy)?.into(),
             hashing: Arc::new(Semaphore::new(cores)),
+            max_sessions: max_sessions.max(1),
         })
     }
 
@@ -229,7 +234,22 @@ impl Authenticator {
         self.cache_shard(&hash)
             .sessions
             .insert(hash, session.clone());
-        Ok(Login { token, session })
+        let pruned = self
+            .store
+            .prune_sessions(user.id, self.max_sessions)
+            .await?;
+        let mut revoked = Vec::with_capacity(pruned.len());
+        for (id, bytes) in pruned {
+            if let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                self.forget(TokenHash(bytes));
+            }
+            revoked.push(id);
+        }
+        Ok(Login {
+            token,
+            session,
+            revoked,
+        })
     }
 
     /// Resolves a bearer token to its session: from the cache, else from the store (and then
@@ -277,11 +297,15 @@ impl Authenticator {
     /// Storage failures (the token then stays valid; the client may retry).
     pub async fn logout(&self, token: &str, session: SessionId) -> Result<(), AuthError> {
         self.store.delete_session(session).await?;
-        let hash = TokenHash::of(token);
+        self.forget(TokenHash::of(token));
+        Ok(())
+    }
+
+    /// Drops a revoked token from the cache (its row is already deleted).
+    fn forget(&self, hash: TokenHash) {
         let mut shard = self.cache_shard(&hash);
         shard.sessions.remove(&hash);
         shard.revocations += 1;
-        Ok(())
     }
 }
 

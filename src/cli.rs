@@ -169,6 +169,14 @@ pub struct SettingsArgs {
     /// Messages queued per socket before it is closed as a slow consumer [default: 256].
     #[arg(long, global = true, env = "LASTSEEN_SEND_QUEUE", value_name = "N")]
     pub send_queue: Option<String>,
+    /// Sessions (devices) per user; more logins revoke the oldest [default: 100].
+    #[arg(
+        long,
+        global = true,
+        env = "LASTSEEN_MAX_SESSIONS_PER_USER",
+        value_name = "N"
+    )]
+    pub max_sessions_per_user: Option<String>,
     /// Show a coarse `last_seen_approx` where the exact last seen is hidden: true or false
     /// [default: false].
     #[arg(
@@ -200,6 +208,7 @@ impl SettingsArgs {
             ("max_message_bytes", &self.max_message_bytes),
             ("typing_per_second", &self.typing_per_second),
             ("send_queue", &self.send_queue),
+            ("max_sessions_per_user", &self.max_sessions_per_user),
             ("last_seen_approx", &self.last_seen_approx),
         ]
         .into_iter()

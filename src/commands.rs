@@ -54,7 +54,7 @@ pub async fn create_user(
     };
     let shown = generated.then(|| String::from_utf8_lossy(password.expose()).into_owned());
     let store = open(settings).await?;
-    let authenticator = Authenticator::new(store)?;
+    let authenticator = Authenticator::new(store, settings.max_sessions_per_user)?;
     let user = match authenticator.register(&username, password, admin).await {
         Ok(user) => user,
         Err(auth::AuthError::Store(store::StoreError::Conflict(_))) => {

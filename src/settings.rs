@@ -62,6 +62,9 @@ pub struct Settings {
     /// Typing messages a socket may send per second (`LASTSEEN_TYPING_PER_SECOND`, default
     /// `5`); more are answered with a `throttled` error frame.
     pub typing_per_second: u32,
+    /// Sessions (logins, devices) one user may have; a login beyond it revokes the least
+    /// recently active (`LASTSEEN_MAX_SESSIONS_PER_USER`, default `100`).
+    pub max_sessions_per_user: usize,
     /// Messages queued for one socket before it counts as a slow consumer and is closed
     /// (`LASTSEEN_SEND_QUEUE`, default `256`); presence updates of one user are coalesced.
     pub send_queue: usize,
@@ -89,6 +92,7 @@ impl Default for Settings {
             max_sockets_per_user: 16,
             max_message_bytes: 16 * 1024,
             typing_per_second: 5,
+            max_sessions_per_user: 100,
             send_queue: 256,
             last_seen_approx: false,
         }
@@ -114,6 +118,7 @@ pub const KEYS: &[&str] = &[
     "typing_per_second",
     "send_queue",
     "last_seen_approx",
+    "max_sessions_per_user",
 ];
 
 /// `LASTSEEN_*` variables that are not settings but are read elsewhere (tests, CI).
@@ -189,6 +194,7 @@ impl Settings {
             ("max_sockets_per_user", self.max_sockets_per_user, 1),
             ("max_message_bytes", self.max_message_bytes, 256),
             ("send_queue", self.send_queue, 8),
+            ("max_sessions_per_user", self.max_sessions_per_user, 1),
         ] {
             if value < min {
                 return Err(SettingsError::new(key, format!("must be at least {min}")));

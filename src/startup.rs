@@ -43,7 +43,8 @@ impl App {
         store.migrate().await.context("while applying migrations")?;
         let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
         restore(&engine, store.as_ref(), &settings).await?;
-        let auth = Authenticator::new(store.clone()).context("while preparing authentication")?;
+        let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user)
+            .context("while preparing authentication")?;
         let privacy = Privacy::new(store.clone(), settings.last_seen_approx);
         let listener = TcpListener::bind(settings.bind)
             .await

@@ -68,6 +68,10 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     let login = state.auth.login(&body.username, &body.password).await?;
     let session = &login.session;
+    for &revoked in &login.revoked {
+        state.hub.close_session(revoked);
+        state.engine.end_session(session.user_id, revoked).await?;
+    }
     let view = state
         .engine
         .touch(session.user_id, session.session_id)

@@ -131,6 +131,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Deletes a session (logout); its token stops working.
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError>;
+    /// Deletes `user`'s sessions except the `keep` most recently active ones; returns the
+    /// deleted sessions with their token hashes (so caches can drop them).
+    async fn prune_sessions(
+        &self,
+        user: UserId,
+        keep: usize,
+    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError>;
     /// Writes a batch of presence state in one transaction.
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
     /// Loads users with at least one session live at `live.now`, with those sessions.

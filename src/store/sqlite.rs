@@ -257,6 +257,28 @@ impl Store for SqliteStore {
             .map_err(other)
     }
 
+    async fn prune_sessions(
+        &self,
+        user: UserId,
+        keep: usize,
+    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "delete from sessions where user_id = ?1 and session_id not in (\
+             select session_id from sessions where user_id = ?1 \
+             order by last_activity desc, session_id desc limit ?2) \
+             returning session_id, token_hash",
+        )
+        .bind(user.0)
+        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, hash)| (SessionId(id), hash))
+            .collect())
+    }
+
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(other)?;
         for write in batch {

@@ -140,3 +140,21 @@ async fn me_returns_the_user_presence_shape() {
     assert_eq!(body["is_online"], true);
     assert!(body["last_seen"].is_string());
 }
+
+#[tokio::test]
+async fn a_login_beyond_the_session_limit_revokes_the_least_recently_active_session() {
+    let app = spawn_app_with(|s| s.max_sessions_per_user = 2).await;
+    let (_, first) = app.user("ahmad").await;
+    let second = app.token("ahmad").await;
+    expect(app.post("/api/users/heartbeat/", &second).await, 200).await;
+    let third = app.token("ahmad").await;
+    expect_error(
+        app.get("/api/users/me/", &first).await,
+        401,
+        "authentication_failed",
+    )
+    .await;
+    for token in [&second, &third] {
+        expect(app.get("/api/users/me/", token).await, 200).await;
+    }
+}

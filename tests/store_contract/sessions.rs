@@ -78,3 +78,43 @@ pub async fn a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found(
     assert!(matches!(orphan, Err(StoreError::NotFound(_))), "{orphan:?}");
     assert!(store.session_by_token(b"orphan").await.unwrap().is_none());
 }
+
+pub async fn pruning_keeps_the_most_recently_active_sessions_of_one_user(store: Arc<dyn Store>) {
+    let ahmad = user(store.as_ref(), "ahmad").await;
+    let sara = user(store.as_ref(), "sara").await;
+    let base = Utc::now();
+    let mut ahmad_sessions = Vec::new();
+    for i in 0..4 {
+        let at = base + chrono::Duration::seconds(i);
+        let token = format!("ahmad{i}");
+        ahmad_sessions.push(
+            store
+                .create_session(ahmad.id, token.as_bytes(), at)
+                .await
+                .unwrap(),
+        );
+    }
+    let sara_session = store.create_session(sara.id, b"sara", base).await.unwrap();
+
+    let mut pruned = store.prune_sessions(ahmad.id, 2).await.unwrap();
+    pruned.sort();
+    assert_eq!(
+        pruned,
+        vec![
+            (ahmad_sessions[0], b"ahmad0".to_vec()),
+            (ahmad_sessions[1], b"ahmad1".to_vec())
+        ]
+    );
+    assert!(store.session_by_token(b"ahmad0").await.unwrap().is_none());
+    assert!(store.session_by_token(b"ahmad3").await.unwrap().is_some());
+    assert_eq!(
+        store
+            .session_by_token(b"sara")
+            .await
+            .unwrap()
+            .map(|s| s.session_id),
+        Some(sara_session),
+        "other users' sessions are untouched"
+    );
+    assert!(store.prune_sessions(ahmad.id, 2).await.unwrap().is_empty());
+}
