@@ -66,6 +66,13 @@ fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError
     raw.as_deref().map(parse_ts).transpose()
 }
 
+/// Users per statement of a presence write, bounding the size of one JSON parameter.
+const WRITE_CHUNK: usize = 4096;
+
+fn to_json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
+}
+
 fn seq_to_db(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -171,7 +178,7 @@ impl Store for SqliteStore {
 
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let json = serde_json::to_string(&ids).map_err(|e| StoreError::Other(e.into()))?;
+        let json = to_json(&ids)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "select {USER_COLUMNS} from users where user_id in (select value from json_each(?))"
         )))
@@ -237,30 +244,43 @@ impl Store for SqliteStore {
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
+        // Two statements per chunk, whatever its size: sqlx runs SQLite on a worker thread and
+        // every statement is a round trip to it, which made a statement per user (and per
+        // session) the main cost of heartbeat-heavy load. `json_each` feeds the rows in.
         let mut tx = self.pool.begin().await.map_err(other)?;
-        for write in batch {
+        for chunk in batch.chunks(WRITE_CHUNK) {
+            let users: Vec<_> = chunk
+                .iter()
+                .map(|w| {
+                    let last_seen = w.last_seen.map(ts);
+                    (w.user_id.0, w.status.as_str(), last_seen, seq_to_db(w.seq))
+                })
+                .collect();
             sqlx::query(
-                "update users set online_status = ?, last_seen = ?, presence_seq = ? \
-                 where user_id = ?",
+                "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
+                 presence_seq = j.value ->> 3 \
+                 from json_each(?) as j where users.user_id = j.value ->> 0",
             )
-            .bind(write.status.as_str())
-            .bind(write.last_seen.map(ts))
-            .bind(seq_to_db(write.seq))
-            .bind(write.user_id.0)
+            .bind(to_json(&users)?)
             .execute(&mut *tx)
             .await
             .map_err(other)?;
-            for (session, last_activity) in &write.sessions {
-                sqlx::query(
-                    "update sessions set last_activity = ?1 \
-                     where session_id = ?2 and last_activity < ?1",
-                )
-                .bind(ts(*last_activity))
-                .bind(session.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(other)?;
+            let sessions: Vec<_> = chunk
+                .iter()
+                .flat_map(|w| w.sessions.iter().map(|(id, at)| (id.0, ts(*at))))
+                .collect();
+            if sessions.is_empty() {
+                continue;
             }
+            sqlx::query(
+                "update sessions set last_activity = j.value ->> 1 \
+                 from json_each(?) as j \
+                 where sessions.session_id = j.value ->> 0 and sessions.last_activity < j.value ->> 1",
+            )
+            .bind(to_json(&sessions)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
         }
         tx.commit().await.map_err(other)
     }
@@ -323,5 +343,53 @@ impl Store for SqliteStore {
         .await
         .map_err(other)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::SubsecRound;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn presence_writes_span_chunks_and_never_move_session_activity_back() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let created = Utc::now().trunc_subsecs(6);
+        let later = created + chrono::Duration::seconds(10);
+        let mut batch = Vec::new();
+        for i in 0..WRITE_CHUNK + 2 {
+            let name = Username::parse(&format!("u{i}")).unwrap();
+            let user = store.create_user(&name, "hash", false).await.unwrap();
+            let token_hash = [i as u8, (i >> 8) as u8, 1, 2];
+            let session = store.create_session(user.id, &token_hash, created);
+            let session = session.await.unwrap();
+            // The first user's write carries an older activity than stored: it must not win.
+            let activity = if i == 0 {
+                created - chrono::Duration::hours(1)
+            } else {
+                later
+            };
+            batch.push(PresenceWrite {
+                user_id: user.id,
+                status: PresenceStatus::Online,
+                last_seen: Some(later),
+                seq: 7 + i as u64,
+                sessions: vec![(session, activity)],
+            });
+        }
+        store.write_presence(&batch).await.unwrap();
+
+        let last = batch.last().unwrap();
+        let stored = store.user_by_id(last.user_id).await.unwrap().unwrap();
+        assert_eq!(stored.online_status, PresenceStatus::Online);
+        assert_eq!(stored.last_seen, Some(later));
+        assert_eq!(stored.presence_seq, last.seq);
+        let live = store.load_live(created).await.unwrap();
+        assert_eq!(live.len(), WRITE_CHUNK + 2);
+        assert_eq!(live[0].sessions[0].1, created, "activity never moves back");
+        assert_eq!(live[WRITE_CHUNK + 1].sessions[0].1, later);
+        assert_eq!(live[WRITE_CHUNK + 1].seq, last.seq);
     }
 }
