@@ -68,6 +68,8 @@ fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError
 
 /// Users per statement of a presence write, bounding the size of one JSON parameter.
 const WRITE_CHUNK: usize = 4096;
+/// Width of the user-id ranges `load_live` reads in one statement (and one JSON result).
+const LOAD_PAGE_IDS: i64 = 65_536;
 
 fn to_json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
     serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
@@ -286,32 +288,53 @@ impl Store for SqliteStore {
     }
 
     async fn load_live(&self, cutoff: DateTime<Utc>) -> Result<Vec<RestoredUser>, StoreError> {
-        let rows = sqlx::query(
-            "select s.user_id, s.session_id, s.last_activity, u.presence_seq, u.last_seen \
-             from sessions s join users u on u.user_id = s.user_id \
-             where s.last_activity >= ? order by s.user_id",
-        )
-        .bind(ts(cutoff))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        // One JSON row per range of user ids rather than one row per session: sqlx hands every
+        // row from SQLite's worker thread to the caller separately, and with a million live
+        // sessions those hand-offs were most of a restart. One read transaction keeps the
+        // pages consistent with each other.
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        let max_id: Option<i64> = sqlx::query_scalar("select max(user_id) from sessions")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(other)?;
         let mut users: Vec<RestoredUser> = Vec::new();
-        for row in rows {
-            let user_id = UserId(row.try_get("user_id").map_err(other)?);
-            let session = SessionId(row.try_get("session_id").map_err(other)?);
-            let last_activity = parse_ts(row.try_get("last_activity").map_err(other)?)?;
-            if users.last().is_none_or(|u| u.user_id != user_id) {
-                users.push(RestoredUser {
-                    user_id,
-                    seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
-                    last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
-                    sessions: Vec::new(),
-                });
+        let mut from = 0_i64;
+        while max_id.is_some_and(|max| from <= max) {
+            let to = from.saturating_add(LOAD_PAGE_IDS);
+            let page: String = sqlx::query_scalar(
+                "select json_group_array(json_array(s.user_id, s.session_id, s.last_activity, \
+                 u.presence_seq, u.last_seen)) \
+                 from sessions s join users u on u.user_id = s.user_id \
+                 where s.user_id >= ?1 and s.user_id < ?2 and s.last_activity >= ?3",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(ts(cutoff))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(other)?;
+            let mut rows: Vec<(i64, i64, String, i64, Option<String>)> =
+                serde_json::from_str(&page).map_err(|e| StoreError::Other(e.into()))?;
+            // Aggregation order is unspecified; group each user's sessions here.
+            rows.sort_unstable_by_key(|row| (row.0, row.1));
+            for (user_id, session, last_activity, seq, last_seen) in rows {
+                let user_id = UserId(user_id);
+                if users.last().is_none_or(|u| u.user_id != user_id) {
+                    users.push(RestoredUser {
+                        user_id,
+                        seq: seq_from_db(seq),
+                        last_seen: parse_opt_ts(last_seen)?,
+                        sessions: Vec::with_capacity(1),
+                    });
+                }
+                if let Some(user) = users.last_mut() {
+                    user.sessions
+                        .push((SessionId(session), parse_ts(&last_activity)?));
+                }
             }
-            if let Some(user) = users.last_mut() {
-                user.sessions.push((session, last_activity));
-            }
+            from = to;
         }
+        tx.commit().await.map_err(other)?;
         Ok(users)
     }
 
@@ -391,5 +414,52 @@ mod tests {
         assert_eq!(live[0].sessions[0].1, created, "activity never moves back");
         assert_eq!(live[WRITE_CHUNK + 1].sessions[0].1, later);
         assert_eq!(live[WRITE_CHUNK + 1].seq, last.seq);
+    }
+
+    #[tokio::test]
+    async fn live_sessions_load_across_id_pages_grouped_per_user() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let (live, old) = (now, now - chrono::Duration::hours(1));
+        let ids = [1, LOAD_PAGE_IDS + 5, 2 * LOAD_PAGE_IDS + 5];
+        for id in ids {
+            sqlx::query(
+                "insert into users (user_id, username, password_hash, presence_seq, created_at) \
+                 values (?1, 'u' || ?1, 'hash', ?1, ?2)",
+            )
+            .bind(id)
+            .bind(ts(now))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let sessions = [
+            (ids[0], live),
+            (ids[1], live),
+            (ids[0], old),
+            (ids[0], live),
+            (ids[2], old),
+        ];
+        for (n, (user, at)) in sessions.into_iter().enumerate() {
+            store
+                .create_session(UserId(user), &[n as u8], at)
+                .await
+                .unwrap();
+        }
+
+        let users = store
+            .load_live(now - chrono::Duration::minutes(5))
+            .await
+            .unwrap();
+        let loaded: Vec<(i64, usize)> = users
+            .iter()
+            .map(|u| (u.user_id.0, u.sessions.len()))
+            .collect();
+        assert_eq!(loaded, [(ids[0], 2), (ids[1], 1)]);
+        assert_eq!(users[1].seq, ids[1] as u64);
+        let first: Vec<i64> = users[0].sessions.iter().map(|(s, _)| s.0).collect();
+        assert_eq!(first, [1, 4], "the user's live sessions, in order");
+        assert_eq!(users[0].sessions[0].1, live.trunc_subsecs(6));
     }
 }
