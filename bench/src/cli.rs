@@ -104,8 +104,9 @@ pub struct HeartbeatArgs {
     /// Send heartbeats open-loop at this total rate (requests/s) instead of as fast as possible.
     #[arg(long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
-    /// After the rounds, one open-loop heartbeat phase at this fraction of the median
-    /// closed-loop heartbeat throughput (e.g. 0.5 for latency at 50% of max).
+    /// After the rounds, open-loop phases at this fraction of the median closed-loop heartbeat
+    /// throughput (e.g. 0.5 for latency at 50% of max): `/healthz` (this machine's latency
+    /// floor at that rate), then heartbeats.
     #[arg(long, value_name = "FRACTION", conflicts_with = "rate")]
     pub rate_fraction: Option<f64>,
     /// Skip the `/healthz` ceiling phases.

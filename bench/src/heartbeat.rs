@@ -122,15 +122,21 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
         phases.push(beat);
     }
     if let Some(fraction) = args.rate_fraction {
+        // The same rate against /healthz first: the latency floor of this machine right now.
         let rate = median(&hb).unwrap_or(0.0) * fraction;
         let plan = Plan {
             rate: Some(rate),
             ..closed
         };
-        let name = format!("heartbeat@{:.0}%", fraction * 100.0);
-        phases.push(PhaseSummary::of(
-            &load::run(target, &name, heartbeats.clone(), plan).await?,
-        ));
+        let percent = fraction * 100.0;
+        for (name, requests) in [("healthz", &healthz), ("heartbeat", &heartbeats)] {
+            if name == "healthz" && args.no_ceiling {
+                continue;
+            }
+            let name = format!("{name}@{percent:.0}%");
+            let outcome = load::run(target, &name, requests.clone(), plan).await?;
+            phases.push(PhaseSummary::of(&outcome));
+        }
     }
 
     tokio::time::sleep(settle).await;
