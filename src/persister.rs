@@ -28,6 +28,7 @@ pub async fn flush(engine: &PresenceEngine, store: &dyn Store) -> Result<usize, 
         engine.mark_dirty(&users).await;
         return Err(error);
     }
+    metrics::counter!("lastseen_presence_flushes_total").increment(1);
     metrics::counter!("lastseen_presence_rows_written_total").increment(batch.len() as u64);
     engine.evict_persisted(&users).await;
     Ok(batch.len())

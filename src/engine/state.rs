@@ -105,6 +105,9 @@ impl UserState {
                 false
             }
             None => {
+                // Exactly one more slot: a first `push` would reserve four (192 bytes), and
+                // nearly every user has one session; this is most of an online user's memory.
+                self.sessions.reserve_exact(1);
                 self.sessions.push(SessionState {
                     id: session,
                     expires_at,

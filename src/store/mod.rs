@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
-use crate::engine::{PresenceWrite, RestoredUser};
+use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
 
 /// Errors of the storage layer.
@@ -60,6 +60,37 @@ impl Liveness {
     /// The inactivity timeout this liveness was built with.
     pub fn timeout(&self) -> chrono::Duration {
         self.now - self.inactive_before
+    }
+}
+
+/// A presence batch with each user and session once, in id order: a user's last write wins
+/// and a session keeps its latest activity (with the expiry of its last write), as if the
+/// writes were applied one by one. Bulk statements need this (an `UPDATE ... FROM` joining one
+/// row twice picks either), and the fixed order makes concurrent flushes of several nodes lock
+/// rows in the same order.
+pub(crate) struct CoalescedBatch<'a> {
+    /// One write per user, by user id.
+    pub users: Vec<&'a PresenceWrite>,
+    /// One entry per session, by session id.
+    pub sessions: Vec<StoredSession>,
+}
+
+impl<'a> CoalescedBatch<'a> {
+    pub(crate) fn of(batch: &'a [PresenceWrite]) -> Self {
+        let mut users = std::collections::BTreeMap::new();
+        let mut sessions = std::collections::BTreeMap::<SessionId, StoredSession>::new();
+        for write in batch {
+            users.insert(write.user_id, write);
+            for session in &write.sessions {
+                let merged = sessions.entry(session.id).or_insert(*session);
+                merged.last_activity = merged.last_activity.max(session.last_activity);
+                merged.expires_at = session.expires_at;
+            }
+        }
+        Self {
+            users: users.into_values().collect(),
+            sessions: sessions.into_values().collect(),
+        }
     }
 }
 

@@ -9,7 +9,6 @@
 
 mod privacy;
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{Liveness, SessionRecord, Store, StoreError, UserRecord};
+use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
@@ -180,11 +179,8 @@ struct LiveRow {
     last_seen: Option<DateTime<Utc>>,
 }
 
-/// A presence batch as columns, one array per bound parameter of the `unnest` updates.
-///
-/// Each user and session appears once, in id order: the last write of a user wins and a
-/// session keeps its latest activity, as when the writes are applied one by one; the fixed
-/// order makes concurrent flushes (several nodes) lock rows in the same order.
+/// A presence batch as columns, one array per bound parameter of the `unnest` updates, built
+/// from the coalesced batch (each user and session once, in id order).
 #[derive(Debug, Default, PartialEq)]
 struct PresenceColumns {
     user_ids: Vec<i64>,
@@ -198,29 +194,18 @@ struct PresenceColumns {
 
 impl PresenceColumns {
     fn of(batch: &[PresenceWrite]) -> Self {
-        let mut users = BTreeMap::new();
-        // Session -> (latest activity, expiry of its last write).
-        let mut sessions: BTreeMap<i64, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-        for write in batch {
-            users.insert(write.user_id.0, write);
-            for session in &write.sessions {
-                let entry = sessions
-                    .entry(session.id.0)
-                    .or_insert((session.last_activity, session.expires_at));
-                *entry = (entry.0.max(session.last_activity), session.expires_at);
-            }
-        }
+        let batch = CoalescedBatch::of(batch);
         let mut columns = Self::default();
-        for (id, write) in users {
-            columns.user_ids.push(id);
+        for write in batch.users {
+            columns.user_ids.push(write.user_id.0);
             columns.statuses.push(write.status.as_str());
             columns.last_seens.push(write.last_seen);
             columns.seqs.push(seq_to_db(write.seq));
         }
-        for (id, (activity, expiry)) in sessions {
-            columns.session_ids.push(id);
-            columns.activities.push(activity);
-            columns.expiries.push(expiry);
+        for session in batch.sessions {
+            columns.session_ids.push(session.id.0);
+            columns.activities.push(session.last_activity);
+            columns.expiries.push(session.expires_at);
         }
         columns
     }

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, migrate::Migrator};
 
-use super::{Liveness, SessionRecord, Store, StoreError, UserRecord};
+use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
@@ -69,6 +69,15 @@ fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError
     raw.as_deref().map(parse_ts).transpose()
 }
 
+/// Users per statement of a presence write, bounding the size of one JSON parameter.
+const WRITE_CHUNK: usize = 4096;
+/// Width of the user-id ranges `load_live` reads in one statement (and one JSON result).
+const LOAD_PAGE_IDS: i64 = 65_536;
+
+fn to_json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
+}
+
 fn seq_to_db(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -103,6 +112,9 @@ fn session_refused(error: sqlx::Error) -> StoreError {
         error => other(error),
     }
 }
+
+/// A live session as read at start-up: user, session, last activity, expiry, seq, last seen.
+type LiveRow = (i64, i64, String, Option<String>, i64, Option<String>);
 
 const USER_COLUMNS: &str =
     "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
@@ -192,7 +204,7 @@ impl Store for SqliteStore {
 
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let json = serde_json::to_string(&ids).map_err(|e| StoreError::Other(e.into()))?;
+        let json = to_json(&ids)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "select {USER_COLUMNS} from users where user_id in (select value from json_each(?))"
         )))
@@ -280,68 +292,101 @@ impl Store for SqliteStore {
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
+        // Two statements per chunk, whatever its size: sqlx runs SQLite on a worker thread and
+        // every statement is a round trip to it, which made a statement per user (and per
+        // session) the main cost of heartbeat-heavy load. `json_each` feeds the rows in.
         let mut tx = self.pool.begin().await.map_err(other)?;
-        for write in batch {
+        let batch = CoalescedBatch::of(batch);
+        for chunk in batch.users.chunks(WRITE_CHUNK) {
+            let users: Vec<_> = chunk
+                .iter()
+                .map(|w| {
+                    let last_seen = w.last_seen.map(ts);
+                    (w.user_id.0, w.status.as_str(), last_seen, seq_to_db(w.seq))
+                })
+                .collect();
             sqlx::query(
-                "update users set online_status = ?, last_seen = ?, presence_seq = ? \
-                 where user_id = ?",
+                "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
+                 presence_seq = j.value ->> 3 \
+                 from json_each(?) as j where users.user_id = j.value ->> 0",
             )
-            .bind(write.status.as_str())
-            .bind(write.last_seen.map(ts))
-            .bind(seq_to_db(write.seq))
-            .bind(write.user_id.0)
+            .bind(to_json(&users)?)
             .execute(&mut *tx)
             .await
             .map_err(other)?;
-            for session in &write.sessions {
-                sqlx::query(
-                    "update sessions set last_activity = max(last_activity, ?1), expires_at = ?2 \
-                     where session_id = ?3",
-                )
-                .bind(ts(session.last_activity))
-                .bind(ts(session.expires_at))
-                .bind(session.id.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(other)?;
-            }
+        }
+        for chunk in batch.sessions.chunks(WRITE_CHUNK) {
+            let sessions: Vec<_> = chunk
+                .iter()
+                .map(|s| (s.id.0, ts(s.last_activity), ts(s.expires_at)))
+                .collect();
+            sqlx::query(
+                "update sessions set last_activity = max(last_activity, j.value ->> 1), \
+                 expires_at = j.value ->> 2 \
+                 from json_each(?) as j where sessions.session_id = j.value ->> 0",
+            )
+            .bind(to_json(&sessions)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
         }
         tx.commit().await.map_err(other)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select s.user_id, s.session_id, s.last_activity, s.expires_at, u.presence_seq, \
-             u.last_seen from sessions s join users u on u.user_id = s.user_id \
-             where {LIVE_SESSION} order by s.user_id"
-        )))
-        .bind(ts(live.now))
-        .bind(ts(live.inactive_before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
+        // One JSON row per range of user ids rather than one row per session: sqlx hands every
+        // row from SQLite's worker thread to the caller separately, and with a million live
+        // sessions those hand-offs were most of a restart. One read transaction keeps the
+        // pages consistent with each other.
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        let max_id: Option<i64> = sqlx::query_scalar("select max(user_id) from sessions")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(other)?;
         let mut users: Vec<RestoredUser> = Vec::new();
-        for row in rows {
-            let user_id = UserId(row.try_get("user_id").map_err(other)?);
-            let last_activity = parse_ts(row.try_get("last_activity").map_err(other)?)?;
-            let expires_at = parse_opt_ts(row.try_get("expires_at").map_err(other)?)?;
-            let session = StoredSession {
-                id: SessionId(row.try_get("session_id").map_err(other)?),
-                last_activity,
-                expires_at: expires_at.unwrap_or(last_activity + live.timeout()),
-            };
-            if users.last().is_none_or(|u| u.user_id != user_id) {
-                users.push(RestoredUser {
-                    user_id,
-                    seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
-                    last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
-                    sessions: Vec::new(),
-                });
+        let mut from = 0_i64;
+        while max_id.is_some_and(|max| from <= max) {
+            let to = from.saturating_add(LOAD_PAGE_IDS);
+            let page: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "select json_group_array(json_array(s.user_id, s.session_id, s.last_activity, \
+                 s.expires_at, u.presence_seq, u.last_seen)) \
+                 from sessions s join users u on u.user_id = s.user_id \
+                 where ({LIVE_SESSION}) and s.user_id >= ?3 and s.user_id < ?4"
+            )))
+            .bind(ts(live.now))
+            .bind(ts(live.inactive_before))
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(other)?;
+            let mut rows: Vec<LiveRow> =
+                serde_json::from_str(&page).map_err(|e| StoreError::Other(e.into()))?;
+            // Aggregation order is unspecified; group each user's sessions here.
+            rows.sort_unstable_by_key(|row| (row.0, row.1));
+            for (user_id, session, last_activity, expires_at, seq, last_seen) in rows {
+                let user_id = UserId(user_id);
+                if users.last().is_none_or(|u| u.user_id != user_id) {
+                    users.push(RestoredUser {
+                        user_id,
+                        seq: seq_from_db(seq),
+                        last_seen: parse_opt_ts(last_seen)?,
+                        sessions: Vec::with_capacity(1),
+                    });
+                }
+                let last_activity = parse_ts(&last_activity)?;
+                let expires_at = parse_opt_ts(expires_at)?;
+                if let Some(user) = users.last_mut() {
+                    user.sessions.push(StoredSession {
+                        id: SessionId(session),
+                        last_activity,
+                        expires_at: expires_at.unwrap_or(last_activity + live.timeout()),
+                    });
+                }
             }
-            if let Some(user) = users.last_mut() {
-                user.sessions.push(session);
-            }
+            from = to;
         }
+        tx.commit().await.map_err(other)?;
         Ok(users)
     }
 
@@ -390,5 +435,111 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<StoredPrivacy, StoreError> {
         privacy::change_privacy(&self.pool, owner, change, at).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::SubsecRound;
+
+    use super::*;
+
+    const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+    #[tokio::test]
+    async fn presence_writes_span_chunks_and_never_move_session_activity_back() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let created = Utc::now().trunc_subsecs(6);
+        let later = created + chrono::Duration::seconds(10);
+        let mut batch = Vec::new();
+        for i in 0..WRITE_CHUNK + 2 {
+            let name = Username::parse(&format!("u{i}")).unwrap();
+            let user = store.create_user(&name, "hash", false).await.unwrap();
+            let token_hash = [i as u8, (i >> 8) as u8, 1, 2];
+            let session = store.create_session(user.id, &token_hash, created);
+            let session = session.await.unwrap();
+            // The first user's write carries an older activity than stored: it must not win.
+            let activity = if i == 0 {
+                created - chrono::Duration::hours(1)
+            } else {
+                later
+            };
+            batch.push(PresenceWrite {
+                user_id: user.id,
+                status: PresenceStatus::Online,
+                last_seen: Some(later),
+                seq: 7 + i as u64,
+                sessions: vec![StoredSession {
+                    id: session,
+                    last_activity: activity,
+                    expires_at: later + chrono::Duration::minutes(5),
+                }],
+            });
+        }
+        store.write_presence(&batch).await.unwrap();
+
+        let last = batch.last().unwrap();
+        let stored = store.user_by_id(last.user_id).await.unwrap().unwrap();
+        assert_eq!(stored.online_status, PresenceStatus::Online);
+        assert_eq!(stored.last_seen, Some(later));
+        assert_eq!(stored.presence_seq, last.seq);
+        let live = store
+            .load_live(Liveness::at(created, FIVE_MINUTES))
+            .await
+            .unwrap();
+        assert_eq!(live.len(), WRITE_CHUNK + 2);
+        let first = live[0].sessions[0];
+        assert_eq!(first.last_activity, created, "activity never moves back");
+        assert_eq!(first.expires_at, later + chrono::Duration::minutes(5));
+        assert_eq!(live[WRITE_CHUNK + 1].sessions[0].last_activity, later);
+        assert_eq!(live[WRITE_CHUNK + 1].seq, last.seq);
+    }
+
+    #[tokio::test]
+    async fn live_sessions_load_across_id_pages_grouped_per_user() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let (live, old) = (now, now - chrono::Duration::hours(1));
+        let ids = [1, LOAD_PAGE_IDS + 5, 2 * LOAD_PAGE_IDS + 5];
+        for id in ids {
+            sqlx::query(
+                "insert into users (user_id, username, password_hash, presence_seq, created_at) \
+                 values (?1, 'u' || ?1, 'hash', ?1, ?2)",
+            )
+            .bind(id)
+            .bind(ts(now))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let sessions = [
+            (ids[0], live),
+            (ids[1], live),
+            (ids[0], old),
+            (ids[0], live),
+            (ids[2], old),
+        ];
+        for (n, (user, at)) in sessions.into_iter().enumerate() {
+            store
+                .create_session(UserId(user), &[n as u8], at)
+                .await
+                .unwrap();
+        }
+
+        let users = store
+            .load_live(Liveness::at(now, FIVE_MINUTES))
+            .await
+            .unwrap();
+        let loaded: Vec<(i64, usize)> = users
+            .iter()
+            .map(|u| (u.user_id.0, u.sessions.len()))
+            .collect();
+        assert_eq!(loaded, [(ids[0], 2), (ids[1], 1)]);
+        assert_eq!(users[1].seq, ids[1] as u64);
+        let first: Vec<i64> = users[0].sessions.iter().map(|s| s.id.0).collect();
+        assert_eq!(first, [1, 4], "the user's live sessions, in order");
+        assert_eq!(users[0].sessions[0].last_activity, live.trunc_subsecs(6));
     }
 }

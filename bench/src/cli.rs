@@ -1,0 +1,180 @@
+//! Command line of `lastseen-bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load generator and figures for the lastseen presence server.
+#[derive(Debug, Parser)]
+#[command(name = "lastseen-bench", version)]
+pub struct Cli {
+    /// Print a JSON summary on standard output (the text report then goes to standard error).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Threads of this tool; 1 leaves the other cores to the server under test.
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+    /// What to measure.
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// Benchmark modes.
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// Heartbeat throughput and latency, next to the `/healthz` ceiling of the same run.
+    Heartbeat(HeartbeatArgs),
+    /// Login/logout cycles per second and the server's memory before and after.
+    Churn(ChurnArgs),
+    /// Time from process start to `/readyz` with many users online in SQLite.
+    Restart(RestartArgs),
+}
+
+/// Which server to load.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// A running server (loopback only), e.g. http://127.0.0.1:8000. Without it the tool starts
+    /// its own server on a temporary SQLite database.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Pid of the `--url` server, to report its CPU time and memory.
+    #[arg(long, requires = "url")]
+    pub pid: Option<u32>,
+    /// Server binary to start [default: `lastseen` next to this binary].
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    pub server_bin: Option<PathBuf>,
+    /// SQLite file for the started server [default: a fresh temporary one]. Kept afterwards,
+    /// with its token cache beside it, so later runs reuse its users.
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    pub db: Option<PathBuf>,
+    /// Extra argument for `lastseen serve` (repeatable), e.g. `--server-arg=--persist-interval=2s`.
+    #[arg(
+        long = "server-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "url"
+    )]
+    pub server_args: Vec<String>,
+    /// How users are created: `sql` seeds the started server's database directly (fast);
+    /// `api` registers and logs in over HTTP (two Argon2 hashes per user on the server).
+    /// [default: sql when the tool starts the server, api with --url]
+    #[arg(long, value_enum)]
+    pub provision: Option<Provision>,
+    /// Token cache file [default: `<db>.tokens` next to --db; `lastseen-bench-tokens.txt` with
+    /// --url; none for a temporary database].
+    #[arg(long, value_name = "PATH")]
+    pub token_cache: Option<PathBuf>,
+    /// Benchmark users are named PREFIX0, PREFIX1, … (password `bench-password-1`).
+    #[arg(long, default_value = "bench-u", value_name = "PREFIX")]
+    pub user_prefix: String,
+    /// Wait after load before reading counters or memory, so the server's batched writes of
+    /// that load have happened (a little over its `persist_interval`), in seconds.
+    #[arg(long, default_value_t = 1.5, value_name = "SECONDS")]
+    pub settle: f64,
+}
+
+/// How benchmark users are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Provision {
+    /// Insert users and sessions into the database before the server starts.
+    Sql,
+    /// Register and log in through the HTTP API.
+    Api,
+}
+
+/// `heartbeat` mode.
+#[derive(Debug, Clone, Args)]
+pub struct HeartbeatArgs {
+    /// Server to load and how to create its users.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Users whose tokens the heartbeats rotate through.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Keep-alive connections.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Length of each phase in seconds.
+    #[arg(short = 'd', long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Rounds of (`/healthz` phase, heartbeat phase); ratios are reported per round and as
+    /// their median, since a shared machine's speed drifts between rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Send heartbeats open-loop at this total rate (requests/s) instead of as fast as possible.
+    #[arg(long, value_name = "REQ_PER_S")]
+    pub rate: Option<f64>,
+    /// After the rounds, open-loop phases at this fraction of the median closed-loop heartbeat
+    /// throughput (e.g. 0.5 for latency at 50% of max): `/healthz` (this machine's latency
+    /// floor at that rate), then heartbeats.
+    #[arg(long, value_name = "FRACTION", conflicts_with = "rate")]
+    pub rate_fraction: Option<f64>,
+    /// Skip the `/healthz` ceiling phases.
+    #[arg(long)]
+    pub no_ceiling: bool,
+}
+
+/// `churn` mode.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Server to load and how to create its users.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Users that log in and out in turn.
+    #[arg(short = 'n', long, default_value_t = 500)]
+    pub users: u64,
+    /// Connections, each running login/logout cycles back to back.
+    #[arg(short = 'c', long, default_value_t = 8)]
+    pub connections: usize,
+    /// Length of the run in seconds.
+    #[arg(short = 'd', long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub duration: f64,
+}
+
+/// `restart` mode.
+#[derive(Debug, Clone, Args)]
+pub struct RestartArgs {
+    /// Server binary [default: `lastseen` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
+    /// SQLite file [default: a fresh temporary one]; seeded once, reused if it has the users.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Extra argument for `lastseen serve` (repeatable).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Users, each with one live session (all online when the server starts).
+    #[arg(short = 'n', long, default_value_t = 1_000_000)]
+    pub users: u64,
+    /// Restarts to time.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_args_may_start_with_dashes() {
+        let cli = Cli::parse_from([
+            "lastseen-bench",
+            "heartbeat",
+            "--server-arg",
+            "--persist-interval=2s",
+            "-n",
+            "10",
+        ]);
+        let Mode::Heartbeat(args) = cli.mode else {
+            panic!("wrong mode")
+        };
+        assert_eq!(args.target.server_args, ["--persist-interval=2s"]);
+        assert_eq!(args.users, 10);
+    }
+}

@@ -1,0 +1,63 @@
+//! `lastseen-bench`: load generator and figures for the lastseen presence server.
+//!
+//! - [`client`]: a minimal keep-alive HTTP/1.1 client, cheaper per request than the server.
+//! - [`target`]: the server under test (started here or already running) and `/proc` readings.
+//! - [`seed`], [`provision`], [`setup`]: benchmark users and tokens, by SQL or through the API.
+//! - [`load`]: closed- and open-loop phases over C connections, with HDR histograms.
+//! - [`heartbeat`], [`churn`], [`restart`]: the modes; [`report`], [`scrape`], [`progress`]:
+//!   output, `/metrics` counters and progress bars.
+
+mod churn;
+mod cli;
+mod client;
+mod heartbeat;
+mod load;
+mod progress;
+mod provision;
+mod report;
+mod restart;
+mod scrape;
+mod seed;
+mod setup;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Mode};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.mode {
+            Mode::Heartbeat(args) => heartbeat::run(args, json).await,
+            Mode::Churn(args) => churn::run(args, json).await,
+            Mode::Restart(args) => restart::run(args, json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

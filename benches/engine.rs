@@ -1,0 +1,116 @@
+//! Micro-benchmarks of the in-process presence engine through its public API.
+//!
+//! Run with `cargo bench --bench engine` (or `scripts/bench engine`). The Prometheus recorder
+//! is installed first, so the engine's counters cost what they cost in the server.
+//!
+//! The in-process backend's async methods never wait, so they are polled once with a no-op
+//! waker instead of going through a runtime: the figures are the engine's work, not a
+//! scheduler's. Expiry with due deadlines uses a paused tokio clock inside a runtime, so the
+//! deadlines come due without real waiting.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use lastseen::domain::{SessionId, UserId};
+use lastseen::engine::PresenceBackend;
+use lastseen::engine::local::LocalBackend;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Completes a future that never waits (the in-process backend's).
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("BUG: the in-process backend never waits"),
+    }
+}
+
+/// An engine with `n` online users, user `i` having session `i`, their dirty marks taken as
+/// the persister would.
+fn populated(n: i64) -> LocalBackend {
+    let engine = LocalBackend::new(TIMEOUT);
+    for i in 0..n {
+        ready(engine.touch(UserId(i), SessionId(i))).expect("in-process touch never fails");
+    }
+    drop(ready(engine.take_dirty()));
+    engine
+}
+
+fn heartbeat(c: &mut Criterion) {
+    lastseen::http::ops::metrics_handle();
+    let mut group = c.benchmark_group("heartbeat_existing_session");
+    for n in [10_000_i64, 1_000_000] {
+        let engine = populated(n);
+        let mut i = 0;
+        group.bench_function(format!("{n}_online"), |b| {
+            b.iter(|| {
+                // Rotate through users, as heartbeats from many clients do.
+                i = (i + 1) % n;
+                black_box(ready(engine.touch(UserId(i), SessionId(i))))
+            });
+        });
+    }
+    group.finish();
+}
+
+fn new_session(c: &mut Criterion) {
+    lastseen::http::ops::metrics_handle();
+    const BASE: i64 = 10_000;
+    c.bench_function("login_new_session", |b| {
+        b.iter_custom(|iters| {
+            // A fresh engine per sample, so its size stays near BASE + one sample.
+            let engine = populated(BASE);
+            let start = std::time::Instant::now();
+            for k in 0..iters {
+                let id = BASE + i64::try_from(k).expect("iteration count fits i64");
+                black_box(ready(engine.touch(UserId(id), SessionId(id))).ok());
+            }
+            start.elapsed()
+        });
+    });
+}
+
+fn expiry(c: &mut Criterion) {
+    lastseen::http::ops::metrics_handle();
+    let mut group = c.benchmark_group("expiry");
+
+    let engine = populated(1_000_000);
+    group.bench_function("tick_1000000_online_none_due", |b| {
+        b.iter(|| black_box(ready(engine.expire_due())));
+    });
+    drop(engine);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("BUG: a current-thread runtime always builds");
+    group.sample_size(20);
+    group.bench_function("10000_due_at_once", |b| {
+        b.iter_batched(
+            || {
+                runtime.block_on(async {
+                    let engine = populated(10_000);
+                    tokio::time::advance(TIMEOUT + Duration::from_secs(1)).await;
+                    engine
+                })
+            },
+            |engine| {
+                let _clock = runtime.enter();
+                let offline = ready(engine.expire_due()).expect("in-process expiry never fails");
+                assert_eq!(offline, 10_000);
+                engine
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, heartbeat, new_session, expiry);
+criterion_main!(benches);

@@ -1,0 +1,100 @@
+//! Engine memory per online session: the process's RSS, and the bytes the heap actually holds,
+//! before and after bringing N sessions (one per user) online in the in-process engine.
+//!
+//! `cargo run --release --example engine_memory -- [SESSIONS]` (default 1,000,000).
+//! RSS includes the allocator's slack (memory freed while tables and vectors grew, kept by the
+//! allocator for reuse) and the hash tables' spare capacity; that is the figure. The
+//! live heap bytes, counted by a wrapper around the system allocator, show how much of it is
+//! the engine's data.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lastseen::domain::{SessionId, UserId};
+use lastseen::engine::PresenceBackend;
+use lastseen::engine::local::LocalBackend;
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged and only
+// adds bookkeeping on an atomic counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn report(label: &str, rss: usize, live: usize, base: (usize, usize), sessions: usize) {
+    let per = |now: usize, then: usize| now.saturating_sub(then) as f64 / sessions.max(1) as f64;
+    println!(
+        "{label:<26} RSS {:>7.1} MiB ({:>4.0} B/session)   live heap {:>7.1} MiB ({:>4.0} B/session)",
+        rss as f64 / 1048576.0,
+        per(rss, base.0),
+        live as f64 / 1048576.0,
+        per(live, base.1),
+    );
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let sessions: usize = std::env::args()
+        .nth(1)
+        .map_or(Ok(1_000_000), |a| a.parse())
+        .expect("SESSIONS must be a number");
+    let engine = LocalBackend::new(Duration::from_secs(300));
+    // One touch first, so lazily created statics are not counted.
+    engine.touch(UserId(-1), SessionId(-1)).await.ok();
+    let base = (rss_bytes(), LIVE.load(Ordering::Relaxed));
+    for i in 0..i64::try_from(sessions).expect("SESSIONS fits i64") {
+        engine.touch(UserId(i), SessionId(i)).await.ok();
+    }
+    println!("online sessions: {}", engine.online_count() - 1);
+    report("before", base.0, base.1, base, sessions);
+    report(
+        "sessions online",
+        rss_bytes(),
+        LIVE.load(Ordering::Relaxed),
+        base,
+        sessions,
+    );
+    // What the persister does every `persist_interval`: the dirty lists are emptied.
+    drop(engine.take_dirty().await);
+    report(
+        "after a flush",
+        rss_bytes(),
+        LIVE.load(Ordering::Relaxed),
+        base,
+        sessions,
+    );
+}
