@@ -1,16 +1,31 @@
 //! `lastseen` binary: parses the command line, loads settings and runs one subcommand.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use lastseen::cli::{Cli, Command, UserCommand};
 use lastseen::settings::{self, Settings};
-use lastseen::{commands, startup::App, telemetry};
-use tokio_util::sync::CancellationToken;
+use lastseen::{commands, startup, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Password hashing runs on the blocking pool; glibc keeps a freed 19 MiB Argon2 buffer in
+    // each thread's arena, so a small pool bounds that memory (hashes are also limited to one
+    // per core by the authenticator).
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(cores.max(4))
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(std::io::stderr);
     for name in settings::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
@@ -24,7 +39,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve => serve(settings).await.map(|()| String::new()),
+        Command::Serve => startup::serve(settings).await.map(|()| String::new()),
         Command::Migrate => commands::migrate(&settings).await,
         Command::CheckOfflineUsers { dry_run } => {
             commands::check_offline_users(&settings, dry_run).await
@@ -53,38 +68,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let app = App::build(settings).await?;
-    let addr = app.local_addr()?;
-    // Scripts and tests read the bound address from this first line of standard output.
-    println!("listening on http://{addr}");
-    std::io::stdout().flush()?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
-    app.run(shutdown).await
-}
-
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received; draining");
-    shutdown.cancel();
 }

@@ -153,3 +153,42 @@ async fn restore(
     tracing::info!(online, went_offline, "presence restored from the database");
     Ok(())
 }
+
+/// `lastseen serve`: builds the app, prints `listening on http://ADDR` as the first line of
+/// standard output, and runs until SIGINT or SIGTERM.
+///
+/// # Errors
+/// If the app cannot be built or serving fails.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    let addr = app.local_addr()?;
+    // Scripts and tests read the bound address from this first line of standard output.
+    println!("listening on http://{addr}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received; draining");
+    shutdown.cancel();
+}

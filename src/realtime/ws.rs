@@ -26,6 +26,9 @@ use crate::http::error::ApiError;
 use crate::http::extract::bearer_from_headers;
 use crate::privacy::Viewer;
 
+/// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
+const READ_BUFFER: usize = 4 * 1024;
+
 /// How long a browser has to send its `auth` message.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,6 +56,10 @@ pub async fn upgrade(
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite's defaults (128 KiB read buffer allocated up front, 128 KiB write
+        // batching) would cost ~256 KiB per idle socket; presence frames are tiny.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let connections = state.connections.clone();
             // Tracked, so shutdown waits for sockets to close before the final flush.
