@@ -102,6 +102,10 @@ enum Pending {
 struct OutboxState {
     queue: VecDeque<Pending>,
     presence: HashMap<UserId, Seen>,
+    /// Users just subscribed whose snapshot is not queued yet: their updates wait in
+    /// `presence` and are queued after the snapshot, so a client never gets an update of a
+    /// user before that user's snapshot.
+    awaiting_snapshot: HashSet<UserId>,
     closed: Option<CloseReason>,
 }
 
@@ -138,6 +142,13 @@ impl Outbox {
     fn push_presence(&self, seen: Seen) {
         self.enqueue(|state| {
             let owner = seen.owner;
+            if state.awaiting_snapshot.contains(&owner) {
+                let newest = state.presence.get(&owner).is_none_or(|p| seen.seq >= p.seq);
+                if newest {
+                    state.presence.insert(owner, seen);
+                }
+                return false;
+            }
             match state.presence.get_mut(&owner) {
                 // Events can reach the hub slightly out of order; keep the newest. An equal
                 // seq is a re-filtered value (a privacy change) and replaces the pending one.
@@ -176,6 +187,24 @@ impl Outbox {
             }
         }
         self.ready.notify_one();
+    }
+
+    /// Queues the snapshot answering the subscription of `users` (or nothing, if it failed),
+    /// then the updates of those users that arrived while it was being built.
+    fn finish_snapshot(&self, users: &[UserId], snapshot: Option<Vec<(Seen, String)>>) {
+        self.enqueue(|state| {
+            if let Some(entries) = snapshot {
+                state
+                    .queue
+                    .push_back(Pending::Item(Outgoing::Snapshot(entries)));
+            }
+            for user in users {
+                if state.awaiting_snapshot.remove(user) && state.presence.contains_key(user) {
+                    state.queue.push_back(Pending::Presence(*user));
+                }
+            }
+            true
+        });
     }
 
     /// Asks the connection to close with `reason` (drops what is still queued).
@@ -525,9 +554,11 @@ impl Connection {
         self.outbox.push(Outgoing::Message(message));
     }
 
-    /// Queues a snapshot for this connection.
-    pub fn send_snapshot(&self, entries: Vec<(Seen, String)>) {
-        self.outbox.push(Outgoing::Snapshot(entries));
+    /// Queues the snapshot answering [`Connection::subscribe`] of `users`, or, with `None`
+    /// (building it failed), releases their held-back updates. Until then, updates of those
+    /// users are held back, so none reaches the client before its snapshot.
+    pub fn finish_snapshot(&self, users: &[UserId], entries: Option<Vec<(Seen, String)>>) {
+        self.outbox.finish_snapshot(users, entries);
     }
 
     /// Starts watching `users` (all or none). Returns the ones not watched before.
@@ -547,6 +578,9 @@ impl Connection {
                 return Err(HubError::TooManySubscriptions(limit));
             }
             watching.extend(new.iter().copied());
+            lock(&self.outbox.state)
+                .awaiting_snapshot
+                .extend(users.iter().copied());
             new.into_iter().collect()
         };
         for &user in &new {
@@ -619,6 +653,12 @@ mod tests {
         Hub::new(limits, privacy)
     }
 
+    /// Subscribes as a connection does: subscribe, then the (here empty) snapshot.
+    fn watch(connection: &mut Connection, users: &[UserId]) {
+        connection.subscribe(users).unwrap();
+        connection.finish_snapshot(users, None);
+    }
+
     fn viewer(id: i64) -> Viewer {
         Viewer {
             id: UserId(id),
@@ -640,7 +680,7 @@ mod tests {
         let hub = hub(16).await;
         let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
         let b = hub.connect(viewer(2), SessionId(2)).unwrap();
-        a.subscribe(&[UserId(9)]).unwrap();
+        watch(&mut a, &[UserId(9)]);
         hub.publish(&event(9, 1));
         hub.publish(&event(8, 1));
         assert_eq!(a.outbox().drain().0.len(), 1);
@@ -654,7 +694,7 @@ mod tests {
     async fn updates_of_one_user_are_coalesced_to_the_newest() {
         let hub = hub(16).await;
         let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
-        a.subscribe(&[UserId(9), UserId(8)]).unwrap();
+        watch(&mut a, &[UserId(9), UserId(8)]);
         for seq in 1..=100 {
             hub.publish(&event(9, seq));
         }
@@ -669,7 +709,7 @@ mod tests {
     async fn an_older_event_arriving_late_never_replaces_a_newer_pending_one() {
         let hub = hub(16).await;
         let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
-        a.subscribe(&[UserId(9)]).unwrap();
+        watch(&mut a, &[UserId(9)]);
         hub.publish(&event(9, 5));
         hub.publish(&event(9, 3));
         let (items, _) = a.outbox().drain();
@@ -677,10 +717,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn updates_arriving_while_a_snapshot_is_built_follow_it() {
+        let hub = hub(16).await;
+        let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
+        a.subscribe(&[UserId(9)]).unwrap();
+        hub.publish(&event(9, 5));
+        assert!(
+            a.outbox().drain().0.is_empty(),
+            "held back until the snapshot"
+        );
+        a.finish_snapshot(&[UserId(9)], Some(Vec::new()));
+        let (items, _) = a.outbox().drain();
+        assert!(matches!(&items[..], [Outgoing::Snapshot(_), Outgoing::Presence(s)] if s.seq == 5));
+        hub.publish(&event(9, 6));
+        assert_eq!(a.outbox().drain().0.len(), 1, "flowing normally afterwards");
+    }
+
+    #[tokio::test]
     async fn an_overflowing_queue_closes_the_connection_as_a_slow_consumer() {
         let hub = hub(8).await;
         let mut a = hub.connect(viewer(1), SessionId(1)).unwrap();
-        a.subscribe(&[UserId(9)]).unwrap();
+        watch(&mut a, &[UserId(9)]);
         for _ in 0..20 {
             a.send(ServerMessage::error("invalid", "x"));
         }
@@ -725,8 +782,8 @@ mod tests {
         let mut recipient = hub.connect(viewer(2), SessionId(2)).unwrap();
         let mut bystander = hub.connect(viewer(3), SessionId(3)).unwrap();
         let not_watching = hub.connect(viewer(2), SessionId(4)).unwrap();
-        recipient.subscribe(&[UserId(1)]).unwrap();
-        bystander.subscribe(&[UserId(1)]).unwrap();
+        watch(&mut recipient, &[UserId(1)]);
+        watch(&mut bystander, &[UserId(1)]);
         assert_eq!(hub.typing(UserId(1), UserId(2)), 1);
         assert_eq!(recipient.outbox().drain().0.len(), 1);
         assert!(bystander.outbox().drain().0.is_empty());

@@ -218,10 +218,15 @@ pub async fn subscribe(
         let detail = format!("unknown user ids: {unknown:?}");
         connection.send(ServerMessage::error("not_found", detail));
     }
-    // Subscribed before reading state, so no transition can fall between the two.
-    let views = current_views(&existing, &state.engine, state.store.as_ref())
-        .await
-        .map_err(ApiError::Internal)?;
+    // Subscribed before reading state, so no transition can fall between the two; updates
+    // arriving meanwhile are held back until the snapshot is queued.
+    let views = match current_views(&existing, &state.engine, state.store.as_ref()).await {
+        Ok(views) => views,
+        Err(error) => {
+            connection.finish_snapshot(&existing, None);
+            return Err(ApiError::Internal(error));
+        }
+    };
     let mut entries: Vec<(Seen, String)> = views
         .into_iter()
         .map(|(owner, view)| state.hub.present(viewer, owner, view))
@@ -231,7 +236,7 @@ pub async fn subscribe(
         .filter_map(|seen| names.get(&seen.owner).cloned().map(|name| (seen, name)))
         .collect();
     entries.sort_by_key(|(seen, _)| seen.owner);
-    connection.send_snapshot(entries);
+    connection.finish_snapshot(&existing, Some(entries));
     Ok(())
 }
 
