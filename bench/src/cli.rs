@@ -179,8 +179,8 @@ pub struct SocketsArgs {
     /// How long each driver socket stays open, in seconds.
     #[arg(long, default_value_t = 0.25, value_name = "SECONDS")]
     pub hold: f64,
-    /// The server's `disconnect_grace` (`--disconnect-grace`), e.g. 200ms; offline latency is
-    /// reported with it subtracted.
+    /// The server's `disconnect_grace` (`--disconnect-grace`), e.g. 200ms: how long after a
+    /// driver socket closes its user goes offline.
     #[arg(long, default_value = "200ms", value_name = "DURATION")]
     pub disconnect_grace: String,
     /// Length of the transition phase in seconds.

@@ -6,7 +6,8 @@
 //! opens a socket as a watched user (its session goes live → `online` at once) and closes it
 //! after `--hold` (→ `offline` after the server's `disconnect_grace`). Latency is measured from
 //! the event's `seq`, which is the transition's wall-clock time in microseconds on the server
-//! (same machine, same clock), to the moment a watcher's task has read the frame.
+//! (same machine, same clock), to the moment a watcher's task has read the frame. For
+//! `offline` that is the end of the grace, when the server makes the transition.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,8 +90,9 @@ pub struct Summary {
     pub online_latency_us: Percentiles,
     /// `offline` events received from transitions of the run.
     pub offline_delivered: u64,
-    /// Latency of `offline` events from the socket close, minus the configured grace (µs).
-    pub offline_latency_minus_grace_us: Percentiles,
+    /// Latency of `offline` events from the offline transition, which the server makes when
+    /// the grace after the close ends; its `seq` is that moment (µs).
+    pub offline_latency_us: Percentiles,
     /// Subscriber sockets closed by the server during the run.
     pub sockets_closed_by_server: u64,
     /// Server CPU time during the transitions, as a share of one core.
@@ -105,7 +107,6 @@ struct Tally {
     since_us: AtomicU64,
     online: Mutex<Histogram<u64>>,
     offline: Mutex<Histogram<u64>>,
-    grace_us: u64,
     closed: AtomicU64,
 }
 
@@ -196,7 +197,7 @@ impl Tally {
                 let _ = h.record(latency_us.max(1) * 1000);
             }
         } else if let Ok(mut h) = self.offline.lock() {
-            let _ = h.record(latency_us.saturating_sub(self.grace_us).max(1) * 1000);
+            let _ = h.record(latency_us.max(1) * 1000);
         }
     }
 }
@@ -322,7 +323,6 @@ pub async fn run(args: SocketsArgs, json: bool) -> anyhow::Result<()> {
         since_us: AtomicU64::new(u64::MAX),
         online: Mutex::new(new_histogram()),
         offline: Mutex::new(new_histogram()),
-        grace_us: u64::try_from(grace.as_micros()).unwrap_or(u64::MAX),
         closed: AtomicU64::new(0),
     });
     let sources = sockets.div_ceil(PORTS_PER_ADDRESS).max(1);
@@ -477,7 +477,7 @@ pub async fn run(args: SocketsArgs, json: bool) -> anyhow::Result<()> {
         online_delivered: online_h.len(),
         online_latency_us: Percentiles::of(&online_h),
         offline_delivered: offline_h.len(),
-        offline_latency_minus_grace_us: Percentiles::of(&offline_h),
+        offline_latency_us: Percentiles::of(&offline_h),
         sockets_closed_by_server: tally.closed.load(Ordering::Relaxed),
         server_cpu_cores: cores(cpu_after, cpu_before),
         client_cpu_cores: cores(own_after, own_before),
@@ -559,9 +559,9 @@ fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
         line(&s.online_latency_us),
     ));
     text.push_str(&format!(
-        "offline delivered: {}; latency after the grace {}\n",
+        "offline delivered: {}; latency from the transition (end of the grace) {}\n",
         s.offline_delivered,
-        line(&s.offline_latency_minus_grace_us),
+        line(&s.offline_latency_us),
     ));
     text.push_str(&format!(
         "subscriber sockets closed by the server during the run: {}\n",
