@@ -299,10 +299,13 @@ pub async fn run(args: SocketsArgs, json: bool) -> anyhow::Result<()> {
         args.rate,
         hold
     );
+    // The server (our child) needs as many descriptors as this process: one per socket.
     let limit = raise_fd_limit(sockets as u64 + 20_000);
     ensure!(
         limit >= sockets as u64 + 1_000,
-        "open-file limit {limit} is too low for {sockets} sockets"
+        "open-file limit {limit} is too low for {sockets} sockets plus driver sockets and files \
+         (at most {} here); raising the hard limit needs CAP_SYS_RESOURCE",
+        limit.saturating_sub(1_000)
     );
 
     let mut server_args = args.server_args.clone();
