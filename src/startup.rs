@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::ServiceExt;
 use axum::extract::Request;
+use axum::serve::ListenerExt;
 use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,13 @@ impl App {
 
         let (closing, connections) = (state.shutdown.clone(), state.connections.clone());
         let service = http::service(state);
+        // Without TCP_NODELAY a small push frame written while the previous one is still
+        // unacknowledged waits for the client's delayed ACK (~40 ms on Linux).
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::trace!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;

@@ -28,6 +28,8 @@ pub enum Mode {
     Churn(ChurnArgs),
     /// Time from process start to `/readyz` with many users online in SQLite.
     Restart(RestartArgs),
+    /// Many WebSocket subscribers: server memory per socket and presence delivery latency.
+    Sockets(SocketsArgs),
 }
 
 /// Which server to load.
@@ -149,6 +151,44 @@ pub struct RestartArgs {
     /// Restarts to time.
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
+}
+
+/// `sockets` mode (always on a server it starts, with users seeded by SQL).
+#[derive(Debug, Clone, Args)]
+pub struct SocketsArgs {
+    /// Server binary [default: `lastseen` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
+    /// Extra argument for `lastseen serve` (repeatable).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Subscriber sockets, one per watcher user (spread over 127.0.0.1..N as source addresses).
+    #[arg(short = 's', long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Watched users each socket subscribes to.
+    #[arg(short = 'k', long, default_value_t = 4)]
+    pub subscriptions: usize,
+    /// Watched users; socket i subscribes to users (i*K + j) mod W, so each has S*K/W
+    /// subscribers.
+    #[arg(short = 'w', long, default_value_t = 10_000)]
+    pub watched: usize,
+    /// Presence transitions per second (online + offline), made by opening and closing a
+    /// watched user's socket.
+    #[arg(short = 'r', long, default_value_t = 1_000.0, value_name = "PER_S")]
+    pub rate: f64,
+    /// How long each driver socket stays open, in seconds.
+    #[arg(long, default_value_t = 0.25, value_name = "SECONDS")]
+    pub hold: f64,
+    /// The server's `disconnect_grace` (`--disconnect-grace`), e.g. 200ms: how long after a
+    /// driver socket closes its user goes offline.
+    #[arg(long, default_value = "200ms", value_name = "DURATION")]
+    pub disconnect_grace: String,
+    /// Length of the transition phase in seconds.
+    #[arg(short = 'd', long, default_value_t = 20.0, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Wait after opening the sockets before reading the server's RSS, in seconds.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub settle: f64,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! - [`target`]: the server under test (started here or already running) and `/proc` readings.
 //! - [`seed`], [`provision`], [`setup`]: benchmark users and tokens, by SQL or through the API.
 //! - [`load`]: closed- and open-loop phases over C connections, with HDR histograms.
-//! - [`heartbeat`], [`churn`], [`restart`]: the modes; [`report`], [`scrape`], [`progress`]:
+//! - [`heartbeat`], [`churn`], [`restart`], [`sockets`]: the modes; [`report`], [`scrape`], [`progress`]:
 //!   output, `/metrics` counters and progress bars.
 
 mod churn;
@@ -19,6 +19,7 @@ mod restart;
 mod scrape;
 mod seed;
 mod setup;
+mod sockets;
 mod target;
 
 use std::process::ExitCode;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             Mode::Heartbeat(args) => heartbeat::run(args, json).await,
             Mode::Churn(args) => churn::run(args, json).await,
             Mode::Restart(args) => restart::run(args, json).await,
+            Mode::Sockets(args) => sockets::run(args, json).await,
         }
     });
     match result {
