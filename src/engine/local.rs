@@ -24,8 +24,9 @@ use crate::domain::{PresenceStatus, SessionId, UserId};
 
 /// Number of shards: a power of two, many per core, so concurrent heartbeats rarely meet.
 const SHARDS: usize = 64;
-/// Capacity of the event channel; a receiver that falls further behind sees `Lagged`.
-const EVENT_CAPACITY: usize = 4096;
+/// Capacity of the event channel (~3 MiB of events); a receiver that falls further behind sees
+/// `Lagged` and must re-read current state, which costs in proportion to its subscriptions.
+const EVENT_CAPACITY: usize = 65_536;
 /// Longest the expiry task sleeps without looking, as a guard against a missed wake-up.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 

@@ -28,6 +28,8 @@ use crate::privacy::Viewer;
 
 /// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
 const READ_BUFFER: usize = 4 * 1024;
+/// Frames are batched up to this many bytes before a write (and always written on flush).
+const WRITE_BUFFER: usize = 4 * 1024;
 
 /// How long a browser has to send its `auth` message.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +61,7 @@ pub async fn upgrade(
         // tungstenite's defaults (128 KiB read buffer allocated up front, 128 KiB write
         // batching) would cost ~256 KiB per idle socket; presence frames are tiny.
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let connections = state.connections.clone();
             // Tracked, so shutdown waits for sockets to close before the final flush.
@@ -217,16 +219,26 @@ impl SocketLoop<'_> {
                     }
                 }
                 () = outbox.ready() => {
-                    let (messages, close) = outbox.drain();
-                    for message in messages.into_iter().filter_map(|item| self.delivered.admit(item)) {
-                        let sent = tokio::time::timeout(period, socket.send(text(&message))).await;
-                        match sent {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return None,
-                            Err(_) => {
-                                metrics::counter!("lastseen_slow_consumers_closed_total").increment(1);
-                                return Some(CloseReason { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer: write stalled" });
-                            }
+                    let (items, close) = outbox.drain();
+                    let messages: Vec<Message> = items
+                        .into_iter()
+                        .filter_map(|item| self.delivered.admit(item))
+                        .map(|message| text(&message))
+                        .collect();
+                    // Everything drained goes out in as few writes as the write buffer allows,
+                    // then one flush: one syscall per batch rather than per frame.
+                    let write = async {
+                        for message in messages {
+                            socket.feed(message).await?;
+                        }
+                        socket.flush().await
+                    };
+                    match tokio::time::timeout(period, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        Err(_) => {
+                            metrics::counter!("lastseen_slow_consumers_closed_total").increment(1);
+                            return Some(CloseReason { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer: write stalled" });
                         }
                     }
                     if close.is_some() {
