@@ -289,6 +289,17 @@ impl WsClient {
         self.send_text(&value.to_string()).await;
     }
 
+    /// Sends without failing the test; `false` if the socket is gone or stuck for 2 s.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let send = self.stream.send(Message::Text(text.into()));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), send).await,
+            Ok(Ok(()))
+        )
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
