@@ -94,6 +94,55 @@ impl<'a> CoalescedBatch<'a> {
     }
 }
 
+/// Table and listed-user column of the contact list.
+pub(crate) const CONTACTS: (&str, &str) = ("contacts", "contact_user_id");
+/// Table and listed-user column of the block list.
+pub(crate) const BLOCKS: (&str, &str) = ("blocks", "blocked_user_id");
+
+/// A contact or block list change as both SQL backends apply it: one row inserted or deleted,
+/// and the error detail when it cannot apply (a duplicate insert, a missing row).
+pub(crate) struct ListEdit {
+    /// The list's table.
+    pub table: &'static str,
+    /// The column holding the listed user.
+    pub column: &'static str,
+    /// The listed user.
+    pub user: UserId,
+    /// Insert (add to the list) or delete (remove from it).
+    pub insert: bool,
+    /// Detail of the `Conflict` (insert) or `NotFound` (delete) when the edit cannot apply.
+    pub refusal: &'static str,
+}
+
+impl ListEdit {
+    /// The list edit `change` is, or `None` for a settings change.
+    pub(crate) fn of(change: &PrivacyChange) -> Option<Self> {
+        let (list, user, insert, refusal) = match *change {
+            PrivacyChange::AddContact(user) => (
+                CONTACTS,
+                user,
+                true,
+                "That user is already in your contacts.",
+            ),
+            PrivacyChange::RemoveContact(user) => {
+                (CONTACTS, user, false, "That user is not in your contacts.")
+            }
+            PrivacyChange::Block(user) => (BLOCKS, user, true, "You already blocked that user."),
+            PrivacyChange::Unblock(user) => {
+                (BLOCKS, user, false, "You have not blocked that user.")
+            }
+            PrivacyChange::Settings(_) => return None,
+        };
+        Some(Self {
+            table: list.0,
+            column: list.1,
+            user,
+            insert,
+            refusal,
+        })
+    }
+}
+
 /// A stored user.
 #[derive(Debug, Clone)]
 pub struct UserRecord {

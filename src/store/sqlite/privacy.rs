@@ -11,7 +11,7 @@ use crate::privacy::{
     LastSeenAudience, OnlineAudience, PrivacyChange, PrivacySettings, SettingsUpdate,
     StoredPrivacy, UserPrivacy,
 };
-use crate::store::StoreError;
+use crate::store::{BLOCKS, CONTACTS, ListEdit, StoreError};
 
 /// The three per-user lists and where they are stored.
 #[derive(Clone, Copy)]
@@ -27,8 +27,8 @@ impl List {
     /// Table and the column of the listed user.
     fn table(self) -> (&'static str, &'static str) {
         match self {
-            Self::Contacts => ("contacts", "contact_user_id"),
-            Self::Blocked => ("blocks", "blocked_user_id"),
+            Self::Contacts => CONTACTS,
+            Self::Blocked => BLOCKS,
             Self::Except => ("privacy_exceptions", "excepted_user_id"),
         }
     }
@@ -163,24 +163,14 @@ pub(super) async fn change_privacy(
     .execute(&mut *tx)
     .await
     .map_err(unknown_user)?;
-    match change {
-        PrivacyChange::AddContact(user) => {
-            let duplicate = "That user is already in your contacts.";
-            add(&mut tx, List::Contacts, owner, *user, at, duplicate).await?;
+    if let PrivacyChange::Settings(update) = change {
+        set_settings(&mut tx, owner, update, at).await?;
+    } else if let Some(edit) = ListEdit::of(change) {
+        if edit.insert {
+            add(&mut tx, owner, &edit, at).await?;
+        } else {
+            remove(&mut tx, owner, &edit).await?;
         }
-        PrivacyChange::RemoveContact(user) => {
-            let absent = "That user is not in your contacts.";
-            remove(&mut tx, List::Contacts, owner, *user, absent).await?;
-        }
-        PrivacyChange::Block(user) => {
-            let duplicate = "You already blocked that user.";
-            add(&mut tx, List::Blocked, owner, *user, at, duplicate).await?;
-        }
-        PrivacyChange::Unblock(user) => {
-            let absent = "You have not blocked that user.";
-            remove(&mut tx, List::Blocked, owner, *user, absent).await?;
-        }
-        PrivacyChange::Settings(update) => set_settings(&mut tx, owner, update, at).await?,
     }
     let state = load(&mut tx, &[owner])
         .await?
@@ -192,43 +182,39 @@ pub(super) async fn change_privacy(
 
 async fn add(
     conn: &mut SqliteConnection,
-    list: List,
     owner: UserId,
-    user: UserId,
+    edit: &ListEdit,
     at: DateTime<Utc>,
-    duplicate: &'static str,
 ) -> Result<(), StoreError> {
-    let (table, column) = list.table();
+    let (table, column) = (edit.table, edit.column);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "insert into {table} (user_id, {column}, created_at) values (?, ?, ?)"
     )))
     .bind(owner.0)
-    .bind(user.0)
+    .bind(edit.user.0)
     .bind(ts(at))
     .execute(conn)
     .await
     .map(drop)
-    .map_err(|e| refused(e, duplicate))
+    .map_err(|e| refused(e, edit.refusal))
 }
 
 async fn remove(
     conn: &mut SqliteConnection,
-    list: List,
     owner: UserId,
-    user: UserId,
-    absent: &'static str,
+    edit: &ListEdit,
 ) -> Result<(), StoreError> {
-    let (table, column) = list.table();
+    let (table, column) = (edit.table, edit.column);
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "delete from {table} where user_id = ? and {column} = ?"
     )))
     .bind(owner.0)
-    .bind(user.0)
+    .bind(edit.user.0)
     .execute(conn)
     .await
     .map_err(other)?;
     if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound(absent));
+        return Err(StoreError::NotFound(edit.refusal));
     }
     Ok(())
 }
