@@ -15,15 +15,7 @@ async fn metrics_expose_presence_and_http_figures() {
     let (_, token) = app.user("ahmad").await;
     expect(app.post("/api/users/heartbeat/", &token).await, 200).await;
     expect(app.post("/api/users/logout/", &token).await, 200).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for needle in [
         "lastseen_online_users",
         "lastseen_heartbeats_total",

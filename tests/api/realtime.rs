@@ -345,15 +345,7 @@ async fn a_client_that_never_reads_is_bounded_and_closed() {
 
 /// The server's count of connections closed as slow consumers (4008).
 async fn slow_consumers_closed(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix("lastseen_slow_consumers_closed_total "))
         .and_then(|value| value.trim().parse().ok())
