@@ -43,13 +43,24 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if let Err(error) = flush(&engine, store.as_ref()).await {
-            tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "presence flush failed; retrying next interval");
+        match flush(&engine, store.as_ref()).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("presence flush succeeded again; the retried changes are stored");
+            }
+            Ok(_) => {}
+            // Logged once per outage: the next steps retry the same users every interval.
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "presence flush failed; retrying every interval");
+            }
+            Err(error) => tracing::debug!(%error, "presence flush failed again"),
         }
     }
     match flush(&engine, store.as_ref()).await {

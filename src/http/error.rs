@@ -108,6 +108,10 @@ impl ApiError {
     }
 }
 
+/// Seconds a client should wait before retrying a `503`: a failing store is probed and
+/// recovers within about this long once the fault goes away.
+const RETRY_AFTER_SECS: &str = "2";
+
 /// The failure behind a 5xx, kept in the response's extensions for [`normalize_errors`] to log.
 #[derive(Clone)]
 struct LoggedCause(Arc<anyhow::Error>);
@@ -124,6 +128,12 @@ impl IntoResponse for ApiError {
             response
                 .extensions_mut()
                 .insert(LoggedCause(Arc::new(cause)));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -213,7 +223,11 @@ pub async fn normalize_errors(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let status = response.status();
     if let Some(LoggedCause(cause)) = response.extensions_mut().remove::<LoggedCause>() {
-        tracing::error!(%status, error = %cause, cause_chain = ?cause, "request failed");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%status, error = %cause, cause_chain = ?cause, "request refused");
+        } else {
+            tracing::error!(%status, error = %cause, cause_chain = ?cause, "request failed");
+        }
     }
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
         return response;

@@ -35,6 +35,44 @@ pub enum StoreError {
     Other(#[source] anyhow::Error),
 }
 
+/// Whether the database currently takes writes. A write that fails because the database
+/// cannot take it ([`StoreError::Unavailable`]: disk full, read-only, unreachable) sets it;
+/// the next write that succeeds clears it. Readiness reports it and, while it is set, probes
+/// with a real write, so it recovers by itself once the fault goes away.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl WriteHealth {
+    /// Records the outcome of a write and passes it on.
+    pub(crate) fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the database takes writes again");
+                    metrics::gauge!("lastseen_store_writable").set(1.0);
+                }
+            }
+            Err(StoreError::Unavailable(error)) => {
+                metrics::counter!("lastseen_store_write_failures_total").increment(1);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(%error, "the database refuses writes; answering 503 until it recovers");
+                    metrics::gauge!("lastseen_store_writable").set(0.0);
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Whether the last write failed for want of a working database.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Which stored sessions are live at a moment: those active at or after `inactive_before`
 /// whose `expires_at` (if stored) is after `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +218,8 @@ pub struct SessionRecord {
 pub trait Store: Send + Sync + 'static {
     /// Applies pending schema migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
-    /// Checks the database answers.
+    /// Checks the database answers and, if the last write failed, that it takes a write again
+    /// (one tiny probe write); [`StoreError::Unavailable`] otherwise.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Creates a user; [`StoreError::Conflict`] if the name is taken.
     async fn create_user(

@@ -18,7 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord};
+use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord, WriteHealth};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
@@ -40,6 +40,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    health: std::sync::Arc<WriteHealth>,
 }
 
 impl PostgresStore {
@@ -53,7 +54,7 @@ impl PostgresStore {
             .map_err(StoreError::Unavailable)?
             .application_name("lastseen");
         match pool_options().connect_with(options.clone()).await {
-            Ok(pool) => Ok(Self { pool }),
+            Ok(pool) => Ok(Self::new(pool)),
             // The pool retries refused connections until its timeout, then reports only the
             // timeout; one direct attempt tells the operator why (e.g. "Connection refused").
             Err(sqlx::Error::PoolTimedOut) => {
@@ -63,12 +64,20 @@ impl PostgresStore {
                     // It came up meanwhile: the pool connects on first use.
                     Ok(Ok(conn)) => {
                         let _ = conn.close().await;
-                        let pool = pool_options().connect_lazy_with(options);
-                        Ok(Self { pool })
+                        Ok(Self::new(pool_options().connect_lazy_with(options)))
                     }
                 }
             }
             Err(error) => Err(StoreError::Unavailable(error)),
+        }
+    }
+}
+
+impl PostgresStore {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            health: std::sync::Arc::default(),
         }
     }
 }
@@ -225,8 +234,20 @@ impl Store for PostgresStore {
         sqlx::query("select 1")
             .execute(&self.pool)
             .await
-            .map(drop)
-            .map_err(StoreError::Unavailable)
+            .map_err(StoreError::Unavailable)?;
+        if !self.health.failing() {
+            return Ok(());
+        }
+        let probe = sqlx::query(
+            "insert into health_probe (probe_id, probed_at) values (1, $1) \
+             on conflict (probe_id) do update set probed_at = excluded.probed_at",
+        )
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(other);
+        self.health.observe(probe)
     }
 
     async fn create_user(
@@ -235,23 +256,27 @@ impl Store for PostgresStore {
         password_hash: &str,
         is_admin: bool,
     ) -> Result<UserRecord, StoreError> {
-        let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "insert into users (username, password_hash, is_admin, created_at) \
-             values ($1, $2, $3, $4) returning {USER_COLUMNS}"
-        )))
-        .bind(username.as_str())
-        .bind(password_hash)
-        .bind(is_admin)
-        .bind(Utc::now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict("username already taken")
-            }
-            e => other(e),
-        })?;
-        Ok(row.into())
+        let result = async {
+            let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "insert into users (username, password_hash, is_admin, created_at) \
+                 values ($1, $2, $3, $4) returning {USER_COLUMNS}"
+            )))
+            .bind(username.as_str())
+            .bind(password_hash)
+            .bind(is_admin)
+            .bind(Utc::now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    StoreError::Conflict("username already taken")
+                }
+                e => other(e),
+            })?;
+            Ok(row.into())
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -294,17 +319,21 @@ impl Store for PostgresStore {
         token_hash: &[u8],
         at: DateTime<Utc>,
     ) -> Result<SessionId, StoreError> {
-        let id: i64 = sqlx::query_scalar(
-            "insert into sessions (user_id, token_hash, created_at, last_activity) \
-             values ($1, $2, $3, $3) returning session_id",
-        )
-        .bind(user.0)
-        .bind(token_hash)
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(session_refused)?;
-        Ok(SessionId(id))
+        let result = async {
+            let id: i64 = sqlx::query_scalar(
+                "insert into sessions (user_id, token_hash, created_at, last_activity) \
+                 values ($1, $2, $3, $3) returning session_id",
+            )
+            .bind(user.0)
+            .bind(token_hash)
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(session_refused)?;
+            Ok(SessionId(id))
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn session_by_token(
@@ -328,12 +357,16 @@ impl Store for PostgresStore {
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
-        sqlx::query("delete from sessions where session_id = $1")
-            .bind(session.0)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(other)
+        let result = async {
+            sqlx::query("delete from sessions where session_id = $1")
+                .bind(session.0)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(other)
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn prune_sessions(
@@ -341,62 +374,70 @@ impl Store for PostgresStore {
         user: UserId,
         keep: usize,
     ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "delete from sessions where user_id = $1 and session_id not in (\
-             select session_id from sessions where user_id = $1 \
-             order by last_activity desc, session_id desc limit $2) \
-             returning session_id, token_hash",
-        )
-        .bind(user.0)
-        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, hash)| (SessionId(id), hash))
-            .collect())
+        let result = async {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "delete from sessions where user_id = $1 and session_id not in (\
+                 select session_id from sessions where user_id = $1 \
+                 order by last_activity desc, session_id desc limit $2) \
+                 returning session_id, token_hash",
+            )
+            .bind(user.0)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(other)?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, hash)| (SessionId(id), hash))
+                .collect())
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // Two statements with array parameters instead of one per row: a flush costs the same
-        // few round trips for 10 users or 10 000 (see docs/ARCHITECTURE.md for measurements).
-        let columns = PresenceColumns::of(batch);
-        let mut tx = self.pool.begin().await.map_err(other)?;
-        sqlx::query(
-            "update users u set online_status = b.status, last_seen = b.last_seen, \
-             presence_seq = b.seq \
-             from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bigint[]) \
-             as b (user_id, status, last_seen, seq) \
-             where u.user_id = b.user_id",
-        )
-        .bind(&columns.user_ids)
-        .bind(&columns.statuses)
-        .bind(&columns.last_seens)
-        .bind(&columns.seqs)
-        .execute(&mut *tx)
-        .await
-        .map_err(other)?;
-        if !columns.session_ids.is_empty() {
+        let result = async {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            // Two statements with array parameters instead of one per row: a flush costs the same
+            // few round trips for 10 users or 10 000 (see docs/ARCHITECTURE.md for measurements).
+            let columns = PresenceColumns::of(batch);
+            let mut tx = self.pool.begin().await.map_err(other)?;
             sqlx::query(
-                "update sessions s \
-                 set last_activity = greatest(s.last_activity, b.last_activity), \
-                 expires_at = b.expires_at \
-                 from unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) \
-                 as b (session_id, last_activity, expires_at) \
-                 where s.session_id = b.session_id",
+                "update users u set online_status = b.status, last_seen = b.last_seen, \
+                 presence_seq = b.seq \
+                 from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bigint[]) \
+                 as b (user_id, status, last_seen, seq) \
+                 where u.user_id = b.user_id",
             )
-            .bind(&columns.session_ids)
-            .bind(&columns.activities)
-            .bind(&columns.expiries)
+            .bind(&columns.user_ids)
+            .bind(&columns.statuses)
+            .bind(&columns.last_seens)
+            .bind(&columns.seqs)
             .execute(&mut *tx)
             .await
             .map_err(other)?;
+            if !columns.session_ids.is_empty() {
+                sqlx::query(
+                    "update sessions s \
+                     set last_activity = greatest(s.last_activity, b.last_activity), \
+                     expires_at = b.expires_at \
+                     from unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) \
+                     as b (session_id, last_activity, expires_at) \
+                     where s.session_id = b.session_id",
+                )
+                .bind(&columns.session_ids)
+                .bind(&columns.activities)
+                .bind(&columns.expiries)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
+            tx.commit().await.map_err(other)
         }
-        tx.commit().await.map_err(other)
+        .await;
+        self.health.observe(result)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
@@ -462,8 +503,8 @@ impl Store for PostgresStore {
         .bind(seq_to_db(seq))
         .execute(&self.pool)
         .await
-        .map_err(other)?;
-        Ok(done.rows_affected())
+        .map_err(other);
+        Ok(self.health.observe(done)?.rows_affected())
     }
 
     async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError> {
@@ -476,7 +517,8 @@ impl Store for PostgresStore {
         change: &PrivacyChange,
         at: DateTime<Utc>,
     ) -> Result<StoredPrivacy, StoreError> {
-        privacy::change_privacy(&self.pool, owner, change, at).await
+        let result = async { privacy::change_privacy(&self.pool, owner, change, at).await }.await;
+        self.health.observe(result)
     }
 }
 

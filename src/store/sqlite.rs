@@ -15,9 +15,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, migrate::Migrator};
+use sqlx::{Connection, Row, migrate::Migrator};
 
-use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord};
+use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord, WriteHealth};
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
 use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
 use crate::privacy::{PrivacyChange, StoredPrivacy};
@@ -28,6 +28,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    health: std::sync::Arc<WriteHealth>,
 }
 
 impl SqliteStore {
@@ -47,11 +48,29 @@ impl SqliteStore {
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
+            .after_release(|conn, _| Box::pin(ended_cleanly(conn)))
             .connect_with(options)
             .await
             .map_err(StoreError::Unavailable)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            health: std::sync::Arc::default(),
+        })
     }
+}
+
+/// Whether a connection coming back to the pool may be reused: not if its last transaction did
+/// not end cleanly. A transaction dropped after an error queues a ROLLBACK; when that fails too
+/// (on a full disk SQLite may already have rolled back on its own, or may not), the connection
+/// can still hold an open transaction and SQLite's write lock. Back in the pool it would make
+/// every later statement on it part of that transaction, acknowledged but never committed, and
+/// block the other connections. Closing it instead ends the transaction and frees the lock.
+async fn ended_cleanly(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    if conn.is_in_transaction() {
+        // Runs after the queued ROLLBACK, which ends the transaction when it succeeds.
+        conn.ping().await?;
+    }
+    Ok(!conn.is_in_transaction())
 }
 
 /// Formats a timestamp as stored: `2026-11-27T10:30:00.123456Z`.
@@ -87,12 +106,26 @@ fn seq_from_db(seq: i64) -> u64 {
 }
 
 fn other(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(error)
-        }
-        error => StoreError::Other(error.into()),
+    let unavailable = match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| cannot_write(&code)),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(error)
+    } else {
+        StoreError::Other(error.into())
     }
+}
+
+/// SQLite result codes (primary, from the extended code sqlx reports) of a database that
+/// cannot take the statement now but may later: busy or locked past the busy timeout, out of
+/// memory, read-only, an I/O error, a full disk, a file that cannot be opened, a lock protocol
+/// error.
+fn cannot_write(code: &str) -> bool {
+    const TRANSIENT: [i32; 8] = [5, 6, 7, 8, 10, 13, 14, 15];
+    code.parse::<i32>()
+        .is_ok_and(|extended| TRANSIENT.contains(&(extended & 0xff)))
 }
 
 /// A live session (`s`) at `?1` = now, `?2` = now - inactivity timeout: active within the
@@ -111,6 +144,17 @@ fn session_refused(error: sqlx::Error) -> StoreError {
         }
         error => other(error),
     }
+}
+
+/// The one row an `insert ... returning` gave back.
+///
+/// Such statements are always read with `fetch_all`: SQLite hands out the `RETURNING` row
+/// before the statement finishes, and the commit of an autocommit statement (which can fail,
+/// on a full disk say) happens only when it does. Reading just the first row would acknowledge
+/// a row that the failed commit then discards.
+fn returned<T>(rows: &[T]) -> Result<&T, StoreError> {
+    rows.first()
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("insert returned no row")))
 }
 
 /// A live session as read at start-up: user, session, last activity, expiry, seq, last seen.
@@ -145,8 +189,20 @@ impl Store for SqliteStore {
         sqlx::query("select 1")
             .execute(&self.pool)
             .await
-            .map(drop)
-            .map_err(StoreError::Unavailable)
+            .map_err(StoreError::Unavailable)?;
+        if !self.health.failing() {
+            return Ok(());
+        }
+        let probe = sqlx::query(
+            "insert into health_probe (probe_id, probed_at) values (1, ?) \
+             on conflict (probe_id) do update set probed_at = excluded.probed_at",
+        )
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(other);
+        self.health.observe(probe)
     }
 
     async fn create_user(
@@ -155,25 +211,29 @@ impl Store for SqliteStore {
         password_hash: &str,
         is_admin: bool,
     ) -> Result<UserRecord, StoreError> {
-        let row = sqlx::query(
-            "insert into users (username, password_hash, is_admin, created_at) \
-             values (?, ?, ?, ?) \
-             returning user_id, username, password_hash, is_admin, online_status, last_seen, \
-             presence_seq",
-        )
-        .bind(username.as_str())
-        .bind(password_hash)
-        .bind(is_admin)
-        .bind(ts(Utc::now()))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict("username already taken")
-            }
-            e => other(e),
-        })?;
-        user_from_row(&row)
+        let result = async {
+            let row = sqlx::query(
+                "insert into users (username, password_hash, is_admin, created_at) \
+                 values (?, ?, ?, ?) \
+                 returning user_id, username, password_hash, is_admin, online_status, last_seen, \
+                 presence_seq",
+            )
+            .bind(username.as_str())
+            .bind(password_hash)
+            .bind(is_admin)
+            .bind(ts(Utc::now()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    StoreError::Conflict("username already taken")
+                }
+                e => other(e),
+            })?;
+            user_from_row(returned(&row)?)
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -223,18 +283,22 @@ impl Store for SqliteStore {
         token_hash: &[u8],
         at: DateTime<Utc>,
     ) -> Result<SessionId, StoreError> {
-        let id: i64 = sqlx::query_scalar(
-            "insert into sessions (user_id, token_hash, created_at, last_activity) \
-             values (?, ?, ?, ?) returning session_id",
-        )
-        .bind(user.0)
-        .bind(token_hash)
-        .bind(ts(at))
-        .bind(ts(at))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(session_refused)?;
-        Ok(SessionId(id))
+        let result = async {
+            let id: Vec<i64> = sqlx::query_scalar(
+                "insert into sessions (user_id, token_hash, created_at, last_activity) \
+                 values (?, ?, ?, ?) returning session_id",
+            )
+            .bind(user.0)
+            .bind(token_hash)
+            .bind(ts(at))
+            .bind(ts(at))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(session_refused)?;
+            Ok(SessionId(*returned(&id)?))
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn session_by_token(
@@ -261,12 +325,16 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
-        sqlx::query("delete from sessions where session_id = ?")
-            .bind(session.0)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(other)
+        let result = async {
+            sqlx::query("delete from sessions where session_id = ?")
+                .bind(session.0)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(other)
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn prune_sessions(
@@ -274,63 +342,71 @@ impl Store for SqliteStore {
         user: UserId,
         keep: usize,
     ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "delete from sessions where user_id = ?1 and session_id not in (\
-             select session_id from sessions where user_id = ?1 \
-             order by last_activity desc, session_id desc limit ?2) \
-             returning session_id, token_hash",
-        )
-        .bind(user.0)
-        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, hash)| (SessionId(id), hash))
-            .collect())
+        let result = async {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "delete from sessions where user_id = ?1 and session_id not in (\
+                 select session_id from sessions where user_id = ?1 \
+                 order by last_activity desc, session_id desc limit ?2) \
+                 returning session_id, token_hash",
+            )
+            .bind(user.0)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(other)?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, hash)| (SessionId(id), hash))
+                .collect())
+        }
+        .await;
+        self.health.observe(result)
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
-        // Two statements per chunk, whatever its size: sqlx runs SQLite on a worker thread and
-        // every statement is a round trip to it, which made a statement per user (and per
-        // session) the main cost of heartbeat-heavy load. `json_each` feeds the rows in.
-        let mut tx = self.pool.begin().await.map_err(other)?;
-        let batch = CoalescedBatch::of(batch);
-        for chunk in batch.users.chunks(WRITE_CHUNK) {
-            let users: Vec<_> = chunk
-                .iter()
-                .map(|w| {
-                    let last_seen = w.last_seen.map(ts);
-                    (w.user_id.0, w.status.as_str(), last_seen, seq_to_db(w.seq))
-                })
-                .collect();
-            sqlx::query(
-                "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
-                 presence_seq = j.value ->> 3 \
-                 from json_each(?) as j where users.user_id = j.value ->> 0",
-            )
-            .bind(to_json(&users)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
+        let result = async {
+            // Two statements per chunk, whatever its size: sqlx runs SQLite on a worker thread and
+            // every statement is a round trip to it, which made a statement per user (and per
+            // session) the main cost of heartbeat-heavy load. `json_each` feeds the rows in.
+            let mut tx = self.pool.begin().await.map_err(other)?;
+            let batch = CoalescedBatch::of(batch);
+            for chunk in batch.users.chunks(WRITE_CHUNK) {
+                let users: Vec<_> = chunk
+                    .iter()
+                    .map(|w| {
+                        let last_seen = w.last_seen.map(ts);
+                        (w.user_id.0, w.status.as_str(), last_seen, seq_to_db(w.seq))
+                    })
+                    .collect();
+                sqlx::query(
+                    "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
+                     presence_seq = j.value ->> 3 \
+                     from json_each(?) as j where users.user_id = j.value ->> 0",
+                )
+                .bind(to_json(&users)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
+            for chunk in batch.sessions.chunks(WRITE_CHUNK) {
+                let sessions: Vec<_> = chunk
+                    .iter()
+                    .map(|s| (s.id.0, ts(s.last_activity), ts(s.expires_at)))
+                    .collect();
+                sqlx::query(
+                    "update sessions set last_activity = max(last_activity, j.value ->> 1), \
+                     expires_at = j.value ->> 2 \
+                     from json_each(?) as j where sessions.session_id = j.value ->> 0",
+                )
+                .bind(to_json(&sessions)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
+            tx.commit().await.map_err(other)
         }
-        for chunk in batch.sessions.chunks(WRITE_CHUNK) {
-            let sessions: Vec<_> = chunk
-                .iter()
-                .map(|s| (s.id.0, ts(s.last_activity), ts(s.expires_at)))
-                .collect();
-            sqlx::query(
-                "update sessions set last_activity = max(last_activity, j.value ->> 1), \
-                 expires_at = j.value ->> 2 \
-                 from json_each(?) as j where sessions.session_id = j.value ->> 0",
-            )
-            .bind(to_json(&sessions)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        }
-        tx.commit().await.map_err(other)
+        .await;
+        self.health.observe(result)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
@@ -420,8 +496,8 @@ impl Store for SqliteStore {
         .bind(seq_to_db(seq))
         .execute(&self.pool)
         .await
-        .map_err(other)?;
-        Ok(done.rows_affected())
+        .map_err(other);
+        Ok(self.health.observe(done)?.rows_affected())
     }
 
     async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError> {
@@ -434,7 +510,8 @@ impl Store for SqliteStore {
         change: &PrivacyChange,
         at: DateTime<Utc>,
     ) -> Result<StoredPrivacy, StoreError> {
-        privacy::change_privacy(&self.pool, owner, change, at).await
+        let result = async { privacy::change_privacy(&self.pool, owner, change, at).await }.await;
+        self.health.observe(result)
     }
 }
 

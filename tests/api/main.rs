@@ -3,6 +3,7 @@
 mod accounts;
 mod admin;
 mod errors;
+mod faults;
 mod helpers;
 mod ops;
 mod persistence;
