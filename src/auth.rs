@@ -18,7 +18,8 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Password, SessionId, UserId, Username};
+use crate::domain::{Password, SessionId, UserId, Username, Viewer};
+use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
 /// Shards of the session cache; a power of two.
@@ -48,6 +49,15 @@ pub enum AuthError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash([u8; 32]);
 
+impl ShardKey for TokenHash {
+    fn shard_hash(&self) -> u64 {
+        // A SHA-256 is uniform already: any eight of its bytes will do.
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(bytes)
+    }
+}
+
 impl TokenHash {
     /// Hashes a token as presented by a client.
     pub fn of(token: &str) -> Self {
@@ -71,6 +81,16 @@ pub struct Session {
     pub username: String,
     /// May use the admin endpoints.
     pub is_admin: bool,
+}
+
+impl Session {
+    /// The session's user as a viewer of others' presence.
+    pub fn viewer(&self) -> Viewer {
+        Viewer {
+            id: self.user_id,
+            is_admin: self.is_admin,
+        }
+    }
 }
 
 impl From<SessionRecord> for Session {
@@ -190,7 +210,7 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Token hash -> session, sharded by the hash's first byte. Entries are added on login or
     /// first use and removed on logout.
-    cache: Arc<[Mutex<CacheShard>]>,
+    cache: Arc<Sharded<Mutex<CacheShard>>>,
     /// A valid hash to verify against for unknown users, so both failures cost the same.
     dummy_hash: Arc<str>,
     /// Argon2 costs ~19 MiB and a core for tens of milliseconds per hash: at most one hash per
@@ -211,7 +231,7 @@ impl Authenticator {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             store,
-            cache: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            cache: Arc::new(Sharded::new(CACHE_SHARDS, Mutex::default)),
             dummy_hash: hash_password(&dummy)?.into(),
             hashing: Arc::new(Semaphore::new(cores)),
             max_sessions: max_sessions.max(1),
@@ -219,10 +239,7 @@ impl Authenticator {
     }
 
     fn cache_shard(&self, hash: &TokenHash) -> std::sync::MutexGuard<'_, CacheShard> {
-        let shard = &self.cache[usize::from(hash.0[0]) % CACHE_SHARDS];
-        shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(self.cache.get(hash))
     }
 
     /// Runs CPU-heavy hashing off the async workers, one per core at a time.

@@ -25,6 +25,7 @@ pub mod persister;
 pub mod privacy;
 pub mod realtime;
 pub mod settings;
+mod shards;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

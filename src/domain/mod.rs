@@ -1,31 +1,27 @@
-//! Validated domain types: user ids, usernames, passwords and presence status.
-//!
-//! Every input with rules is a newtype with a private field and one `parse` constructor, so code
-//! past the HTTP boundary only ever holds valid values. This module does no I/O.
+//! Domain values and the pure rules over them: ids, usernames, passwords, presence, privacy
+//! settings and the visibility rule. Every input with rules is a newtype with a private field
+//! and one `parse` constructor, so code past the HTTP boundary only ever holds valid values.
+//! Nothing here does I/O or reads a clock; every other module builds on this one.
+
+mod account;
+mod presence;
+mod privacy;
+mod visibility;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-/// Why a domain value was rejected. HTTP maps every variant to `400 {"code": "invalid"}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DomainError {
-    /// The username is empty, too long or has a character outside `[A-Za-z0-9_.@+-]`.
-    #[error(
-        "username must be 1-150 characters of letters, digits and _ . @ + - (got {len} characters)"
-    )]
-    InvalidUsername {
-        /// Length of the rejected input, in characters.
-        len: usize,
-    },
-    /// The password is shorter than [`Password::MIN_LEN`] characters.
-    #[error("password must be at least {min} characters", min = Password::MIN_LEN)]
-    PasswordTooShort,
-    /// The password is longer than [`Password::MAX_LEN`] bytes (a hashing-cost guard).
-    #[error("password must be at most {max} bytes", max = Password::MAX_LEN)]
-    PasswordTooLong,
-}
+pub use account::{DomainError, Password, Username};
+pub use presence::{
+    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, StoredSession,
+    next_seq,
+};
+pub use privacy::{
+    LastSeenAudience, MAX_LIST_LEN, OnlineAudience, PrivacyChange, PrivacyChanged, PrivacySettings,
+    SettingsUpdate, StoredPrivacy, UserPrivacy, Viewer,
+};
+pub use visibility::{LastSeenApprox, Relationship, Visibility, VisiblePresence, decide};
 
 /// A user's numeric id, as stored in the `users` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -42,176 +38,3 @@ impl fmt::Display for UserId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SessionId(pub i64);
-
-/// A username following Django's default rules: 1–150 characters of `[A-Za-z0-9_.@+-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Username(String);
-
-impl Username {
-    /// Longest accepted username, in characters.
-    pub const MAX_LEN: usize = 150;
-
-    /// Validates `raw` as a username.
-    ///
-    /// # Errors
-    /// [`DomainError::InvalidUsername`] when it is empty, too long or has a forbidden character.
-    pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        let len = raw.chars().count();
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "_.@+-".contains(c);
-        if len == 0 || len > Self::MAX_LEN || !raw.chars().all(allowed) {
-            return Err(DomainError::InvalidUsername { len });
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// The username as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Username {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A plaintext password that met the length rules. It is never logged or serialised.
-#[derive(Clone)]
-pub struct Password(String);
-
-impl Password {
-    /// Shortest accepted password, in characters.
-    pub const MIN_LEN: usize = 8;
-    /// Longest accepted password, in bytes; bounds the hashing work a client can ask for.
-    pub const MAX_LEN: usize = 1024;
-
-    /// Validates `raw` as a new password.
-    ///
-    /// # Errors
-    /// [`DomainError::PasswordTooShort`] or [`DomainError::PasswordTooLong`].
-    pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        if raw.chars().count() < Self::MIN_LEN {
-            return Err(DomainError::PasswordTooShort);
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(DomainError::PasswordTooLong);
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// The password's bytes, for hashing.
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-/// Whether a user is online, as the seed's `online_status` column spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PresenceStatus {
-    /// At least one session had activity within the inactivity timeout.
-    Online,
-    /// No live session.
-    Offline,
-}
-
-impl PresenceStatus {
-    /// The status as stored and serialised: `"online"` or `"offline"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Online => "online",
-            Self::Offline => "offline",
-        }
-    }
-
-    /// Parses the stored column value; anything but `"online"` reads as offline.
-    pub fn from_column(raw: &str) -> Self {
-        if raw == "online" {
-            Self::Online
-        } else {
-            Self::Offline
-        }
-    }
-
-    /// `true` for [`PresenceStatus::Online`].
-    pub fn is_online(self) -> bool {
-        self == Self::Online
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_follow_django_rules() {
-        for ok in ["a", "ahmad", "a.b@c+d-e_f", &"x".repeat(150), "User123"] {
-            assert!(Username::parse(ok).is_ok(), "{ok} should be accepted");
-        }
-        for bad in [
-            "",
-            " ",
-            "a b",
-            "ümlaut",
-            "semi;colon",
-            &"x".repeat(151),
-            "tab\t",
-        ] {
-            assert!(Username::parse(bad).is_err(), "{bad:?} should be rejected");
-        }
-    }
-
-    #[test]
-    fn every_allowed_character_is_accepted_alone_and_others_rejected() {
-        for c in (0u8..=127).map(char::from) {
-            let allowed = c.is_ascii_alphanumeric() || "_.@+-".contains(c);
-            assert_eq!(
-                Username::parse(&c.to_string()).is_ok(),
-                allowed,
-                "char {c:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn passwords_need_eight_characters() {
-        assert_eq!(
-            Password::parse("1234567").unwrap_err(),
-            DomainError::PasswordTooShort
-        );
-        assert!(Password::parse("12345678").is_ok());
-        assert!(
-            Password::parse("ééééééé").is_err(),
-            "counts characters, not bytes"
-        );
-        assert_eq!(
-            Password::parse(&"p".repeat(1025)).unwrap_err(),
-            DomainError::PasswordTooLong
-        );
-    }
-
-    #[test]
-    fn password_debug_is_redacted() {
-        let p = Password::parse("hunter2hunter2").unwrap();
-        assert!(!format!("{p:?}").contains("hunter"));
-    }
-
-    #[test]
-    fn status_serialises_lowercase() {
-        assert_eq!(
-            serde_json::to_string(&PresenceStatus::Online).unwrap(),
-            "\"online\""
-        );
-        assert_eq!(
-            PresenceStatus::from_column("offline"),
-            PresenceStatus::Offline
-        );
-    }
-}

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadlines::{DeadlineIndex, slot_of};
 use super::state::{Expiry, Transition, UserState};
-use super::{
-    EngineError, OnlinePage, PresenceBackend, PresenceEvent, PresenceView, PresenceWrite,
-    RestoredUser, StoredSession,
+use super::{EngineError, OnlinePage, PresenceBackend};
+use crate::domain::{
+    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, SessionId,
+    StoredSession, UserId,
 };
-use crate::domain::{PresenceStatus, SessionId, UserId};
+use crate::shards::{Sharded, lock};
 
 /// Number of shards: a power of two, many per core, so concurrent heartbeats rarely meet.
 const SHARDS: usize = 64;
@@ -46,7 +47,7 @@ struct Shard {
 /// In-process presence state.
 pub struct LocalBackend {
     /// Shard `i` holds users whose id hashes to `i`.
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<Mutex<Shard>>,
     /// How long a session stays live after its last activity.
     timeout: Duration,
     /// Number of online users, kept in step with the shards' `online` sets.
@@ -65,16 +66,14 @@ impl LocalBackend {
     /// An empty engine whose sessions expire `timeout` after their last activity.
     pub fn new(timeout: Duration) -> Self {
         let origin = Instant::now();
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    users: HashMap::new(),
-                    deadlines: DeadlineIndex::new(origin),
-                    online: BTreeSet::new(),
-                    dirty: Vec::new(),
-                })
+        let shards = Sharded::new(SHARDS, || {
+            Mutex::new(Shard {
+                users: HashMap::new(),
+                deadlines: DeadlineIndex::new(origin),
+                online: BTreeSet::new(),
+                dirty: Vec::new(),
             })
-            .collect();
+        });
         Self {
             shards,
             timeout,
@@ -87,10 +86,7 @@ impl LocalBackend {
     }
 
     fn shard(&self, user: UserId) -> MutexGuard<'_, Shard> {
-        // Fibonacci hashing spreads sequential ids; the top bits pick the shard.
-        let hash = (user.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let index = (hash >> (64 - SHARDS.trailing_zeros())) as usize;
-        lock(&self.shards[index])
+        lock(self.shards.get(&user))
     }
 
     /// Arms `session`'s deadline check at `at` and wakes the expiry task if it sleeps past it.
@@ -161,6 +157,7 @@ impl LocalBackend {
     /// The earliest armed deadline of any shard.
     fn next_due(&self) -> Option<Instant> {
         self.shards
+            .all()
             .iter()
             .filter_map(|s| lock(s).deadlines.next_due())
             .min()
@@ -175,14 +172,6 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 /// reads the same before and after a restart.
 fn wall_now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // A panic while holding a shard lock leaves consistent-enough state (every mutation is a
-    // few field writes); keep serving rather than poisoning every later request.
-    shard
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn view(state: &UserState) -> PresenceView {
@@ -308,7 +297,7 @@ impl PresenceBackend for LocalBackend {
     ) -> Result<OnlinePage, EngineError> {
         let start = after.map_or(i64::MIN, |id| id.0.saturating_add(1));
         let mut users = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.shards.all() {
             let shard = lock(shard);
             let ids = shard.online.range(UserId(start)..).take(limit);
             users.extend(ids.filter_map(|id| shard.users.get(id).map(|s| (*id, view(s)))));
@@ -331,7 +320,7 @@ impl PresenceBackend for LocalBackend {
         // stored `last_activity` of a socket-held session is never older than the timeout.
         let hold = self.timeout / 2;
         let mut offline = 0;
-        for shard in self.shards.iter() {
+        for shard in self.shards.all() {
             let mut transitions = Vec::new();
             {
                 let mut guard = lock(shard);
@@ -395,7 +384,7 @@ impl PresenceBackend for LocalBackend {
         let (now, wall) = (Instant::now(), wall_now());
         let timeout = chrono_duration(self.timeout);
         let mut writes = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.shards.all() {
             let mut guard = lock(shard);
             let shard = &mut *guard;
             for user in std::mem::take(&mut shard.dirty) {

@@ -13,35 +13,10 @@ pub mod state;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{PresenceStatus, SessionId, UserId};
-
-/// Presence of one user as the engine knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PresenceView {
-    /// Online iff at least one session is live.
-    pub status: PresenceStatus,
-    /// Time of the last activity, if there ever was one.
-    pub last_seen: Option<DateTime<Utc>>,
-    /// Sequence number of the last transition.
-    pub seq: u64,
-}
-
-/// A transition of one user, published on the engine's event channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceEvent {
-    /// Whose presence changed.
-    pub user_id: UserId,
-    /// The new status.
-    pub status: PresenceStatus,
-    /// Time of the last activity.
-    pub last_seen: DateTime<Utc>,
-    /// Per-user, strictly increasing.
-    pub seq: u64,
-}
+use crate::domain::{PresenceEvent, PresenceView, PresenceWrite, RestoredUser, SessionId, UserId};
 
 /// A page of online users, ordered by id.
 #[derive(Debug, Clone, Default)]
@@ -50,46 +25,6 @@ pub struct OnlinePage {
     pub users: Vec<(UserId, PresenceView)>,
     /// Online users in total (not just this page).
     pub total: usize,
-}
-
-/// Dirty state of one user, for the persister to write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PresenceWrite {
-    /// Whose state.
-    pub user_id: UserId,
-    /// Status to store in `users.online_status`.
-    pub status: PresenceStatus,
-    /// Value for `users.last_seen`.
-    pub last_seen: Option<DateTime<Utc>>,
-    /// Value for `users.presence_seq`.
-    pub seq: u64,
-    /// Live sessions, for `sessions.last_activity` and `sessions.expires_at`.
-    pub sessions: Vec<StoredSession>,
-}
-
-/// A session's liveness as stored: when it was last active and when it ends unless it has
-/// activity again (later for a socket-held session, earlier in a reconnect grace).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredSession {
-    /// Which session.
-    pub id: SessionId,
-    /// Its last activity.
-    pub last_activity: DateTime<Utc>,
-    /// When it ends unless it has activity again.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// A user's state loaded from storage at start-up.
-#[derive(Debug, Clone)]
-pub struct RestoredUser {
-    /// Which user.
-    pub user_id: UserId,
-    /// Stored `presence_seq`.
-    pub seq: u64,
-    /// Stored `last_seen`.
-    pub last_seen: Option<DateTime<Utc>>,
-    /// Sessions still live (not yet expired).
-    pub sessions: Vec<StoredSession>,
 }
 
 /// Errors of a presence backend. The in-process backend never fails; a networked one can.

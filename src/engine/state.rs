@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use tokio::time::{Duration, Instant};
 
-use crate::domain::{PresenceStatus, SessionId};
+use crate::domain::{PresenceStatus, SessionId, next_seq};
 
 /// A presence change of one user, as published to subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,16 +17,6 @@ pub struct Transition {
     pub last_seen: DateTime<Utc>,
     /// Per-user, strictly increasing sequence number of this transition.
     pub seq: u64,
-}
-
-/// The next sequence number after `prev` for a transition at `at`.
-///
-/// It is the transition's time in microseconds, bumped past `prev` when needed. That keeps it
-/// strictly increasing per user even for a user whose earlier state is not in memory (evicted
-/// or before a restart), without reading the database on the hot path.
-pub fn next_seq(prev: u64, at: DateTime<Utc>) -> u64 {
-    let micros = u64::try_from(at.timestamp_micros()).unwrap_or(0);
-    micros.max(prev.saturating_add(1))
 }
 
 /// One live session of a user.

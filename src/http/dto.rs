@@ -5,11 +5,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
-use crate::domain::{PresenceStatus, UserId};
-use crate::engine::PresenceView;
-use crate::privacy::{
+use crate::domain::PresenceView;
+use crate::domain::{
     LastSeenApprox, LastSeenAudience, OnlineAudience, UserPrivacy, VisiblePresence,
 };
+use crate::domain::{PresenceStatus, UserId};
 use crate::store::UserRecord;
 
 /// Serialises timestamps as the seed does: RFC 3339 UTC with a `Z` (`2024-01-15T10:30:00Z`),

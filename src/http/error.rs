@@ -20,7 +20,7 @@ use crate::auth::AuthError;
 use crate::domain::DomainError;
 use crate::engine::EngineError;
 use crate::privacy::PrivacyError;
-use crate::store::StoreError;
+use crate::store::{Conflict, Missing, StoreError};
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -153,8 +153,17 @@ impl From<DomainError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(what) => Self::Conflict(what),
-            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict(conflict) => Self::Conflict(match conflict {
+                Conflict::UsernameTaken => "A user with that username already exists.",
+                Conflict::TokenInUse => "That token is in use; log in again.",
+                Conflict::AlreadyContact => "That user is already in your contacts.",
+                Conflict::AlreadyBlocked => "You already blocked that user.",
+            }),
+            StoreError::NotFound(missing) => Self::NotFound(match missing {
+                Missing::User => "No such user.",
+                Missing::Contact => "That user is not in your contacts.",
+                Missing::Block => "You have not blocked that user.",
+            }),
             StoreError::Unavailable(_) => Self::Unavailable(e.into()),
             StoreError::Other(_) => Self::Internal(e.into()),
         }

@@ -12,7 +12,6 @@ use super::dto::{PresenceQueryRequest, PresenceQueryResponse, UserPresence, curr
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use crate::domain::UserId;
-use crate::privacy::Viewer;
 use crate::store::UserRecord;
 
 /// Most user ids one `POST /api/presence/query/` may ask for.
@@ -40,7 +39,7 @@ async fn visible_presence(
         .into_iter()
         .map(|u| (u.id, u))
         .collect();
-    let viewer = Viewer::from(&caller.session);
+    let viewer = caller.session.viewer();
     let mut involved: Vec<UserId> = users.keys().copied().collect();
     involved.push(viewer.id);
     state.privacy.ensure_loaded(&involved).await?;

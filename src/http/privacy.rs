@@ -15,7 +15,7 @@ use super::dto::{
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use crate::domain::UserId;
-use crate::privacy::{PrivacyChange, SettingsUpdate};
+use crate::domain::{PrivacyChange, SettingsUpdate};
 
 /// The time of this request: the caller's `last_seen` after the activity it recorded, so
 /// invisible mode freezes `last_seen` at exactly the value it had when it was turned on.

@@ -17,21 +17,16 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{CLOSE_SLOW_CONSUMER, CLOSE_UNAUTHORIZED, ServerMessage, TYPING_TTL_MS};
+use crate::domain::{PresenceEvent, PresenceView};
 use crate::domain::{PresenceStatus, SessionId, UserId};
-use crate::engine::{PresenceEngine, PresenceEvent, PresenceView};
-use crate::privacy::{Privacy, PrivacyChanged, Viewer, VisiblePresence};
+use crate::domain::{PrivacyChanged, Viewer, VisiblePresence};
+use crate::engine::PresenceEngine;
+use crate::privacy::Privacy;
+use crate::shards::{Sharded, lock};
 use crate::store::Store;
 
 /// Shards of the subscription index; a power of two.
 const SHARDS: usize = 64;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a few collection operations that leave the data
-    // consistent, so a poisoned lock is safe to keep using.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Limits enforced per connection and per user.
 #[derive(Debug, Clone, Copy)]
@@ -269,7 +264,7 @@ struct Registry {
 
 struct HubInner {
     /// Watched user -> outboxes watching them; the shard is chosen by the watched user's id.
-    watchers: Box<[Mutex<Outboxes<UserId>>]>,
+    watchers: Sharded<Mutex<Outboxes<UserId>>>,
     /// Open connections by user and by session.
     registry: Mutex<Registry>,
     limits: Limits,
@@ -289,7 +284,7 @@ impl Hub {
     pub fn new(limits: Limits, privacy: Privacy) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                watchers: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                watchers: Sharded::new(SHARDS, Mutex::default),
                 registry: Mutex::default(),
                 limits,
                 next_id: AtomicU64::new(1),
@@ -304,8 +299,7 @@ impl Hub {
     }
 
     fn shard(&self, user: UserId) -> MutexGuard<'_, Outboxes<UserId>> {
-        let index = (user.0 as u64 as usize) & (SHARDS - 1);
-        lock(&self.inner.watchers[index])
+        lock(self.inner.watchers.get(&user))
     }
 
     /// Registers a new connection of `viewer`'s `session`.
@@ -487,6 +481,7 @@ impl Hub {
     fn all_watched(&self) -> Vec<UserId> {
         self.inner
             .watchers
+            .all()
             .iter()
             .flat_map(|shard| lock(shard).keys().copied().collect::<Vec<_>>())
             .collect()

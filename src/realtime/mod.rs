@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
+use crate::domain::VisiblePresence;
 use crate::domain::{SessionId, UserId};
 use crate::engine::PresenceEngine;
 use crate::http::AppState;
 use crate::http::dto::UserPresence;
 use crate::http::error::ApiError;
-use crate::privacy::VisiblePresence;
 use hub::{Connection, Outgoing, Seen, current_views};
 use protocol::{PresenceUpdate, ServerMessage, SnapshotEntry};
 
@@ -244,7 +244,7 @@ pub async fn subscribe(
 mod tests {
     use super::*;
     use crate::domain::PresenceStatus;
-    use crate::privacy::VisiblePresence;
+    use crate::domain::VisiblePresence;
 
     fn seen(owner: i64, status: PresenceStatus, seq: u64) -> Seen {
         Seen {

@@ -21,7 +21,6 @@ use super::{Delivered, LiveSession};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiQuery, Authenticated};
-use crate::privacy::Viewer;
 
 /// Margin (µs) subtracted from `Last-Event-ID`: transitions of different users published
 /// within this window may reach the stream out of `seq` order, so they are re-sent rather than
@@ -80,7 +79,7 @@ pub async fn events(
     let session = &caller.session;
     let mut connection = state
         .hub
-        .connect(Viewer::from(session), session.session_id)
+        .connect(session.viewer(), session.session_id)
         .map_err(|e| ApiError::TooManyRequests(e.to_string()))?;
     let live = LiveSession::open(&state, session.user_id, session.session_id).await?;
     super::subscribe(&state, &mut connection, &ids, |_| resume_after).await?;

@@ -24,7 +24,6 @@ use crate::domain::UserId;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_from_headers;
-use crate::privacy::Viewer;
 
 /// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
 const READ_BUFFER: usize = 4 * 1024;
@@ -101,10 +100,7 @@ where
             }
         },
     };
-    let connection = match state
-        .hub
-        .connect(Viewer::from(&session), session.session_id)
-    {
+    let connection = match state.hub.connect(session.viewer(), session.session_id) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "socket refused");

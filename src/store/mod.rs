@@ -7,6 +7,7 @@
 //! its error mapping; it knows nothing about HTTP or the in-memory engine's locking.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -15,24 +16,48 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{PresenceStatus, SessionId, UserId, Username};
-use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
-use crate::privacy::{PrivacyChange, StoredPrivacy};
+use crate::domain::{PresenceWrite, PrivacyChange, RestoredUser, StoredPrivacy, StoredSession};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule was violated (e.g. the username is taken).
-    #[error("conflict: {0}")]
-    Conflict(&'static str),
+    #[error("conflict: {0:?}")]
+    Conflict(Conflict),
     /// The row to change, or a user it refers to, does not exist.
-    #[error("not found: {0}")]
-    NotFound(&'static str),
-    /// The database could not be reached or refused the connection.
+    #[error("not found: {0:?}")]
+    NotFound(Missing),
+    /// The database could not be reached, or cannot take the statement now (disk full,
+    /// read-only, locked).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// Any other database failure.
     #[error("database error")]
     Other(#[source] anyhow::Error),
+}
+
+/// Which uniqueness rule a write broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another user has this username.
+    UsernameTaken,
+    /// Another session has this token hash (a 1 in 2^256 event, or a bug).
+    TokenInUse,
+    /// The user is already in the owner's contacts.
+    AlreadyContact,
+    /// The owner already blocked the user.
+    AlreadyBlocked,
+}
+
+/// What a write or change referred to that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A user (the owner, or a user named in the change).
+    User,
+    /// The user to remove is not in the owner's contacts.
+    Contact,
+    /// The user to unblock is not blocked.
+    Block,
 }
 
 /// Whether the database currently takes writes. A write that fails because the database
@@ -129,55 +154,6 @@ impl<'a> CoalescedBatch<'a> {
             users: users.into_values().collect(),
             sessions: sessions.into_values().collect(),
         }
-    }
-}
-
-/// Table and listed-user column of the contact list.
-pub(crate) const CONTACTS: (&str, &str) = ("contacts", "contact_user_id");
-/// Table and listed-user column of the block list.
-pub(crate) const BLOCKS: (&str, &str) = ("blocks", "blocked_user_id");
-
-/// A contact or block list change as both SQL backends apply it: one row inserted or deleted,
-/// and the error detail when it cannot apply (a duplicate insert, a missing row).
-pub(crate) struct ListEdit {
-    /// The list's table.
-    pub table: &'static str,
-    /// The column holding the listed user.
-    pub column: &'static str,
-    /// The listed user.
-    pub user: UserId,
-    /// Insert (add to the list) or delete (remove from it).
-    pub insert: bool,
-    /// Detail of the `Conflict` (insert) or `NotFound` (delete) when the edit cannot apply.
-    pub refusal: &'static str,
-}
-
-impl ListEdit {
-    /// The list edit `change` is, or `None` for a settings change.
-    pub(crate) fn of(change: &PrivacyChange) -> Option<Self> {
-        let (list, user, insert, refusal) = match *change {
-            PrivacyChange::AddContact(user) => (
-                CONTACTS,
-                user,
-                true,
-                "That user is already in your contacts.",
-            ),
-            PrivacyChange::RemoveContact(user) => {
-                (CONTACTS, user, false, "That user is not in your contacts.")
-            }
-            PrivacyChange::Block(user) => (BLOCKS, user, true, "You already blocked that user."),
-            PrivacyChange::Unblock(user) => {
-                (BLOCKS, user, false, "You have not blocked that user.")
-            }
-            PrivacyChange::Settings(_) => return None,
-        };
-        Some(Self {
-            table: list.0,
-            column: list.1,
-            user,
-            insert,
-            refusal,
-        })
     }
 }
 

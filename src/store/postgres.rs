@@ -3,13 +3,14 @@
 //!
 //! Same tables, columns and semantics as SQLite (`migrations/postgres`), with native types:
 //! `bigserial` ids, `timestamptz`, `bytea` token hashes. Batches travel as arrays (`unnest`,
-//! `= any`), so a presence flush is two statements whatever its size. Privacy data lives in the
-//! `privacy` submodule. The contract suite (`tests/store_contract.rs`) holds both backends to
-//! the same observable behaviour.
+//! `= any`), so a presence flush is two statements whatever its size. Statements both SQL
+//! backends share are in `sql`; privacy data is in the `privacy` submodule. The contract suite
+//! (`tests/store_contract`) holds both backends to the same observable behaviour.
 
 mod privacy;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,10 +19,15 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord, WriteHealth};
-use crate::domain::{PresenceStatus, SessionId, UserId, Username};
-use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
-use crate::privacy::{PrivacyChange, StoredPrivacy};
+use super::sql::{self, LIVE_SESSION, LiveRow, USER_COLUMNS, seq_from_db, seq_to_db};
+use super::{
+    CoalescedBatch, Conflict, Liveness, Missing, SessionRecord, Store, StoreError, UserRecord,
+    WriteHealth,
+};
+use crate::domain::{
+    PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser, SessionId, StoredPrivacy, UserId,
+    Username, next_seq,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -40,7 +46,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    health: std::sync::Arc<WriteHealth>,
+    health: Arc<WriteHealth>,
 }
 
 impl PostgresStore {
@@ -71,13 +77,11 @@ impl PostgresStore {
             Err(error) => Err(StoreError::Unavailable(error)),
         }
     }
-}
 
-impl PostgresStore {
     fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            health: std::sync::Arc::default(),
+            health: Arc::default(),
         }
     }
 }
@@ -88,62 +92,41 @@ fn pool_options() -> PgPoolOptions {
         .acquire_timeout(ACQUIRE_TIMEOUT)
 }
 
-fn seq_to_db(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-fn seq_from_db(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
-}
-
-/// Maps a failed query: connection trouble is `Unavailable`, anything else `Other`.
+/// Maps a failed statement that breaks no rule of ours.
 fn other(error: sqlx::Error) -> StoreError {
-    let unreachable = match &error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => true,
+    sql::classify(error, None, None, refused_us)
+}
+
+/// Maps a failed statement that may break a uniqueness rule or name a missing user.
+fn refused(error: sqlx::Error, conflict: Conflict, missing: Missing) -> StoreError {
+    sql::classify(error, Some(conflict), Some(missing), refused_us)
+}
+
+/// Maps a failed statement that may name a user who does not exist.
+fn unknown_user(error: sqlx::Error) -> StoreError {
+    sql::classify(error, None, Some(Missing::User), refused_us)
+}
+
+/// Whether the server dropped or refused us (then the failure is `Unavailable`), as opposed to
+/// rejecting the statement.
+fn refused_us(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => db.code().as_deref().is_some_and(refuses_connection),
         _ => false,
-    };
-    if unreachable {
-        StoreError::Unavailable(error)
-    } else {
-        StoreError::Other(error.into())
     }
 }
 
 /// SQLSTATEs of a server that dropped or refused us: connection exceptions (08), failed
-/// authentication (28), a missing database (3D000), too many connections (53300), and a server
-/// shutting down, starting up or whose database was dropped (57P0x).
+/// authentication (28), a missing database (3D000), too many connections (53300), a full disk
+/// or out of memory (53100, 53200), and a server shutting down, starting up or whose database
+/// was dropped (57P0x).
 fn refuses_connection(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("28")
         || code.starts_with("57P")
-        || code == "3D000"
-        || code == "53300"
+        || ["3D000", "53100", "53200", "53300"].contains(&code)
 }
-
-/// Maps a failed session insert: a token hash in use → `Conflict`, no such user → `NotFound`.
-fn session_refused(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict("token already in use")
-        }
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::NotFound("No such user.")
-        }
-        error => other(error),
-    }
-}
-
-/// A live session (`s`) at `$1` = now, `$2` = now - inactivity timeout: active within the
-/// timeout and not ended earlier (a closed socket's grace; `expires_at` is null for rows
-/// written before it existed).
-const LIVE_SESSION: &str = "(s.expires_at is null or s.expires_at > $1) and s.last_activity >= $2";
-
-const USER_COLUMNS: &str =
-    "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -170,23 +153,15 @@ impl From<UserRow> for UserRecord {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct SessionRow {
-    session_id: i64,
-    user_id: i64,
-    username: String,
-    is_admin: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct LiveRow {
-    user_id: i64,
-    session_id: i64,
-    last_activity: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    presence_seq: i64,
-    last_seen: Option<DateTime<Utc>>,
-}
+/// A live session as `load_live` selects it.
+type LiveColumns = (
+    i64,
+    i64,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    i64,
+    Option<DateTime<Utc>>,
+);
 
 /// A presence batch as columns, one array per bound parameter of the `unnest` updates, built
 /// from the coalesced batch (each user and session once, in id order).
@@ -220,6 +195,22 @@ impl PresenceColumns {
     }
 }
 
+impl PostgresStore {
+    async fn users_where<T>(&self, condition: &str, bind: T) -> Result<Vec<UserRecord>, StoreError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    {
+        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where {condition}"
+        )))
+        .bind(bind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows.into_iter().map(UserRecord::from).collect())
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -238,16 +229,11 @@ impl Store for PostgresStore {
         if !self.health.failing() {
             return Ok(());
         }
-        let probe = sqlx::query(
-            "insert into health_probe (probe_id, probed_at) values (1, $1) \
-             on conflict (probe_id) do update set probed_at = excluded.probed_at",
-        )
-        .bind(Utc::now())
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(other);
-        self.health.observe(probe)
+        let probe = sqlx::query(sql::PROBE_WRITE)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await;
+        self.health.observe(probe.map(drop).map_err(other))
     }
 
     async fn create_user(
@@ -256,61 +242,31 @@ impl Store for PostgresStore {
         password_hash: &str,
         is_admin: bool,
     ) -> Result<UserRecord, StoreError> {
-        let result = async {
-            let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "insert into users (username, password_hash, is_admin, created_at) \
-                 values ($1, $2, $3, $4) returning {USER_COLUMNS}"
-            )))
-            .bind(username.as_str())
-            .bind(password_hash)
-            .bind(is_admin)
-            .bind(Utc::now())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    StoreError::Conflict("username already taken")
-                }
-                e => other(e),
-            })?;
-            Ok(row.into())
-        }
-        .await;
-        self.health.observe(result)
+        let row: Result<UserRow, _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "insert into users (username, password_hash, is_admin, created_at) \
+             values ($1, $2, $3, $4) returning {USER_COLUMNS}"
+        )))
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(is_admin)
+        .bind(Utc::now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::UsernameTaken, Missing::User));
+        Ok(self.health.observe(row)?.into())
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where username = $1"
-        )))
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(row.map(UserRecord::from))
+        Ok(self.users_where("username = $1", username).await?.pop())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where user_id = $1"
-        )))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(row.map(UserRecord::from))
+        Ok(self.users_where("user_id = $1", id.0).await?.pop())
     }
 
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where user_id = any($1)"
-        )))
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(rows.into_iter().map(UserRecord::from).collect())
+        self.users_where("user_id = any($1)", ids).await
     }
 
     async fn create_session(
@@ -319,54 +275,35 @@ impl Store for PostgresStore {
         token_hash: &[u8],
         at: DateTime<Utc>,
     ) -> Result<SessionId, StoreError> {
-        let result = async {
-            let id: i64 = sqlx::query_scalar(
-                "insert into sessions (user_id, token_hash, created_at, last_activity) \
-                 values ($1, $2, $3, $3) returning session_id",
-            )
-            .bind(user.0)
-            .bind(token_hash)
-            .bind(at)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(session_refused)?;
-            Ok(SessionId(id))
-        }
-        .await;
-        self.health.observe(result)
+        let id: Result<i64, _> = sqlx::query_scalar(
+            "insert into sessions (user_id, token_hash, created_at, last_activity) \
+             values ($1, $2, $3, $3) returning session_id",
+        )
+        .bind(user.0)
+        .bind(token_hash)
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
+        self.health.observe(id).map(SessionId)
     }
 
     async fn session_by_token(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let row: Option<SessionRow> = sqlx::query_as(
-            "select s.session_id, s.user_id, u.username, u.is_admin \
-             from sessions s join users u on u.user_id = s.user_id where s.token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
-        Ok(row.map(|row| SessionRecord {
-            session_id: SessionId(row.session_id),
-            user_id: UserId(row.user_id),
-            username: row.username,
-            is_admin: row.is_admin,
-        }))
+        sql::Sessions(&self.pool)
+            .by_token(token_hash)
+            .await
+            .map_err(other)
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
-        let result = async {
-            sqlx::query("delete from sessions where session_id = $1")
-                .bind(session.0)
-                .execute(&self.pool)
-                .await
-                .map(drop)
-                .map_err(other)
-        }
-        .await;
-        self.health.observe(result)
+        let done = sqlx::query("delete from sessions where session_id = $1")
+            .bind(session.0)
+            .execute(&self.pool)
+            .await;
+        self.health.observe(done.map(drop).map_err(other))
     }
 
     async fn prune_sessions(
@@ -374,35 +311,18 @@ impl Store for PostgresStore {
         user: UserId,
         keep: usize,
     ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
-        let result = async {
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "delete from sessions where user_id = $1 and session_id not in (\
-                 select session_id from sessions where user_id = $1 \
-                 order by last_activity desc, session_id desc limit $2) \
-                 returning session_id, token_hash",
-            )
-            .bind(user.0)
-            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(other)?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, hash)| (SessionId(id), hash))
-                .collect())
-        }
-        .await;
-        self.health.observe(result)
+        let pruned = sql::Sessions(&self.pool).prune(user, keep).await;
+        self.health.observe(pruned.map_err(other))
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
-        let result = async {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            // Two statements with array parameters instead of one per row: a flush costs the same
-            // few round trips for 10 users or 10 000 (see docs/ARCHITECTURE.md for measurements).
-            let columns = PresenceColumns::of(batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Two statements with array parameters instead of one per row: a flush costs the same
+        // few round trips for 10 users or 10 000 (see docs/ARCHITECTURE.md for measurements).
+        let columns = PresenceColumns::of(batch);
+        let written = async {
             let mut tx = self.pool.begin().await.map_err(other)?;
             sqlx::query(
                 "update users u set online_status = b.status, last_seen = b.last_seen, \
@@ -435,13 +355,12 @@ impl Store for PostgresStore {
                 .map_err(other)?;
             }
             tx.commit().await.map_err(other)
-        }
-        .await;
-        self.health.observe(result)
+        };
+        self.health.observe(written.await)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
-        let rows: Vec<LiveRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<LiveColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "select s.user_id, s.session_id, s.last_activity, s.expires_at, u.presence_seq, \
              u.last_seen from sessions s join users u on u.user_id = s.user_id \
              where {LIVE_SESSION} order by s.user_id, s.session_id"
@@ -451,25 +370,18 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(other)?;
-        let mut users: Vec<RestoredUser> = Vec::new();
-        for row in rows {
-            let user_id = UserId(row.user_id);
-            if users.last().is_none_or(|u| u.user_id != user_id) {
-                users.push(RestoredUser {
-                    user_id,
-                    seq: seq_from_db(row.presence_seq),
-                    last_seen: row.last_seen,
-                    sessions: Vec::new(),
-                });
-            }
-            if let Some(user) = users.last_mut() {
-                user.sessions.push(StoredSession {
-                    id: SessionId(row.session_id),
-                    last_activity: row.last_activity,
-                    expires_at: row.expires_at.unwrap_or(row.last_activity + live.timeout()),
-                });
-            }
-        }
+        let rows = rows.into_iter().map(
+            |(user_id, session_id, last_activity, expires_at, presence_seq, last_seen)| LiveRow {
+                user_id,
+                session_id,
+                last_activity,
+                expires_at,
+                presence_seq,
+                last_seen,
+            },
+        );
+        let mut users = Vec::new();
+        sql::group_live(rows, live.timeout(), &mut users);
         Ok(users)
     }
 
@@ -478,13 +390,10 @@ impl Store for PostgresStore {
         live: Liveness,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        let inactive = format!(
-            "online_status = 'online' and not exists (\
-             select 1 from sessions s where s.user_id = users.user_id and ({LIVE_SESSION}))"
-        );
         if dry_run {
             let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "select count(*) from users where {inactive}"
+                "select count(*) from users where {}",
+                sql::inactive_users()
             )))
             .bind(live.now)
             .bind(live.inactive_before)
@@ -493,17 +402,13 @@ impl Store for PostgresStore {
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let seq = crate::engine::state::next_seq(0, Utc::now());
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "update users set online_status = 'offline', \
-             presence_seq = greatest(presence_seq + 1, $3) where {inactive}"
-        )))
-        .bind(live.now)
-        .bind(live.inactive_before)
-        .bind(seq_to_db(seq))
-        .execute(&self.pool)
-        .await
-        .map_err(other);
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
+            .bind(live.now)
+            .bind(live.inactive_before)
+            .bind(seq_to_db(next_seq(0, Utc::now())))
+            .execute(&self.pool)
+            .await
+            .map_err(other);
         Ok(self.health.observe(done)?.rows_affected())
     }
 
@@ -517,14 +422,15 @@ impl Store for PostgresStore {
         change: &PrivacyChange,
         at: DateTime<Utc>,
     ) -> Result<StoredPrivacy, StoreError> {
-        let result = async { privacy::change_privacy(&self.pool, owner, change, at).await }.await;
-        self.health.observe(result)
+        let changed = privacy::change_privacy(&self.pool, owner, change, at).await;
+        self.health.observe(changed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::StoredSession;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).unwrap()

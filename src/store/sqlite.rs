@@ -2,11 +2,16 @@
 //!
 //! WAL journal with `synchronous=NORMAL`: readers never block the writer, and a crash loses at
 //! most the last transactions, never integrity. Timestamps are fixed-width RFC 3339 text so they
-//! compare correctly in SQL. Privacy data lives in the `privacy` submodule.
+//! compare correctly in SQL. Lists of ids and batches travel as one JSON value per statement
+//! (`json_each`): sqlx runs SQLite on a worker thread and every statement and every result row
+//! is a hand-off to it, which made a statement or row per user the main cost of a flush and of
+//! a restart. Statements both SQL backends share are in `sql`; privacy data is in the
+//! `privacy` submodule.
 
 mod privacy;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,18 +22,28 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, migrate::Migrator};
 
-use super::{CoalescedBatch, Liveness, SessionRecord, Store, StoreError, UserRecord, WriteHealth};
-use crate::domain::{PresenceStatus, SessionId, UserId, Username};
-use crate::engine::{PresenceWrite, RestoredUser, StoredSession};
-use crate::privacy::{PrivacyChange, StoredPrivacy};
+use super::sql::{self, LIVE_SESSION, LiveRow, USER_COLUMNS, seq_from_db, seq_to_db};
+use super::{
+    CoalescedBatch, Conflict, Liveness, Missing, SessionRecord, Store, StoreError, UserRecord,
+    WriteHealth,
+};
+use crate::domain::{
+    PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser, SessionId, StoredPrivacy, UserId,
+    Username, next_seq,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Users per statement of a presence write, bounding the size of one JSON parameter.
+const WRITE_CHUNK: usize = 4096;
+/// Width of the user-id ranges `load_live` reads in one statement (and one JSON result).
+const LOAD_PAGE_IDS: i64 = 65_536;
 
 /// A pool of SQLite connections to one database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    health: std::sync::Arc<WriteHealth>,
+    health: Arc<WriteHealth>,
 }
 
 impl SqliteStore {
@@ -54,7 +69,7 @@ impl SqliteStore {
             .map_err(StoreError::Unavailable)?;
         Ok(Self {
             pool,
-            health: std::sync::Arc::default(),
+            health: Arc::default(),
         })
     }
 }
@@ -88,62 +103,41 @@ fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError
     raw.as_deref().map(parse_ts).transpose()
 }
 
-/// Users per statement of a presence write, bounding the size of one JSON parameter.
-const WRITE_CHUNK: usize = 4096;
-/// Width of the user-id ranges `load_live` reads in one statement (and one JSON result).
-const LOAD_PAGE_IDS: i64 = 65_536;
-
 fn to_json<T: serde::Serialize>(rows: &T) -> Result<String, StoreError> {
     serde_json::to_string(rows).map_err(|e| StoreError::Other(e.into()))
 }
 
-fn seq_to_db(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
+fn ids_json(users: &[UserId]) -> Result<String, StoreError> {
+    to_json(&users.iter().map(|id| id.0).collect::<Vec<_>>())
 }
 
-fn seq_from_db(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
-}
-
+/// Maps a failed statement that breaks no rule of ours.
 fn other(error: sqlx::Error) -> StoreError {
-    let unavailable = match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| cannot_write(&code)),
-        _ => false,
-    };
-    if unavailable {
-        StoreError::Unavailable(error)
-    } else {
-        StoreError::Other(error.into())
-    }
+    sql::classify(error, None, None, cannot_write)
 }
 
-/// SQLite result codes (primary, from the extended code sqlx reports) of a database that
-/// cannot take the statement now but may later: busy or locked past the busy timeout, out of
-/// memory, read-only, an I/O error, a full disk, a file that cannot be opened, a lock protocol
-/// error.
-fn cannot_write(code: &str) -> bool {
+/// Maps a failed statement that may break a uniqueness rule or name a missing user.
+fn refused(error: sqlx::Error, conflict: Conflict, missing: Missing) -> StoreError {
+    sql::classify(error, Some(conflict), Some(missing), cannot_write)
+}
+
+/// Maps a failed statement that may name a user who does not exist.
+fn unknown_user(error: sqlx::Error) -> StoreError {
+    sql::classify(error, None, Some(Missing::User), cannot_write)
+}
+
+/// Whether SQLite failed because it cannot take the statement now but may later: busy or
+/// locked past the busy timeout, out of memory, read-only, an I/O error, a full disk, a file
+/// that cannot be opened, a lock protocol error (primary result codes, from the extended code
+/// sqlx reports).
+fn cannot_write(error: &sqlx::Error) -> bool {
     const TRANSIENT: [i32; 8] = [5, 6, 7, 8, 10, 13, 14, 15];
-    code.parse::<i32>()
-        .is_ok_and(|extended| TRANSIENT.contains(&(extended & 0xff)))
-}
-
-/// A live session (`s`) at `?1` = now, `?2` = now - inactivity timeout: active within the
-/// timeout and not ended earlier (a closed socket's grace; `expires_at` is null for rows
-/// written before it existed).
-const LIVE_SESSION: &str = "(s.expires_at is null or s.expires_at > ?1) and s.last_activity >= ?2";
-
-/// Maps a failed session insert: a token hash in use → `Conflict`, no such user → `NotFound`.
-fn session_refused(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict("token already in use")
-        }
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::NotFound("No such user.")
-        }
-        error => other(error),
-    }
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|extended| TRANSIENT.contains(&(extended & 0xff)))
 }
 
 /// The one row an `insert ... returning` gave back.
@@ -152,16 +146,11 @@ fn session_refused(error: sqlx::Error) -> StoreError {
 /// before the statement finishes, and the commit of an autocommit statement (which can fail,
 /// on a full disk say) happens only when it does. Reading just the first row would acknowledge
 /// a row that the failed commit then discards.
-fn returned<T>(rows: &[T]) -> Result<&T, StoreError> {
-    rows.first()
+fn returned<T>(rows: Vec<T>) -> Result<T, StoreError> {
+    rows.into_iter()
+        .next()
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("insert returned no row")))
 }
-
-/// A live session as read at start-up: user, session, last activity, expiry, seq, last seen.
-type LiveRow = (i64, i64, String, Option<String>, i64, Option<String>);
-
-const USER_COLUMNS: &str =
-    "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
 
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
     let status: String = row.try_get("online_status").map_err(other)?;
@@ -174,6 +163,41 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
         last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
         presence_seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
     })
+}
+
+/// A live session as `load_live` aggregates it into JSON: user, session, last activity,
+/// expiry, seq, last seen.
+type JsonLiveRow = (i64, i64, String, Option<String>, i64, Option<String>);
+
+fn live_row(row: JsonLiveRow) -> Result<LiveRow, StoreError> {
+    let (user_id, session_id, last_activity, expires_at, presence_seq, last_seen) = row;
+    Ok(LiveRow {
+        user_id,
+        session_id,
+        last_activity: parse_ts(&last_activity)?,
+        expires_at: parse_opt_ts(expires_at)?,
+        presence_seq,
+        last_seen: parse_opt_ts(last_seen)?,
+    })
+}
+
+impl SqliteStore {
+    async fn users_where(
+        &self,
+        condition: &str,
+        bind: String,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where {condition}"
+        )))
+        .bind(bind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
 }
 
 #[async_trait]
@@ -193,16 +217,11 @@ impl Store for SqliteStore {
         if !self.health.failing() {
             return Ok(());
         }
-        let probe = sqlx::query(
-            "insert into health_probe (probe_id, probed_at) values (1, ?) \
-             on conflict (probe_id) do update set probed_at = excluded.probed_at",
-        )
-        .bind(ts(Utc::now()))
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(other);
-        self.health.observe(probe)
+        let probe = sqlx::query(sql::PROBE_WRITE)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await;
+        self.health.observe(probe.map(drop).map_err(other))
     }
 
     async fn create_user(
@@ -211,70 +230,35 @@ impl Store for SqliteStore {
         password_hash: &str,
         is_admin: bool,
     ) -> Result<UserRecord, StoreError> {
-        let result = async {
-            let row = sqlx::query(
-                "insert into users (username, password_hash, is_admin, created_at) \
-                 values (?, ?, ?, ?) \
-                 returning user_id, username, password_hash, is_admin, online_status, last_seen, \
-                 presence_seq",
-            )
-            .bind(username.as_str())
-            .bind(password_hash)
-            .bind(is_admin)
-            .bind(ts(Utc::now()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    StoreError::Conflict("username already taken")
-                }
-                e => other(e),
-            })?;
-            user_from_row(returned(&row)?)
-        }
-        .await;
-        self.health.observe(result)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into users (username, password_hash, is_admin, created_at) \
+             values ($1, $2, $3, $4) returning {USER_COLUMNS}"
+        )))
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(is_admin)
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::UsernameTaken, Missing::User));
+        let row = returned(self.health.observe(rows)?)?;
+        user_from_row(&row)
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where username = ?"
-        )))
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        let mut users = self
+            .users_where("username = $1", username.to_owned())
+            .await?;
+        Ok(users.pop())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where user_id = ?"
-        )))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        Ok(self.users_by_ids(&[id]).await?.pop())
     }
 
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
-        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let json = to_json(&ids)?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "select {USER_COLUMNS} from users where user_id in (select value from json_each(?))"
-        )))
-        .bind(json)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(other)?
-        .iter()
-        .map(user_from_row)
-        .collect()
+        let condition = "user_id in (select value from json_each($1))";
+        self.users_where(condition, ids_json(ids)?).await
     }
 
     async fn create_session(
@@ -283,58 +267,35 @@ impl Store for SqliteStore {
         token_hash: &[u8],
         at: DateTime<Utc>,
     ) -> Result<SessionId, StoreError> {
-        let result = async {
-            let id: Vec<i64> = sqlx::query_scalar(
-                "insert into sessions (user_id, token_hash, created_at, last_activity) \
-                 values (?, ?, ?, ?) returning session_id",
-            )
-            .bind(user.0)
-            .bind(token_hash)
-            .bind(ts(at))
-            .bind(ts(at))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(session_refused)?;
-            Ok(SessionId(*returned(&id)?))
-        }
-        .await;
-        self.health.observe(result)
+        let ids: Result<Vec<i64>, _> = sqlx::query_scalar(
+            "insert into sessions (user_id, token_hash, created_at, last_activity) \
+             values ($1, $2, $3, $3) returning session_id",
+        )
+        .bind(user.0)
+        .bind(token_hash)
+        .bind(ts(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
+        returned(self.health.observe(ids)?).map(SessionId)
     }
 
     async fn session_by_token(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(
-            "select s.session_id, s.user_id, u.username, u.is_admin \
-             from sessions s join users u on u.user_id = s.user_id where s.token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(other)?;
-        row.map(|row| {
-            Ok(SessionRecord {
-                session_id: SessionId(row.try_get("session_id").map_err(other)?),
-                user_id: UserId(row.try_get("user_id").map_err(other)?),
-                username: row.try_get("username").map_err(other)?,
-                is_admin: row.try_get("is_admin").map_err(other)?,
-            })
-        })
-        .transpose()
+        sql::Sessions(&self.pool)
+            .by_token(token_hash)
+            .await
+            .map_err(other)
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
-        let result = async {
-            sqlx::query("delete from sessions where session_id = ?")
-                .bind(session.0)
-                .execute(&self.pool)
-                .await
-                .map(drop)
-                .map_err(other)
-        }
-        .await;
-        self.health.observe(result)
+        let done = sqlx::query("delete from sessions where session_id = $1")
+            .bind(session.0)
+            .execute(&self.pool)
+            .await;
+        self.health.observe(done.map(drop).map_err(other))
     }
 
     async fn prune_sessions(
@@ -342,32 +303,12 @@ impl Store for SqliteStore {
         user: UserId,
         keep: usize,
     ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
-        let result = async {
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "delete from sessions where user_id = ?1 and session_id not in (\
-                 select session_id from sessions where user_id = ?1 \
-                 order by last_activity desc, session_id desc limit ?2) \
-                 returning session_id, token_hash",
-            )
-            .bind(user.0)
-            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(other)?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, hash)| (SessionId(id), hash))
-                .collect())
-        }
-        .await;
-        self.health.observe(result)
+        let pruned = sql::Sessions(&self.pool).prune(user, keep).await;
+        self.health.observe(pruned.map_err(other))
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {
-        let result = async {
-            // Two statements per chunk, whatever its size: sqlx runs SQLite on a worker thread and
-            // every statement is a round trip to it, which made a statement per user (and per
-            // session) the main cost of heartbeat-heavy load. `json_each` feeds the rows in.
+        let written = async {
             let mut tx = self.pool.begin().await.map_err(other)?;
             let batch = CoalescedBatch::of(batch);
             for chunk in batch.users.chunks(WRITE_CHUNK) {
@@ -381,7 +322,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
                      presence_seq = j.value ->> 3 \
-                     from json_each(?) as j where users.user_id = j.value ->> 0",
+                     from json_each($1) as j where users.user_id = j.value ->> 0",
                 )
                 .bind(to_json(&users)?)
                 .execute(&mut *tx)
@@ -396,7 +337,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "update sessions set last_activity = max(last_activity, j.value ->> 1), \
                      expires_at = j.value ->> 2 \
-                     from json_each(?) as j where sessions.session_id = j.value ->> 0",
+                     from json_each($1) as j where sessions.session_id = j.value ->> 0",
                 )
                 .bind(to_json(&sessions)?)
                 .execute(&mut *tx)
@@ -404,16 +345,13 @@ impl Store for SqliteStore {
                 .map_err(other)?;
             }
             tx.commit().await.map_err(other)
-        }
-        .await;
-        self.health.observe(result)
+        };
+        self.health.observe(written.await)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
-        // One JSON row per range of user ids rather than one row per session: sqlx hands every
-        // row from SQLite's worker thread to the caller separately, and with a million live
-        // sessions those hand-offs were most of a restart. One read transaction keeps the
-        // pages consistent with each other.
+        // One JSON row per range of user ids rather than one row per session (see the module
+        // docs). One read transaction keeps the pages consistent with each other.
         let mut tx = self.pool.begin().await.map_err(other)?;
         let max_id: Option<i64> = sqlx::query_scalar("select max(user_id) from sessions")
             .fetch_one(&mut *tx)
@@ -427,7 +365,7 @@ impl Store for SqliteStore {
                 "select json_group_array(json_array(s.user_id, s.session_id, s.last_activity, \
                  s.expires_at, u.presence_seq, u.last_seen)) \
                  from sessions s join users u on u.user_id = s.user_id \
-                 where ({LIVE_SESSION}) and s.user_id >= ?3 and s.user_id < ?4"
+                 where ({LIVE_SESSION}) and s.user_id >= $3 and s.user_id < $4"
             )))
             .bind(ts(live.now))
             .bind(ts(live.inactive_before))
@@ -436,30 +374,15 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(other)?;
-            let mut rows: Vec<LiveRow> =
+            let mut rows: Vec<JsonLiveRow> =
                 serde_json::from_str(&page).map_err(|e| StoreError::Other(e.into()))?;
-            // Aggregation order is unspecified; group each user's sessions here.
+            // Aggregation order is unspecified; each user's sessions must be adjacent.
             rows.sort_unstable_by_key(|row| (row.0, row.1));
-            for (user_id, session, last_activity, expires_at, seq, last_seen) in rows {
-                let user_id = UserId(user_id);
-                if users.last().is_none_or(|u| u.user_id != user_id) {
-                    users.push(RestoredUser {
-                        user_id,
-                        seq: seq_from_db(seq),
-                        last_seen: parse_opt_ts(last_seen)?,
-                        sessions: Vec::with_capacity(1),
-                    });
-                }
-                let last_activity = parse_ts(&last_activity)?;
-                let expires_at = parse_opt_ts(expires_at)?;
-                if let Some(user) = users.last_mut() {
-                    user.sessions.push(StoredSession {
-                        id: SessionId(session),
-                        last_activity,
-                        expires_at: expires_at.unwrap_or(last_activity + live.timeout()),
-                    });
-                }
-            }
+            let rows = rows
+                .into_iter()
+                .map(live_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            sql::group_live(rows, live.timeout(), &mut users);
             from = to;
         }
         tx.commit().await.map_err(other)?;
@@ -471,13 +394,10 @@ impl Store for SqliteStore {
         live: Liveness,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        let inactive = format!(
-            "online_status = 'online' and not exists (\
-             select 1 from sessions s where s.user_id = users.user_id and ({LIVE_SESSION}))"
-        );
         if dry_run {
             let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "select count(*) from users where {inactive}"
+                "select count(*) from users where {}",
+                sql::inactive_users()
             )))
             .bind(ts(live.now))
             .bind(ts(live.inactive_before))
@@ -486,17 +406,13 @@ impl Store for SqliteStore {
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let seq = crate::engine::state::next_seq(0, Utc::now());
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "update users set online_status = 'offline', \
-             presence_seq = max(presence_seq + 1, ?3) where {inactive}"
-        )))
-        .bind(ts(live.now))
-        .bind(ts(live.inactive_before))
-        .bind(seq_to_db(seq))
-        .execute(&self.pool)
-        .await
-        .map_err(other);
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
+            .bind(ts(live.now))
+            .bind(ts(live.inactive_before))
+            .bind(seq_to_db(next_seq(0, Utc::now())))
+            .execute(&self.pool)
+            .await
+            .map_err(other);
         Ok(self.health.observe(done)?.rows_affected())
     }
 
@@ -510,8 +426,8 @@ impl Store for SqliteStore {
         change: &PrivacyChange,
         at: DateTime<Utc>,
     ) -> Result<StoredPrivacy, StoreError> {
-        let result = async { privacy::change_privacy(&self.pool, owner, change, at).await }.await;
-        self.health.observe(result)
+        let changed = privacy::change_privacy(&self.pool, owner, change, at).await;
+        self.health.observe(changed)
     }
 }
 
@@ -520,6 +436,7 @@ mod tests {
     use chrono::SubsecRound;
 
     use super::*;
+    use crate::domain::StoredSession;
 
     const FIVE_MINUTES: Duration = Duration::from_secs(300);
 

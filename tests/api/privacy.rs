@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use lastseen::domain::PrivacyChanged;
 use lastseen::domain::UserId;
-use lastseen::privacy::PrivacyChanged;
 use reqwest::Method;
 use serde_json::{Value, json};
 

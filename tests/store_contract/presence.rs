@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use lastseen::domain::{PresenceStatus, SessionId, UserId};
-use lastseen::engine::{PresenceWrite, StoredSession};
+use lastseen::domain::{PresenceWrite, StoredSession};
 use lastseen::store::{Liveness, Store, UserRecord};
 
 use crate::users::user;

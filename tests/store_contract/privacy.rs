@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use lastseen::domain::UserId;
-use lastseen::privacy::{
+use lastseen::domain::{
     LastSeenAudience, OnlineAudience, PrivacyChange, PrivacySettings, SettingsUpdate,
     StoredPrivacy, UserPrivacy,
 };

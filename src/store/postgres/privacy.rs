@@ -8,13 +8,10 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{other, seq_from_db};
-use crate::domain::UserId;
-use crate::privacy::{
-    LastSeenAudience, OnlineAudience, PrivacyChange, PrivacySettings, SettingsUpdate,
-    StoredPrivacy, UserPrivacy,
-};
-use crate::store::{ListEdit, StoreError};
+use super::{other, refused, unknown_user};
+use crate::domain::{PrivacyChange, SettingsUpdate, StoredPrivacy, UserId, UserPrivacy};
+use crate::store::sql::{self, ListEdit, seq_from_db};
+use crate::store::{Missing, StoreError};
 
 #[derive(sqlx::FromRow)]
 struct PrivacyRow {
@@ -30,16 +27,11 @@ struct PrivacyRow {
 
 impl PrivacyRow {
     fn into_stored(self) -> Result<StoredPrivacy, StoreError> {
-        let mut settings = PrivacySettings::default();
-        if let Some(raw) = self.last_seen_audience {
-            settings.last_seen = LastSeenAudience::from_column(&raw)
-                .ok_or_else(|| bad_column("last_seen_audience", &raw))?;
-        }
-        if let Some(raw) = self.online_audience {
-            settings.online = OnlineAudience::from_column(&raw)
-                .ok_or_else(|| bad_column("online_audience", &raw))?;
-        }
-        settings.invisible_since = self.invisible_since;
+        let settings = sql::settings_from_columns(
+            self.last_seen_audience.as_deref(),
+            self.online_audience.as_deref(),
+            self.invisible_since,
+        )?;
         let ids = |list: Vec<i64>| list.into_iter().map(UserId).collect::<BTreeSet<_>>();
         Ok(StoredPrivacy {
             user_id: UserId(self.user_id),
@@ -51,28 +43,6 @@ impl PrivacyRow {
                 except: ids(self.excepted),
             },
         })
-    }
-}
-
-fn bad_column(column: &str, raw: &str) -> StoreError {
-    StoreError::Other(anyhow::anyhow!("bad {column} {raw:?} in database"))
-}
-
-/// Maps a failed write that names an unknown user to `NotFound`.
-fn unknown_user(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::NotFound("No such user.")
-        }
-        error => other(error),
-    }
-}
-
-/// Maps a failed insert: duplicate → `Conflict(duplicate)`, unknown user → `NotFound`.
-fn refused(error: sqlx::Error, duplicate: &'static str) -> StoreError {
-    match error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(duplicate),
-        error => unknown_user(error),
     }
 }
 
@@ -114,64 +84,49 @@ pub(super) async fn change_privacy(
     let mut tx = pool.begin().await.map_err(other)?;
     // Writing the settings row first locks it until commit, so changes of one user are applied
     // (and their versions assigned) one after the other, as SQLite's single writer does.
-    sqlx::query(
-        "insert into privacy_settings (user_id, updated_at) values ($1, $2) \
-         on conflict (user_id) do update \
-         set version = privacy_settings.version + 1, updated_at = $2",
-    )
-    .bind(owner.0)
-    .bind(at)
-    .execute(&mut *tx)
-    .await
-    .map_err(unknown_user)?;
+    sqlx::query(sql::BUMP_PRIVACY_VERSION)
+        .bind(owner.0)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unknown_user)?;
     if let PrivacyChange::Settings(update) = change {
         set_settings(&mut tx, owner, update, at).await?;
     } else if let Some(edit) = ListEdit::of(change) {
-        if edit.insert {
-            add(&mut tx, owner, &edit, at).await?;
-        } else {
-            remove(&mut tx, owner, &edit).await?;
-        }
+        apply(&mut tx, owner, edit, at).await?;
     }
     let state = load(&mut tx, &[owner])
         .await?
         .pop()
-        .ok_or(StoreError::NotFound("No such user."))?;
+        .ok_or(StoreError::NotFound(Missing::User))?;
     tx.commit().await.map_err(other)?;
     Ok(state)
 }
 
-async fn add(
+async fn apply(
     conn: &mut PgConnection,
     owner: UserId,
-    edit: &ListEdit,
+    edit: ListEdit,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let (table, column) = (edit.table, edit.column);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "insert into {table} (user_id, {column}, created_at) values ($1, $2, $3)"
-    )))
-    .bind(owner.0)
-    .bind(edit.user.0)
-    .bind(at)
-    .execute(conn)
-    .await
-    .map(drop)
-    .map_err(|e| refused(e, edit.refusal))
-}
-
-async fn remove(conn: &mut PgConnection, owner: UserId, edit: &ListEdit) -> Result<(), StoreError> {
-    let (table, column) = (edit.table, edit.column);
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "delete from {table} where user_id = $1 and {column} = $2"
-    )))
-    .bind(owner.0)
-    .bind(edit.user.0)
-    .execute(conn)
-    .await
-    .map_err(other)?;
+    if edit.insert {
+        sqlx::query(sqlx::AssertSqlSafe(edit.list.insert()))
+            .bind(owner.0)
+            .bind(edit.user.0)
+            .bind(at)
+            .execute(conn)
+            .await
+            .map_err(|e| refused(e, edit.conflict, Missing::User))?;
+        return Ok(());
+    }
+    let done = sqlx::query(sqlx::AssertSqlSafe(edit.list.delete()))
+        .bind(owner.0)
+        .bind(edit.user.0)
+        .execute(conn)
+        .await
+        .map_err(other)?;
     if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound(edit.refusal));
+        return Err(StoreError::NotFound(edit.missing));
     }
     Ok(())
 }
@@ -182,21 +137,16 @@ async fn set_settings(
     update: &SettingsUpdate,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    // Turning invisible mode on records `at`; keeping it on keeps the first moment.
-    sqlx::query(
-        "update privacy_settings set last_seen_audience = $2, online_audience = $3, \
-         invisible_since = case when $4 then coalesce(invisible_since, $5) else null end \
-         where user_id = $1",
-    )
-    .bind(owner.0)
-    .bind(update.last_seen.as_str())
-    .bind(update.online.as_str())
-    .bind(update.invisible)
-    .bind(at)
-    .execute(&mut *conn)
-    .await
-    .map_err(other)?;
-    sqlx::query("delete from privacy_exceptions where user_id = $1")
+    sqlx::query(sql::SET_SETTINGS)
+        .bind(owner.0)
+        .bind(update.last_seen.as_str())
+        .bind(update.online.as_str())
+        .bind(update.invisible)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(other)?;
+    sqlx::query(sql::CLEAR_EXCEPT)
         .bind(owner.0)
         .execute(&mut *conn)
         .await
@@ -211,5 +161,5 @@ async fn set_settings(
     .execute(&mut *conn)
     .await
     .map(drop)
-    .map_err(|e| refused(e, "duplicate in the except list"))
+    .map_err(unknown_user)
 }

@@ -1,18 +1,44 @@
-//! [`Privacy`]: the privacy cache, its write path and its change channel.
+//! The privacy service: contacts, blocks, visibility settings and invisible mode as every read
+//! and push path sees them.
+//!
+//! [`Privacy`] is the cheap, cloneable service the server holds: a sharded in-memory cache of
+//! each loaded user's settings and lists, so [`Privacy::filter`] answers without touching the
+//! database, plus the write path (store first, then cache) and a change notification for the
+//! push layer. The rule itself is [`crate::domain::decide`]. This module does not own presence
+//! (the engine does) nor HTTP.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::{
-    MAX_LIST_LEN, PrivacyChange, PrivacyChanged, PrivacyError, Relationship, StoredPrivacy,
+use crate::domain::{
+    MAX_LIST_LEN, PresenceView, PrivacyChange, PrivacyChanged, Relationship, StoredPrivacy, UserId,
     UserPrivacy, Viewer, Visibility, VisiblePresence, decide,
 };
-use crate::domain::UserId;
-use crate::engine::PresenceView;
-use crate::store::{Store, StoreError};
+use crate::shards::{Sharded, read, write};
+use crate::store::{Missing, Store, StoreError};
+
+/// Why a privacy change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    /// The change names the user themself (`what` says which list).
+    #[error("You cannot add yourself to your {0}.")]
+    SelfReference(&'static str),
+    /// The except list names users that do not exist.
+    #[error("No such users: {}.", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    UnknownUsers(Vec<UserId>),
+    /// The except list is longer than [`MAX_LIST_LEN`].
+    #[error("The except list may have at most {max} users.", max = MAX_LIST_LEN)]
+    TooLong,
+    /// The contact or block list already has [`MAX_LIST_LEN`] entries.
+    #[error("{0}")]
+    ListFull(&'static str),
+    /// Storage failed, or refused the change (conflict, not found).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Shards of the cache; a power of two.
 const SHARDS: usize = 16;
@@ -56,7 +82,7 @@ struct Shared {
     store: Arc<dyn Store>,
     /// Shard `i` holds the users whose id hashes to `i`. A lock is held only to look up, clone
     /// or swap one entry: never across `.await`, never two shards at once.
-    shards: Box<[RwLock<HashMap<UserId, Entry>>]>,
+    shards: Sharded<RwLock<HashMap<UserId, Entry>>>,
     changes: broadcast::Sender<PrivacyChanged>,
     /// The `last_seen_approx` setting.
     approx: bool,
@@ -71,7 +97,7 @@ struct Entry {
 impl Privacy {
     /// An empty cache over `store`; `last_seen_approx` enables the coarse `last_seen`.
     pub fn new(store: Arc<dyn Store>, last_seen_approx: bool) -> Self {
-        let shards = (0..SHARDS).map(|_| RwLock::default()).collect();
+        let shards = Sharded::new(SHARDS, RwLock::default);
         Self {
             shared: Arc::new(Shared {
                 store,
@@ -83,9 +109,7 @@ impl Privacy {
     }
 
     fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Entry>> {
-        // Fibonacci hashing spreads sequential ids; the top bits pick the shard.
-        let hash = (user.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        &self.shared.shards[(hash >> (64 - SHARDS.trailing_zeros())) as usize]
+        self.shared.shards.get(&user)
     }
 
     /// The cached data of `user`, if loaded.
@@ -125,7 +149,7 @@ impl Privacy {
     pub async fn load(&self, user: UserId) -> Result<Arc<UserPrivacy>, PrivacyError> {
         self.ensure_loaded(&[user]).await?;
         self.cached(user)
-            .ok_or(PrivacyError::Store(StoreError::NotFound("No such user.")))
+            .ok_or(PrivacyError::Store(StoreError::NotFound(Missing::User)))
     }
 
     /// Caches `stored` unless the cache already holds that user at the same or a newer
@@ -293,22 +317,12 @@ impl Privacy {
     }
 }
 
-// A panic while holding a shard lock cannot leave an entry half-written (entries are swapped
-// whole), so a poisoned lock is still consistent: keep serving.
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PresenceStatus, Username};
-    use crate::privacy::{LastSeenAudience, OnlineAudience, PrivacySettings, SettingsUpdate};
+    use crate::domain::{
+        LastSeenAudience, OnlineAudience, PresenceStatus, PrivacySettings, SettingsUpdate, Username,
+    };
     use crate::store;
 
     async fn setup(names: &[&str]) -> (Privacy, Vec<UserId>) {

@@ -1,95 +1,16 @@
 //! The privacy rule: what a viewer may see of an owner's presence. Pure: no I/O, no clock.
 //!
 //! [`decide`] is the one place the policy lives; every read path (HTTP single and batch reads,
-//! and the push layer through [`super::Privacy::filter`]) goes through it. [`Visibility::apply`]
-//! then turns its answer into the values a client receives. Admin endpoints and a user's own
-//! account endpoints do not filter at all; the rule agrees with them (self and admin see all).
+//! and the push layer through the privacy service's `filter`) goes through it.
+//! [`Visibility::apply`] then turns its answer into the values a client receives. Admin
+//! endpoints and a user's own account endpoints do not filter at all; the rule agrees with them
+//! (self and admin see all).
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::PresenceStatus;
-use crate::engine::PresenceView;
-
-/// Who may see a user's `last_seen` (WhatsApp's "Last seen" setting).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LastSeenAudience {
-    /// Every user (the default, and the seed's behaviour).
-    #[default]
-    Everyone,
-    /// Users in the owner's contact list.
-    Contacts,
-    /// Users in the owner's contact list, except those in the owner's except list.
-    ContactsExcept,
-    /// No one. Reciprocity: such a user sees no one else's `last_seen` either.
-    Nobody,
-}
-
-impl LastSeenAudience {
-    /// The value as stored and serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Everyone => "everyone",
-            Self::Contacts => "contacts",
-            Self::ContactsExcept => "contacts_except",
-            Self::Nobody => "nobody",
-        }
-    }
-
-    /// Parses a stored value; `None` for anything else.
-    pub fn from_column(raw: &str) -> Option<Self> {
-        [
-            Self::Everyone,
-            Self::Contacts,
-            Self::ContactsExcept,
-            Self::Nobody,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == raw)
-    }
-}
-
-/// Who may see whether a user is online (WhatsApp's "Online" setting).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnlineAudience {
-    /// Every user not blocked by the owner (the default).
-    #[default]
-    Everyone,
-    /// Exactly the users who may see the owner's `last_seen`.
-    SameAsLastSeen,
-}
-
-impl OnlineAudience {
-    /// The value as stored and serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Everyone => "everyone",
-            Self::SameAsLastSeen => "same_as_last_seen",
-        }
-    }
-
-    /// Parses a stored value; `None` for anything else.
-    pub fn from_column(raw: &str) -> Option<Self> {
-        [Self::Everyone, Self::SameAsLastSeen]
-            .into_iter()
-            .find(|v| v.as_str() == raw)
-    }
-}
-
-/// A user's privacy settings. The default is the seed's behaviour: everything visible.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PrivacySettings {
-    /// Who sees `last_seen`.
-    pub last_seen: LastSeenAudience,
-    /// Who sees `online_status` / `is_online`.
-    pub online: OnlineAudience,
-    /// Set while the user is invisible: the moment they went invisible, which is also the
-    /// `last_seen` everyone else sees meanwhile. `None` when not invisible.
-    pub invisible_since: Option<DateTime<Utc>>,
-}
+use super::{LastSeenAudience, OnlineAudience, PresenceStatus, PresenceView, PrivacySettings};
 
 /// What the viewer is to the owner. Facts can overlap; [`decide`] gives them this precedence:
 /// self, then admin, then blocked, then the contact facts.

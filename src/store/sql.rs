@@ -1,0 +1,321 @@
+//! What the two SQL stores share: statements that read the same in both dialects (written with
+//! `$N` placeholders, which SQLite accepts too), column lists, conversions, the mapping of
+//! database errors onto [`StoreError`], and the decoding steps both backends run on their rows.
+//! Each backend keeps only what really differs: how values are bound (SQLite stores times as
+//! text and passes id lists as JSON; PostgreSQL has `timestamptz` and arrays) and how a batch
+//! reaches the database.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use super::{Conflict, Missing, SessionRecord, StoreError};
+use crate::domain::{
+    LastSeenAudience, OnlineAudience, PrivacyChange, PrivacySettings, RestoredUser, SessionId,
+    StoredSession, UserId, UserPrivacy,
+};
+
+/// The columns a [`super::UserRecord`] is read from.
+pub(super) const USER_COLUMNS: &str =
+    "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
+
+/// A live session (`s`) at `$1` = now, `$2` = now - inactivity timeout: active within the
+/// timeout and not ended earlier (a closed socket's grace; `expires_at` is null for rows
+/// written before it existed). `load_live`, `mark_inactive_offline` and restarts all use it.
+pub(super) const LIVE_SESSION: &str =
+    "(s.expires_at is null or s.expires_at > $1) and s.last_activity >= $2";
+
+/// Users stored as online without a live session (binds as [`LIVE_SESSION`]).
+pub(super) fn inactive_users() -> String {
+    format!(
+        "online_status = 'online' and not exists (\
+         select 1 from sessions s where s.user_id = users.user_id and ({LIVE_SESSION}))"
+    )
+}
+
+/// Marks [`inactive_users`] offline, their `presence_seq` moved past `$3` (the transition's
+/// sequence number), keeping `last_seen`.
+pub(super) fn mark_offline() -> String {
+    format!(
+        "update users set online_status = 'offline', presence_seq = case \
+         when presence_seq + 1 > $3 then presence_seq + 1 else $3 end where {}",
+        inactive_users()
+    )
+}
+
+/// Deletes user `$1`'s sessions but the `$2` most recently active, returning their ids and
+/// token hashes.
+pub(super) const PRUNE_SESSIONS: &str = "delete from sessions where user_id = $1 and session_id not in (\
+     select session_id from sessions where user_id = $1 \
+     order by last_activity desc, session_id desc limit $2) \
+     returning session_id, token_hash";
+
+/// The session a token hash (`$1`) belongs to, with what authentication needs of its user.
+pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, u.is_admin \
+     from sessions s join users u on u.user_id = s.user_id where s.token_hash = $1";
+
+/// A [`SessionRecord`] from the columns of [`SESSION_BY_TOKEN`].
+fn session_record(row: (i64, i64, String, bool)) -> SessionRecord {
+    let (session_id, user_id, username, is_admin) = row;
+    SessionRecord {
+        session_id: SessionId(session_id),
+        user_id: UserId(user_id),
+        username,
+        is_admin,
+    }
+}
+
+/// Rewrites readiness's probe row (`$1` = now).
+pub(super) const PROBE_WRITE: &str = "insert into health_probe (probe_id, probed_at) \
+     values (1, $1) on conflict (probe_id) do update set probed_at = excluded.probed_at";
+
+/// Bumps the version of user `$1`'s privacy data (creating its row), `$2` = now. Privacy
+/// changes write this first, which takes the row's (PostgreSQL) or the database's (SQLite)
+/// write lock at once, so one user's changes get their versions in commit order.
+pub(super) const BUMP_PRIVACY_VERSION: &str = "insert into privacy_settings (user_id, updated_at) values ($1, $2) \
+     on conflict (user_id) do update \
+     set version = privacy_settings.version + 1, updated_at = $2";
+
+/// Writes user `$1`'s settings: `$2` last seen audience, `$3` online audience, `$4` invisible,
+/// `$5` now. Turning invisible mode on records `$5`; keeping it on keeps the first moment.
+pub(super) const SET_SETTINGS: &str = "update privacy_settings set last_seen_audience = $2, online_audience = $3, \
+     invisible_since = case when $4 then coalesce(invisible_since, $5) else null end \
+     where user_id = $1";
+
+/// Clears user `$1`'s except list (before the new one is inserted).
+pub(super) const CLEAR_EXCEPT: &str = "delete from privacy_exceptions where user_id = $1";
+
+/// A contact or block list: its table and the column holding the listed user.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct List {
+    pub table: &'static str,
+    pub column: &'static str,
+}
+
+/// The contact list.
+pub(super) const CONTACTS: List = List {
+    table: "contacts",
+    column: "contact_user_id",
+};
+/// The block list.
+pub(super) const BLOCKS: List = List {
+    table: "blocks",
+    column: "blocked_user_id",
+};
+/// The `contacts_except` list.
+pub(super) const EXCEPT: List = List {
+    table: "privacy_exceptions",
+    column: "excepted_user_id",
+};
+
+/// A contact or block list change as both backends apply it: one row inserted or deleted, and
+/// the refusal when it cannot apply (the row exists already, or does not).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ListEdit {
+    pub list: List,
+    pub user: UserId,
+    pub insert: bool,
+    /// The refusal of an insert whose row exists.
+    pub conflict: Conflict,
+    /// The refusal of a delete whose row does not exist.
+    pub missing: Missing,
+}
+
+impl ListEdit {
+    /// The list edit `change` is, or `None` for a settings change.
+    pub(super) fn of(change: &PrivacyChange) -> Option<Self> {
+        let (list, user, insert) = match *change {
+            PrivacyChange::AddContact(user) => (CONTACTS, user, true),
+            PrivacyChange::RemoveContact(user) => (CONTACTS, user, false),
+            PrivacyChange::Block(user) => (BLOCKS, user, true),
+            PrivacyChange::Unblock(user) => (BLOCKS, user, false),
+            PrivacyChange::Settings(_) => return None,
+        };
+        let contacts = list.table == CONTACTS.table;
+        Some(Self {
+            list,
+            user,
+            insert,
+            conflict: if contacts {
+                Conflict::AlreadyContact
+            } else {
+                Conflict::AlreadyBlocked
+            },
+            missing: if contacts {
+                Missing::Contact
+            } else {
+                Missing::Block
+            },
+        })
+    }
+}
+
+impl List {
+    /// Inserts (`$1` owner, `$2` listed user, `$3` now).
+    pub(super) fn insert(self) -> String {
+        let List { table, column } = self;
+        format!("insert into {table} (user_id, {column}, created_at) values ($1, $2, $3)")
+    }
+
+    /// Deletes (`$1` owner, `$2` listed user).
+    pub(super) fn delete(self) -> String {
+        let List { table, column } = self;
+        format!("delete from {table} where user_id = $1 and {column} = $2")
+    }
+}
+
+/// The set of `data` that `list` is stored in.
+pub(super) fn members_of(list: List, data: &mut UserPrivacy) -> &mut BTreeSet<UserId> {
+    match list.table {
+        t if t == CONTACTS.table => &mut data.contacts,
+        t if t == BLOCKS.table => &mut data.blocked,
+        _ => &mut data.except,
+    }
+}
+
+/// A store's database value for a sequence number or version (they fit an `i64` for the next
+/// 290,000 years of microseconds).
+pub(super) fn seq_to_db(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A sequence number or version read back (a negative value cannot be stored by us).
+pub(super) fn seq_from_db(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// Maps a database error: a unique violation is `conflict`, a foreign key violation (a user that
+/// does not exist) `missing`; `unavailable` says which other failures mean the database cannot
+/// take the statement now (then [`StoreError::Unavailable`]), anything else is
+/// [`StoreError::Other`].
+pub(super) fn classify(
+    error: sqlx::Error,
+    conflict: Option<Conflict>,
+    missing: Option<Missing>,
+    unavailable: fn(&sqlx::Error) -> bool,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        if let Some(kind) = conflict.filter(|_| db.is_unique_violation()) {
+            return StoreError::Conflict(kind);
+        }
+        if let Some(kind) = missing.filter(|_| db.is_foreign_key_violation()) {
+            return StoreError::NotFound(kind);
+        }
+    }
+    if matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) || unavailable(&error)
+    {
+        StoreError::Unavailable(error)
+    } else {
+        StoreError::Other(error.into())
+    }
+}
+
+/// A value read from a column that holds something this version never writes.
+pub(super) fn bad_column(column: &str, raw: &str) -> StoreError {
+    StoreError::Other(anyhow::anyhow!("bad {column} {raw:?} in database"))
+}
+
+/// Privacy settings from their stored columns (all `None`: a user who never changed any).
+pub(super) fn settings_from_columns(
+    last_seen: Option<&str>,
+    online: Option<&str>,
+    invisible_since: Option<DateTime<Utc>>,
+) -> Result<PrivacySettings, StoreError> {
+    let mut settings = PrivacySettings {
+        invisible_since,
+        ..PrivacySettings::default()
+    };
+    if let Some(raw) = last_seen {
+        settings.last_seen = LastSeenAudience::from_column(raw)
+            .ok_or_else(|| bad_column("last_seen_audience", raw))?;
+    }
+    if let Some(raw) = online {
+        settings.online =
+            OnlineAudience::from_column(raw).ok_or_else(|| bad_column("online_audience", raw))?;
+    }
+    Ok(settings)
+}
+
+/// One live session as `load_live` reads it.
+pub(super) struct LiveRow {
+    pub user_id: i64,
+    pub session_id: i64,
+    pub last_activity: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub presence_seq: i64,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// Groups live sessions, ordered by user, into restored users; a session stored without
+/// `expires_at` ends `timeout` after its last activity.
+pub(super) fn group_live(
+    rows: impl IntoIterator<Item = LiveRow>,
+    timeout: chrono::Duration,
+    users: &mut Vec<RestoredUser>,
+) {
+    for row in rows {
+        let user_id = UserId(row.user_id);
+        if users.last().is_none_or(|u| u.user_id != user_id) {
+            users.push(RestoredUser {
+                user_id,
+                seq: seq_from_db(row.presence_seq),
+                last_seen: row.last_seen,
+                sessions: Vec::with_capacity(1),
+            });
+        }
+        if let Some(user) = users.last_mut() {
+            user.sessions.push(StoredSession {
+                id: SessionId(row.session_id),
+                last_activity: row.last_activity,
+                expires_at: row.expires_at.unwrap_or(row.last_activity + timeout),
+            });
+        }
+    }
+}
+
+/// Runs [`SESSION_BY_TOKEN`] and [`PRUNE_SESSIONS`] on either backend: the statements, their
+/// binds and their rows are the same in both.
+pub(super) struct Sessions<'a, DB: sqlx::Database>(pub &'a sqlx::Pool<DB>);
+
+impl<DB> Sessions<'_, DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, String, bool): sqlx::FromRow<'r, DB::Row>,
+{
+    /// The session a token hash belongs to.
+    pub(super) async fn by_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, sqlx::Error> {
+        let row: Option<(i64, i64, String, bool)> = sqlx::query_as(SESSION_BY_TOKEN)
+            .bind(token_hash)
+            .fetch_optional(self.0)
+            .await?;
+        Ok(row.map(session_record))
+    }
+
+    /// Deletes `user`'s sessions but the `keep` most recently active.
+    pub(super) async fn prune(
+        &self,
+        user: UserId,
+        keep: usize,
+    ) -> Result<Vec<(SessionId, Vec<u8>)>, sqlx::Error> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(PRUNE_SESSIONS)
+            .bind(user.0)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .fetch_all(self.0)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, hash)| (SessionId(id), hash))
+            .collect())
+    }
+}
