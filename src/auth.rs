@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -24,6 +24,8 @@ use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
 /// Shards of the session cache; a power of two.
 const CACHE_SHARDS: usize = 16;
+/// Capacity of the revocation channel; a receiver that falls further behind sees `Lagged`.
+const REVOCATIONS_CAPACITY: usize = 4096;
 
 /// Why authentication or an account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +113,6 @@ pub struct Login {
     pub token: String,
     /// The new session.
     pub session: Session,
-    /// Older sessions of the user revoked to stay within the per-user limit.
-    pub revoked: Vec<SessionId>,
 }
 
 /// Generates a random URL-safe secret of `bytes` random bytes (hex encoded).
@@ -218,6 +218,8 @@ pub struct Authenticator {
     hashing: Arc<Semaphore>,
     /// Sessions (devices) a user may have; a login beyond it revokes the least recently active.
     max_sessions: usize,
+    /// Announces revoked sessions (their connections close).
+    revoked: broadcast::Sender<SessionId>,
 }
 
 impl Authenticator {
@@ -235,6 +237,7 @@ impl Authenticator {
             dummy_hash: hash_password(&dummy)?.into(),
             hashing: Arc::new(Semaphore::new(cores)),
             max_sessions: max_sessions.max(1),
+            revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
         })
     }
 
@@ -305,22 +308,7 @@ impl Authenticator {
         self.cache_shard(&hash)
             .sessions
             .insert(hash, session.clone());
-        let pruned = self
-            .store
-            .prune_sessions(user.id, self.max_sessions)
-            .await?;
-        let mut revoked = Vec::with_capacity(pruned.len());
-        for (id, bytes) in pruned {
-            if let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                self.forget(TokenHash(bytes));
-            }
-            revoked.push(id);
-        }
-        Ok(Login {
-            token,
-            session,
-            revoked,
-        })
+        Ok(Login { token, session })
     }
 
     /// Resolves a bearer token to its session: from the cache, else from the store (and then
@@ -361,15 +349,35 @@ impl Authenticator {
         self.cache_shard(&hash).sessions.contains_key(&hash)
     }
 
-    /// Revokes the session `token` belongs to: the row first, then the cache entry, so no
-    /// lookup can put the token back.
+    /// Revokes `session`: deletes its row, then drops its token from the cache (so no lookup
+    /// can put it back), then announces it on [`Authenticator::revocations`] so its open
+    /// connections close. Revoking a session that is gone already only announces it again.
     ///
     /// # Errors
-    /// Storage failures (the token then stays valid; the client may retry).
-    pub async fn logout(&self, token: &str, session: SessionId) -> Result<(), AuthError> {
-        self.store.delete_session(session).await?;
-        self.forget(TokenHash::of(token));
+    /// Storage failures (the session then stays valid; the client may retry).
+    pub async fn revoke(&self, session: SessionId) -> Result<(), AuthError> {
+        if let Some(bytes) = self.store.delete_session(session).await? {
+            if let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                self.forget(TokenHash(bytes));
+            }
+        }
+        // No receivers is fine: nothing is connected.
+        let _ = self.revoked.send(session);
         Ok(())
+    }
+
+    /// `user`'s sessions beyond the per-user limit, least recently active first: the ones a
+    /// login must revoke.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn sessions_over_limit(&self, user: UserId) -> Result<Vec<SessionId>, AuthError> {
+        Ok(self.store.sessions_beyond(user, self.max_sessions).await?)
+    }
+
+    /// A receiver of every session revoked from now on.
+    pub fn revocations(&self) -> broadcast::Receiver<SessionId> {
+        self.revoked.subscribe()
     }
 
     /// Drops a revoked token from the cache (its row is already deleted).

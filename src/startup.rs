@@ -18,8 +18,11 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::http::{self, AppState};
 use crate::persister;
+use crate::presence::PresenceReader;
 use crate::privacy::Privacy;
 use crate::realtime::hub::{Hub, Limits};
+use crate::realtime::{Realtime, RealtimeConfig};
+use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::{self, Liveness, Store};
 
@@ -55,17 +58,32 @@ impl App {
             max_connections_per_user: settings.max_sockets_per_user,
             send_queue: settings.send_queue,
         };
-        let hub = Hub::new(limits, privacy.clone());
+        let reader = PresenceReader::new(engine.clone(), store.clone());
+        let realtime = Realtime {
+            hub: Hub::new(limits, privacy.clone()),
+            engine: engine.clone(),
+            reader: reader.clone(),
+            privacy: privacy.clone(),
+            auth: auth.clone(),
+            connections: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            config: RealtimeConfig {
+                disconnect_grace: settings.disconnect_grace,
+                ping_interval: settings.ping_interval,
+                typing_per_second: settings.typing_per_second,
+                max_subscriptions: settings.max_subscriptions,
+            },
+        };
         let state = AppState {
             settings: Arc::new(settings),
             store,
+            sessions: Sessions::new(auth.clone(), engine.clone()),
             engine,
             auth,
+            reader,
             privacy,
+            realtime,
             metrics: http::ops::metrics_handle(),
-            hub,
-            shutdown: CancellationToken::new(),
-            connections: TaskTracker::new(),
         };
         Ok(Self { listener, state })
     }
@@ -95,10 +113,11 @@ impl App {
         let engine = state.engine.clone();
         let token = stop_tasks.clone();
         tasks.spawn(async move { engine.run_expiry(token).await });
-        tasks.spawn(state.hub.clone().run(
+        let realtime = state.realtime.clone();
+        tasks.spawn(realtime.hub.clone().run(
             state.engine.subscribe(),
-            state.engine.clone(),
-            state.store.clone(),
+            state.reader.clone(),
+            state.auth.revocations(),
             stop_tasks.clone(),
         ));
         tasks.spawn(persister::run(
@@ -109,7 +128,7 @@ impl App {
         ));
         tasks.close();
 
-        let (closing, connections) = (state.shutdown.clone(), state.connections.clone());
+        let (closing, connections) = (realtime.shutdown.clone(), realtime.connections);
         let service = http::service(state);
         // Without TCP_NODELAY a small push frame written while the previous one is still
         // unacknowledged waits for the client's delayed ACK (~40 ms on Linux).

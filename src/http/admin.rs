@@ -6,10 +6,11 @@ use axum::Json;
 use axum::extract::State;
 
 use super::AppState;
-use super::dto::{OnlineUsersQuery, OnlineUsersResponse, UserPresence, UserStatusResponse};
+use super::dto::{OnlineUsersQuery, OnlineUsersResponse, UserStatusResponse};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiPath, ApiQuery};
 use crate::domain::UserId;
+use crate::presence::UserPresence;
 
 /// Largest (and default) page of the online list.
 pub const MAX_PAGE: usize = 1000;
@@ -57,7 +58,7 @@ pub async fn online_users(
         .into_iter()
         .filter_map(|(id, view)| {
             let name = names.get(&id)?.clone();
-            Some(UserPresence::from_view(id, name, view))
+            Some(UserPresence::full(id, name, view))
         })
         .collect();
     Ok(Json(OnlineUsersResponse {
@@ -84,12 +85,10 @@ pub async fn user_status(
     _admin: Admin,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<UserStatusResponse>, ApiError> {
-    // Engine first: if it holds nothing, the user's state is already in the store we read next.
-    let view = state.engine.presence(UserId(id)).await?;
     let user = state
-        .store
-        .user_by_id(UserId(id))
+        .reader
+        .one(UserId(id))
         .await?
         .ok_or(ApiError::NotFound("No such user."))?;
-    Ok(Json(UserStatusResponse::new(&user, view)))
+    Ok(Json(UserStatusResponse::from(user)))
 }

@@ -1,84 +1,14 @@
 //! JSON shapes of the HTTP API. Field names and types follow the seed system exactly where it
-//! defines them (`UserPresence`, the heartbeat and admin responses).
+//! defines them (`UserPresence`, the heartbeat and admin responses). `UserPresence` itself is
+//! shared with push and lives with the presence reader.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::PresenceView;
-use crate::domain::{
-    LastSeenApprox, LastSeenAudience, OnlineAudience, UserPrivacy, VisiblePresence,
-};
-use crate::domain::{PresenceStatus, UserId};
+use crate::domain::{LastSeenAudience, OnlineAudience, PresenceStatus, UserPrivacy};
+use crate::presence::{Known, UserPresence, rfc3339};
 use crate::store::UserRecord;
-
-/// Serialises timestamps as the seed does: RFC 3339 UTC with a `Z` (`2024-01-15T10:30:00Z`),
-/// with fractional seconds only when present.
-pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-        None => s.serialize_none(),
-    }
-}
-
-/// A user's presence, as the seed's endpoints return it. On reads for ordinary users a field
-/// the owner's privacy settings hide from the caller is `null`; nothing is ever hidden on the
-/// caller's own account endpoints or the admin endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct UserPresence {
-    /// User id.
-    pub id: i64,
-    /// Username.
-    pub username: String,
-    /// `online` or `offline`; null when hidden.
-    pub online_status: Option<PresenceStatus>,
-    /// Time of the last activity (RFC 3339 UTC); null if the user was never active or it is
-    /// hidden.
-    #[serde(serialize_with = "rfc3339")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub last_seen: Option<DateTime<Utc>>,
-    /// `online_status == "online"`; null when hidden.
-    pub is_online: Option<bool>,
-    /// Coarse last seen, present only when the exact one is hidden and the server enables
-    /// `last_seen_approx`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen_approx: Option<LastSeenApprox>,
-}
-
-/// The current presence of a stored user given the engine's view. Without a view the user is
-/// offline and the stored `last_seen` is current: the engine keeps every user it holds fresher
-/// state for until that state is written.
-pub fn current_view(user: &UserRecord, view: Option<PresenceView>) -> PresenceView {
-    view.unwrap_or(PresenceView {
-        status: PresenceStatus::Offline,
-        last_seen: user.last_seen,
-        seq: user.presence_seq,
-    })
-}
-
-impl UserPresence {
-    /// A user's whole presence from the engine's view.
-    pub fn from_view(id: UserId, username: String, view: PresenceView) -> Self {
-        Self::from_visible(id, username, VisiblePresence::full(view))
-    }
-
-    /// A user's presence as a viewer may see it.
-    pub fn from_visible(id: UserId, username: String, visible: VisiblePresence) -> Self {
-        Self {
-            id: id.0,
-            username,
-            online_status: visible.status,
-            last_seen: visible.last_seen,
-            is_online: visible.status.map(PresenceStatus::is_online),
-            last_seen_approx: visible.last_seen_approx,
-        }
-    }
-
-    /// A stored user's whole presence, combined with the engine's view ([`current_view`]).
-    pub fn new(user: &UserRecord, view: Option<PresenceView>) -> Self {
-        Self::from_view(user.id, user.username.clone(), current_view(user, view))
-    }
-}
 
 /// `POST /api/users/register/` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -192,16 +122,14 @@ pub struct UserStatusResponse {
     pub is_online: bool,
 }
 
-impl UserStatusResponse {
-    /// A stored user's whole status, combined with the engine's view ([`current_view`]).
-    pub fn new(user: &UserRecord, view: Option<PresenceView>) -> Self {
-        let view = current_view(user, view);
+impl From<Known> for UserStatusResponse {
+    fn from(user: Known) -> Self {
         Self {
             user_id: user.id.0,
-            username: user.username.clone(),
-            online_status: view.status,
-            last_seen: view.last_seen,
-            is_online: view.status.is_online(),
+            username: user.username,
+            online_status: user.view.status,
+            last_seen: user.view.last_seen,
+            is_online: user.view.status.is_online(),
         }
     }
 }

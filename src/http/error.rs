@@ -19,7 +19,10 @@ use utoipa::ToSchema;
 use crate::auth::AuthError;
 use crate::domain::DomainError;
 use crate::engine::EngineError;
+use crate::presence::ReadError;
 use crate::privacy::PrivacyError;
+use crate::realtime::RealtimeError;
+use crate::sessions::SessionError;
 use crate::store::{Conflict, Missing, StoreError};
 
 /// The body of every error response.
@@ -173,6 +176,35 @@ impl From<StoreError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         Self::Unavailable(e.into())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Auth(e) => e.into(),
+            SessionError::Engine(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Engine(e) => e.into(),
+            ReadError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RealtimeError> for ApiError {
+    fn from(e: RealtimeError) -> Self {
+        match e {
+            RealtimeError::Read(e) => e.into(),
+            RealtimeError::Privacy(e) => e.into(),
+            RealtimeError::Engine(e) => e.into(),
+            RealtimeError::Limit(e) => Self::TooManyRequests(e.to_string()),
+        }
     }
 }
 

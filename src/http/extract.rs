@@ -91,8 +91,6 @@ where
 pub struct Authenticated {
     /// Who is calling.
     pub session: Session,
-    /// The raw bearer token (needed to revoke it).
-    pub token: String,
     /// The caller's presence after this activity.
     pub presence: PresenceView,
 }
@@ -115,14 +113,10 @@ where
         if !state.auth.is_cached(&token) {
             // The session was logged out while this request ran: undo its activity.
             let (user, session) = (session.user_id, session.session_id);
-            state.engine.end_session(user, session).await?;
+            state.sessions.end(user, session).await?;
             return Err(ApiError::InvalidToken);
         }
-        Ok(Self {
-            session,
-            token,
-            presence,
-        })
+        Ok(Self { session, presence })
     }
 }
 
@@ -145,7 +139,7 @@ pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// An authenticated request by an admin.
-pub struct Admin(pub Authenticated);
+pub struct Admin;
 
 impl<S> FromRequestParts<S> for Admin
 where
@@ -161,6 +155,6 @@ where
                 "You do not have permission to perform this action.",
             ));
         }
-        Ok(Self(caller))
+        Ok(Self)
     }
 }

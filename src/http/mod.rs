@@ -3,15 +3,17 @@
 //! Routes are declared without a trailing slash; [`service`] wraps the router so that the seed's
 //! trailing-slash paths (`/api/users/heartbeat/`) reach the same handlers.
 
-pub mod admin;
-pub mod dto;
-pub mod error;
-pub mod extract;
+mod admin;
+mod dto;
+mod error;
+mod extract;
 pub mod ops;
-pub mod presence;
-pub mod privacy;
-pub mod users;
-pub mod web;
+mod presence;
+mod privacy;
+mod sse;
+mod users;
+mod web;
+mod ws;
 
 use std::sync::Arc;
 
@@ -30,13 +32,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::presence::PresenceReader;
 use crate::privacy::Privacy;
-use crate::realtime::hub::Hub;
-use crate::realtime::{sse, ws};
+use crate::realtime::Realtime;
+use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::Store;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// What every handler may use. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -49,16 +50,16 @@ pub struct AppState {
     pub engine: PresenceEngine,
     /// Accounts and tokens.
     pub auth: Authenticator,
+    /// Logging in and ending sessions.
+    pub sessions: Sessions,
+    /// Current presence: the engine's view, else the stored row.
+    pub reader: PresenceReader,
     /// Contacts, blocks, visibility settings; filters what ordinary users see.
     pub privacy: Privacy,
+    /// Push to sockets and SSE streams.
+    pub realtime: Realtime,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Push fan-out to sockets and SSE streams.
-    pub hub: Hub,
-    /// Cancelled when the server shuts down; long-lived connections close on it.
-    pub shutdown: CancellationToken,
-    /// WebSocket tasks and session closes; shutdown waits for them before the final flush.
-    pub connections: TaskTracker,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.

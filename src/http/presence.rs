@@ -1,18 +1,18 @@
 //! Presence reads for ordinary users: one user, or a batch. Every answer goes through
 //! [`crate::privacy::Privacy::filter`], so hidden fields are `null`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
 
 use super::AppState;
-use super::dto::{PresenceQueryRequest, PresenceQueryResponse, UserPresence, current_view};
+use super::dto::{PresenceQueryRequest, PresenceQueryResponse};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use crate::domain::UserId;
-use crate::store::UserRecord;
+use crate::presence::UserPresence;
 
 /// Most user ids one `POST /api/presence/query/` may ask for.
 pub const MAX_QUERY_IDS: usize = 500;
@@ -24,37 +24,17 @@ async fn visible_presence(
     caller: &Authenticated,
     ids: &[UserId],
 ) -> Result<Vec<UserPresence>, ApiError> {
-    // Engine first: if it holds nothing for a user, that user's state is already in the store
-    // we read next.
-    let mut views = HashMap::with_capacity(ids.len());
-    for id in ids {
-        if let Some(view) = state.engine.presence(*id).await? {
-            views.insert(*id, view);
-        }
-    }
-    let users: HashMap<UserId, UserRecord> = state
-        .store
-        .users_by_ids(ids)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect();
+    let users = state.reader.named(ids).await?;
     let viewer = caller.session.viewer();
-    let mut involved: Vec<UserId> = users.keys().copied().collect();
+    let mut involved: Vec<UserId> = users.iter().map(|user| user.id).collect();
     involved.push(viewer.id);
     state.privacy.ensure_loaded(&involved).await?;
     let now = Utc::now();
-    Ok(ids
-        .iter()
-        .filter_map(|id| {
-            let user = users.get(id)?;
-            let raw = current_view(user, views.remove(id));
-            let visible = state.privacy.filter_at(viewer, *id, raw, now);
-            Some(UserPresence::from_visible(
-                *id,
-                user.username.clone(),
-                visible,
-            ))
+    Ok(users
+        .into_iter()
+        .map(|user| {
+            let visible = state.privacy.filter_at(viewer, user.id, user.view, now);
+            UserPresence::visible(user.id, user.username, visible)
         })
         .collect())
 }

@@ -7,11 +7,12 @@ use axum::http::StatusCode;
 use super::AppState;
 use super::dto::{
     HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, LookupQuery, RegisterRequest,
-    RegisterResponse, UserPresence,
+    RegisterResponse,
 };
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Authenticated};
 use crate::domain::{Password, PresenceStatus, Username};
+use crate::presence::UserPresence;
 
 fn interval_ms(state: &AppState) -> u64 {
     u64::try_from(state.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
@@ -66,21 +67,13 @@ pub async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let login = state.auth.login(&body.username, &body.password).await?;
-    let session = &login.session;
-    for &revoked in &login.revoked {
-        state.hub.close_session(revoked);
-        state.engine.end_session(session.user_id, revoked).await?;
-    }
-    let view = state
-        .engine
-        .touch(session.user_id, session.session_id)
-        .await?;
+    let (login, view) = state.sessions.login(&body.username, &body.password).await?;
     metrics::counter!("lastseen_logins_total").increment(1);
+    let session = login.session;
     Ok(Json(LoginResponse {
         access: login.token,
         token_type: "Bearer",
-        user: UserPresence::from_view(session.user_id, session.username.clone(), view),
+        user: UserPresence::full(session.user_id, session.username, view),
         heartbeat_interval_ms: interval_ms(&state),
     }))
 }
@@ -99,11 +92,9 @@ pub async fn logout(
     caller: Authenticated,
 ) -> Result<Json<LogoutResponse>, ApiError> {
     let session = &caller.session;
-    state.auth.logout(&caller.token, session.session_id).await?;
-    state.hub.close_session(session.session_id);
     let view = state
-        .engine
-        .end_session(session.user_id, session.session_id)
+        .sessions
+        .end(session.user_id, session.session_id)
         .await?;
     Ok(Json(LogoutResponse {
         message: "Logged out successfully",
@@ -144,7 +135,7 @@ pub async fn heartbeat(
 )]
 pub async fn me(caller: Authenticated) -> Json<UserPresence> {
     let session = caller.session;
-    Json(UserPresence::from_view(
+    Json(UserPresence::full(
         session.user_id,
         session.username,
         caller.presence,

@@ -9,21 +9,20 @@
 //! their outbox. What a viewer may see is decided by the privacy service, called from one place
 //! ([`Hub::present`]) for events, snapshots and re-sends after privacy changes alike.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{CLOSE_SLOW_CONSUMER, CLOSE_UNAUTHORIZED, ServerMessage, TYPING_TTL_MS};
+use super::outbox::{CloseReason, Outbox, Outgoing, Seen};
+use super::protocol::{CLOSE_UNAUTHORIZED, ServerMessage, TYPING_TTL_MS};
 use crate::domain::{PresenceEvent, PresenceView};
-use crate::domain::{PresenceStatus, SessionId, UserId};
-use crate::domain::{PrivacyChanged, Viewer, VisiblePresence};
-use crate::engine::PresenceEngine;
+use crate::domain::{PrivacyChanged, Viewer};
+use crate::domain::{SessionId, UserId};
+use crate::presence::{PresenceReader, ReadError};
 use crate::privacy::Privacy;
 use crate::shards::{Sharded, lock};
-use crate::store::Store;
 
 /// Shards of the subscription index; a power of two.
 const SHARDS: usize = 64;
@@ -48,197 +47,6 @@ pub enum HubError {
     /// The subscription would exceed the per-connection limit.
     #[error("a connection may watch at most {0} users")]
     TooManySubscriptions(usize),
-}
-
-/// How and why the server closes a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code (see `protocol`).
-    pub code: u16,
-    /// Human-readable reason.
-    pub reason: &'static str,
-}
-
-/// An owner's presence as filtered for one connection's viewer, with the owner's raw `seq`
-/// (used for ordering and deduplication; exposed to the client only where `last_seen` is).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Seen {
-    /// Whose presence.
-    pub owner: UserId,
-    /// What the viewer may see.
-    pub visible: VisiblePresence,
-    /// The owner's raw sequence number.
-    pub seq: u64,
-    /// Whether the viewer may see `seq`: it encodes the transition's time, so only where the
-    /// viewer sees the owner's real `last_seen`.
-    pub seq_visible: bool,
-}
-
-/// What a connection has to send, in order. Presence is still in its filtered, internal form;
-/// the connection turns it into wire messages (see `realtime::Delivered`).
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A ready wire message (typing, error).
-    Message(ServerMessage),
-    /// The newest visible presence of one owner.
-    Presence(Seen),
-    /// The answer to a subscribe: each owner with their username.
-    Snapshot(Vec<(Seen, String)>),
-}
-
-#[derive(Debug)]
-enum Pending {
-    Item(Outgoing),
-    /// The newest update of this user is in `OutboxState::presence`.
-    Presence(UserId),
-}
-
-#[derive(Debug, Default)]
-struct OutboxState {
-    queue: VecDeque<Pending>,
-    presence: HashMap<UserId, Seen>,
-    /// Users just subscribed whose snapshot is not queued yet: their updates wait in
-    /// `presence` and are queued after the snapshot, so a client never gets an update of a
-    /// user before that user's snapshot.
-    awaiting_snapshot: HashSet<UserId>,
-    closed: Option<CloseReason>,
-}
-
-/// The bounded send queue of one connection. Producers (the hub) never block.
-#[derive(Debug)]
-pub struct Outbox {
-    /// Who watches through this connection.
-    viewer: Viewer,
-    /// The viewer's session (its connections close on logout).
-    session: SessionId,
-    /// Users this connection watches (mirrors its entries in the hub's index).
-    watching: Mutex<HashSet<UserId>>,
-    /// Queue and close flag; locked only for a push or a drain.
-    state: Mutex<OutboxState>,
-    /// Signalled after every push and on close; stores a permit if nobody waits.
-    ready: Notify,
-    /// Queue length at which the connection is closed.
-    limit: usize,
-}
-
-impl Outbox {
-    /// Who this connection belongs to.
-    pub fn viewer(&self) -> Viewer {
-        self.viewer
-    }
-
-    fn push(&self, item: Outgoing) {
-        self.enqueue(|state| {
-            state.queue.push_back(Pending::Item(item));
-            true
-        });
-    }
-
-    fn push_presence(&self, seen: Seen) {
-        self.enqueue(|state| {
-            let owner = seen.owner;
-            if state.awaiting_snapshot.contains(&owner) {
-                let newest = state.presence.get(&owner).is_none_or(|p| seen.seq >= p.seq);
-                if newest {
-                    state.presence.insert(owner, seen);
-                }
-                return false;
-            }
-            match state.presence.get_mut(&owner) {
-                // Events can reach the hub slightly out of order; keep the newest. An equal
-                // seq is a re-filtered value (a privacy change) and replaces the pending one.
-                Some(pending) => {
-                    if seen.seq >= pending.seq {
-                        *pending = seen;
-                    }
-                    metrics::counter!("lastseen_push_coalesced_total").increment(1);
-                    false
-                }
-                None => {
-                    state.presence.insert(owner, seen);
-                    state.queue.push_back(Pending::Presence(owner));
-                    true
-                }
-            }
-        });
-    }
-
-    fn enqueue(&self, add: impl FnOnce(&mut OutboxState) -> bool) {
-        {
-            let mut state = lock(&self.state);
-            if state.closed.is_some() {
-                return;
-            }
-            if state.queue.len() >= self.limit {
-                state.closed = Some(CloseReason {
-                    code: CLOSE_SLOW_CONSUMER,
-                    reason: "slow consumer: send queue full",
-                });
-                state.queue.clear();
-                state.presence.clear();
-                metrics::counter!("lastseen_slow_consumers_closed_total").increment(1);
-            } else if !add(&mut state) {
-                return;
-            }
-        }
-        self.ready.notify_one();
-    }
-
-    /// Queues the snapshot answering the subscription of `users` (or nothing, if it failed),
-    /// then the updates of those users that arrived while it was being built.
-    fn finish_snapshot(&self, users: &[UserId], snapshot: Option<Vec<(Seen, String)>>) {
-        self.enqueue(|state| {
-            if let Some(entries) = snapshot {
-                state
-                    .queue
-                    .push_back(Pending::Item(Outgoing::Snapshot(entries)));
-            }
-            for user in users {
-                if state.awaiting_snapshot.remove(user) && state.presence.contains_key(user) {
-                    state.queue.push_back(Pending::Presence(*user));
-                }
-            }
-            true
-        });
-    }
-
-    /// Asks the connection to close with `reason` (drops what is still queued).
-    pub fn close(&self, reason: CloseReason) {
-        {
-            let mut state = lock(&self.state);
-            if state.closed.is_none() {
-                state.closed = Some(reason);
-            }
-        }
-        self.ready.notify_one();
-    }
-
-    /// Waits until something is queued or the connection must close.
-    pub async fn ready(&self) {
-        self.ready.notified().await;
-    }
-
-    /// Takes everything queued, in order, and the close request if there is one.
-    pub fn drain(&self) -> (Vec<Outgoing>, Option<CloseReason>) {
-        let mut state = lock(&self.state);
-        let queue = std::mem::take(&mut state.queue);
-        let mut items = Vec::with_capacity(queue.len());
-        for item in queue {
-            match item {
-                Pending::Item(item) => items.push(item),
-                Pending::Presence(owner) => {
-                    if let Some(seen) = state.presence.remove(&owner) {
-                        items.push(Outgoing::Presence(seen));
-                    }
-                }
-            }
-        }
-        (items, state.closed)
-    }
-
-    fn watched(&self) -> Vec<UserId> {
-        lock(&self.watching).iter().copied().collect()
-    }
 }
 
 /// Outboxes by key; an empty list is removed with its key.
@@ -268,7 +76,6 @@ struct HubInner {
     /// Open connections by user and by session.
     registry: Mutex<Registry>,
     limits: Limits,
-    next_id: AtomicU64,
     /// Decides what each viewer may see.
     privacy: Privacy,
 }
@@ -287,15 +94,9 @@ impl Hub {
                 watchers: Sharded::new(SHARDS, Mutex::default),
                 registry: Mutex::default(),
                 limits,
-                next_id: AtomicU64::new(1),
                 privacy,
             }),
         }
-    }
-
-    /// The privacy service the hub filters through.
-    pub fn privacy(&self) -> &Privacy {
-        &self.inner.privacy
     }
 
     fn shard(&self, user: UserId) -> MutexGuard<'_, Outboxes<UserId>> {
@@ -308,14 +109,7 @@ impl Hub {
     /// [`HubError::TooManyConnections`] when the user is at the limit.
     pub fn connect(&self, viewer: Viewer, session: SessionId) -> Result<Connection, HubError> {
         let limits = self.inner.limits;
-        let outbox = Arc::new(Outbox {
-            viewer,
-            session,
-            watching: Mutex::default(),
-            state: Mutex::default(),
-            ready: Notify::new(),
-            limit: limits.send_queue,
-        });
+        let outbox = Arc::new(Outbox::new(viewer, session, limits.send_queue));
         {
             let mut registry = lock(&self.inner.registry);
             let mine = registry.per_user.entry(viewer.id).or_default();
@@ -332,10 +126,8 @@ impl Hub {
                 .push(outbox.clone());
         }
         metrics::gauge!("lastseen_open_connections").increment(1.0);
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         Ok(Connection {
             hub: self.clone(),
-            id,
             outbox,
         })
     }
@@ -398,7 +190,7 @@ impl Hub {
     }
 
     /// Closes every connection of `session` (its token was revoked).
-    pub fn close_session(&self, session: SessionId) {
+    fn close_session(&self, session: SessionId) {
         let outboxes = lock(&self.inner.registry)
             .per_session
             .get(&session)
@@ -412,18 +204,21 @@ impl Hub {
         }
     }
 
-    /// Forwards engine events and privacy changes to subscribers until `shutdown`.
+    /// Forwards engine events, privacy changes and revoked sessions to connections until
+    /// `shutdown`.
     ///
     /// A privacy change of a user re-filters that user for their watchers and, when it changed
     /// what the user may see of others (reciprocity), everything the user's own connections
     /// watch; connections send only values that differ from what they sent before. If this
     /// task falls behind either channel, every watched user's current state is re-sent, so
-    /// subscribers return to the true state instead of keeping a stale view.
+    /// subscribers return to the true state instead of keeping a stale view. A revoked
+    /// session's connections are closed (4401); if revocations were missed, every connection
+    /// whose session no longer authenticates is closed.
     pub async fn run(
         self,
         mut events: broadcast::Receiver<PresenceEvent>,
-        engine: PresenceEngine,
-        store: Arc<dyn Store>,
+        reader: PresenceReader,
+        mut revocations: broadcast::Receiver<SessionId>,
         shutdown: CancellationToken,
     ) {
         use broadcast::error::RecvError;
@@ -438,14 +233,24 @@ impl Hub {
                     }
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "push fan-out fell behind; re-sending current state");
-                        self.resend(&self.all_watched(), &engine, store.as_ref()).await
+                        self.resend(&self.all_watched(), &reader).await
                     }
                     Err(RecvError::Closed) => return,
                 },
                 changed = changes.recv() => match changed {
-                    Ok(change) => self.privacy_changed(change, &engine, store.as_ref()).await,
-                    Err(RecvError::Lagged(_)) => {
-                        self.resend(&self.all_watched(), &engine, store.as_ref()).await
+                    Ok(change) => self.privacy_changed(change, &reader).await,
+                    Err(RecvError::Lagged(_)) => self.resend(&self.all_watched(), &reader).await,
+                    Err(RecvError::Closed) => return,
+                },
+                revoked = revocations.recv() => match revoked {
+                    Ok(session) => {
+                        self.close_session(session);
+                        Ok(())
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        // Revocations are rare; this many at once means a bulk revocation.
+                        tracing::warn!(missed, "missed session revocations; closing them is up to the next check");
+                        Ok(())
                     }
                     Err(RecvError::Closed) => return,
                 },
@@ -459,10 +264,9 @@ impl Hub {
     async fn privacy_changed(
         &self,
         change: PrivacyChanged,
-        engine: &PresenceEngine,
-        store: &dyn Store,
-    ) -> anyhow::Result<()> {
-        self.resend(&[change.user], engine, store).await?;
+        reader: &PresenceReader,
+    ) -> Result<(), ReadError> {
+        self.resend(&[change.user], reader).await?;
         if change.own_view_changed {
             let mine = lock(&self.inner.registry)
                 .per_user
@@ -470,7 +274,7 @@ impl Hub {
                 .cloned()
                 .unwrap_or_default();
             for outbox in mine {
-                for (owner, view) in current_views(&outbox.watched(), engine, store).await? {
+                for (owner, view) in reader.views(&outbox.watched()).await? {
                     outbox.push_presence(self.present(outbox.viewer, owner, view));
                 }
             }
@@ -488,53 +292,18 @@ impl Hub {
     }
 
     /// Re-sends the current state of `users` to all their watchers.
-    async fn resend(
-        &self,
-        users: &[UserId],
-        engine: &PresenceEngine,
-        store: &dyn Store,
-    ) -> anyhow::Result<()> {
-        for (user, view) in current_views(users, engine, store).await? {
+    async fn resend(&self, users: &[UserId], reader: &PresenceReader) -> Result<(), ReadError> {
+        for (user, view) in reader.views(users).await? {
             self.publish_view(user, view);
         }
         Ok(())
     }
 }
 
-/// The current raw presence of `users`: from the engine, or (for users it holds nothing for,
-/// who are offline) from the store. Unknown users are left out.
-///
-/// # Errors
-/// Engine or store failures.
-pub async fn current_views(
-    users: &[UserId],
-    engine: &PresenceEngine,
-    store: &dyn Store,
-) -> anyhow::Result<Vec<(UserId, PresenceView)>> {
-    let mut views = Vec::with_capacity(users.len());
-    let mut evicted = Vec::new();
-    for &user in users {
-        match engine.presence(user).await? {
-            Some(view) => views.push((user, view)),
-            None => evicted.push(user),
-        }
-    }
-    for record in store.users_by_ids(&evicted).await? {
-        let view = PresenceView {
-            status: PresenceStatus::Offline,
-            last_seen: record.last_seen,
-            seq: record.presence_seq,
-        };
-        views.push((record.id, view));
-    }
-    Ok(views)
-}
-
 /// One open socket or SSE stream: its outbox and subscriptions. Dropping it unregisters
 /// everything.
 pub struct Connection {
     hub: Hub,
-    id: u64,
     outbox: Arc<Outbox>,
 }
 
@@ -573,9 +342,7 @@ impl Connection {
                 return Err(HubError::TooManySubscriptions(limit));
             }
             watching.extend(new.iter().copied());
-            lock(&self.outbox.state)
-                .awaiting_snapshot
-                .extend(users.iter().copied());
+            self.outbox.await_snapshot(users);
             new.into_iter().collect()
         };
         for &user in &new {
@@ -598,11 +365,6 @@ impl Connection {
             }
         }
     }
-
-    /// A process-unique id, for logs.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
 }
 
 impl Drop for Connection {
@@ -622,7 +384,9 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Username;
+    use crate::domain::{PresenceStatus, Username};
+    use crate::realtime::protocol::CLOSE_SLOW_CONSUMER;
+    use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
     use chrono::Utc;
 

@@ -1,27 +1,99 @@
-//! Real-time push: WebSocket (`ws`) and SSE (`sse`) connections, the fan-out [`hub::Hub`] and
-//! the message [`protocol`].
+//! Real-time push: the fan-out [`hub::Hub`], per-connection outboxes, the message [`protocol`],
+//! the WebSocket session loop ([`socket`]) and the SSE event stream ([`stream`]).
 //!
-//! Both transports share what is here: building snapshots (with the same visibility rule as
-//! pushed events) and [`LiveSession`], which makes an open connection a live presence session.
+//! This layer is given a narrow context, [`Realtime`]: the hub, the engine, the presence reader,
+//! the privacy and auth services and its own timing settings. It knows nothing about HTTP; the
+//! axum handlers that upgrade a request to a socket or a stream live with the other handlers
+//! and hand the connection over to [`socket::serve`] or [`stream::open`]. What is here is what
+//! both transports share: snapshots (with the same visibility rule as pushed events), the
+//! delivery record, and [`LiveSession`], which makes an open connection a live presence session.
 
+mod delivered;
 pub mod hub;
+mod outbox;
 pub mod protocol;
-pub mod sse;
-pub mod ws;
+pub mod socket;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::VisiblePresence;
+use crate::auth::Authenticator;
 use crate::domain::{SessionId, UserId};
-use crate::engine::PresenceEngine;
-use crate::http::AppState;
-use crate::http::dto::UserPresence;
-use crate::http::error::ApiError;
-use hub::{Connection, Outgoing, Seen, current_views};
-use protocol::{PresenceUpdate, ServerMessage, SnapshotEntry};
+use crate::engine::{EngineError, PresenceEngine};
+use crate::presence::{PresenceReader, ReadError};
+use crate::privacy::{Privacy, PrivacyError};
+pub use delivered::Delivered;
+use hub::{Connection, Hub, HubError};
+pub use outbox::CloseReason;
+use outbox::Seen;
+use protocol::ServerMessage;
+
+/// Timing and limits of sockets and streams (from the settings).
+#[derive(Debug, Clone, Copy)]
+pub struct RealtimeConfig {
+    /// How long a closed connection's session survives a reconnect.
+    pub disconnect_grace: Duration,
+    /// Period of server pings; a socket silent for a whole period is closed.
+    pub ping_interval: Duration,
+    /// Typing messages a socket may send per second.
+    pub typing_per_second: u32,
+    /// Users one connection may watch.
+    pub max_subscriptions: usize,
+}
+
+/// What the push layer works with. Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct Realtime {
+    /// The fan-out to open connections.
+    pub hub: Hub,
+    /// Presence state (connections hold sessions live in it).
+    pub engine: PresenceEngine,
+    /// Current presence for snapshots and re-sends.
+    pub reader: PresenceReader,
+    /// What each viewer may see; loaded before anything is filtered.
+    pub privacy: Privacy,
+    /// Validates a browser socket's `auth` message.
+    pub auth: Authenticator,
+    /// Socket tasks and session closes; shutdown waits for them before the final flush.
+    pub connections: TaskTracker,
+    /// Cancelled when the server shuts down; connections close on it.
+    pub shutdown: CancellationToken,
+    /// Timing and limits.
+    pub config: RealtimeConfig,
+}
+
+/// Why a push operation failed. Sockets report it in an error frame and stay open; an SSE
+/// request gets it as its HTTP error.
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    /// Presence could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Privacy data could not be loaded.
+    #[error(transparent)]
+    Privacy(#[from] PrivacyError),
+    /// The presence backend failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A per-connection or per-user limit was reached.
+    #[error(transparent)]
+    Limit(#[from] HubError),
+}
+
+impl RealtimeError {
+    /// The code of the error frame that reports this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Limit(_) => "limit_exceeded",
+            Self::Engine(_) => "presence_unavailable",
+            Self::Read(_) | Self::Privacy(_) => "service_unavailable",
+        }
+    }
+}
 
 /// An open connection counted as a live session. Closing it (or dropping it, on any other exit
 /// path) starts the session's reconnect grace. The close runs on the server's connection
@@ -40,16 +112,16 @@ impl LiveSession {
     /// # Errors
     /// If the presence backend is unavailable.
     pub async fn open(
-        state: &AppState,
+        realtime: &Realtime,
         user: UserId,
         session: SessionId,
-    ) -> Result<Self, ApiError> {
-        state.engine.open_socket(user, session).await?;
+    ) -> Result<Self, RealtimeError> {
+        realtime.engine.open_socket(user, session).await?;
         Ok(Self {
-            engine: state.engine.clone(),
-            connections: state.connections.clone(),
+            engine: realtime.engine.clone(),
+            connections: realtime.connections.clone(),
             open: Some((user, session)),
-            grace: state.settings.disconnect_grace,
+            grace: realtime.config.disconnect_grace,
         })
     }
 
@@ -78,138 +150,50 @@ impl Drop for LiveSession {
     }
 }
 
-/// Per-connection delivery state: what was last sent about each watched user. It turns the
-/// hub's filtered values into wire messages and enforces two rules: nothing older than what the
-/// client already has is sent (e.g. an update queued before a snapshot), and nothing that looks
-/// the same to this viewer is sent again, so the timing of a hidden transition (an invisible
-/// user going online, say) does not leak. `seq` reaches the client only where `last_seen` does,
-/// since it encodes the transition's time.
-#[derive(Debug, Default)]
-pub struct Delivered {
-    last: HashMap<UserId, (u64, VisiblePresence)>,
-    high_water: u64,
-}
-
-impl Delivered {
-    /// The wire form of a drained item, or `None` if it must not be sent.
-    pub fn admit(&mut self, item: Outgoing) -> Option<ServerMessage> {
-        match item {
-            Outgoing::Message(message) => Some(message),
-            Outgoing::Presence(seen) => {
-                if !self.record(&seen) {
-                    return None;
-                }
-                let update = PresenceUpdate {
-                    user_id: seen.owner.0,
-                    online_status: seen.visible.status,
-                    last_seen: seen.visible.last_seen,
-                    last_seen_approx: seen.visible.last_seen_approx,
-                    seq: self.expose(&seen),
-                };
-                Some(ServerMessage::Presence(update))
-            }
-            Outgoing::Snapshot(entries) => {
-                let users = entries
-                    .into_iter()
-                    .map(|(seen, username)| {
-                        // An event newer than the snapshot's read may already have been sent:
-                        // then the snapshot repeats that, never older state.
-                        let seen = self.newest(seen);
-                        SnapshotEntry {
-                            seq: self.expose(&seen),
-                            presence: UserPresence::from_visible(
-                                seen.owner,
-                                username,
-                                seen.visible,
-                            ),
-                        }
-                    })
-                    .collect();
-                Some(ServerMessage::Snapshot { users })
-            }
-        }
-    }
-
-    /// Records `seen`; `false` if it is older than, or looks the same as, what was sent.
-    fn record(&mut self, seen: &Seen) -> bool {
-        match self.last.get_mut(&seen.owner) {
-            Some((seq, visible)) => {
-                if seen.seq < *seq || seen.visible == *visible {
-                    *seq = (*seq).max(seen.seq);
-                    return false;
-                }
-                *seq = seen.seq;
-                *visible = seen.visible;
-                true
-            }
-            None => {
-                self.last.insert(seen.owner, (seen.seq, seen.visible));
-                true
-            }
-        }
-    }
-
-    /// `seen`, or what was already sent about its owner if that is newer; recorded either way.
-    fn newest(&mut self, seen: Seen) -> Seen {
-        match self.last.get(&seen.owner) {
-            Some(&(seq, visible)) if seq > seen.seq => Seen {
-                visible,
-                seq,
-                ..seen
-            },
-            _ => {
-                self.record(&seen);
-                seen
-            }
-        }
-    }
-
-    /// Forgets what was sent about users no longer watched.
-    pub fn forget(&mut self, users: &[UserId]) {
-        for user in users {
-            self.last.remove(user);
-        }
-    }
-
-    fn expose(&mut self, seen: &Seen) -> Option<u64> {
-        let exposed = seen.seq_visible.then_some(seen.seq);
-        self.high_water = self.high_water.max(exposed.unwrap_or(0));
-        exposed
-    }
-
-    /// Highest `seq` sent to the client so far (the SSE event id).
-    pub fn high_water(&self) -> u64 {
-        self.high_water
-    }
-}
-
 /// Subscribes `connection` to `ids` and queues the snapshot answering it. A user whose `seq`
 /// is visible to the viewer and not above `known(user)` is left out (the client is up to
 /// date); where `seq` is hidden the entry is always sent, so `since` cannot be used to probe a
-/// hidden `last_seen`. Unknown ids are not subscribed and are reported in an error frame.
+/// hidden `last_seen`. Unknown ids are not subscribed and are reported in an error frame; so is
+/// a subscription over the limit.
 ///
 /// # Errors
-/// Storage or engine failures; a limit violation is reported as an error frame instead.
+/// Storage, privacy or engine failures.
 pub async fn subscribe(
-    state: &AppState,
+    realtime: &Realtime,
     connection: &mut Connection,
     ids: &[i64],
     known: impl Fn(i64) -> Option<u64>,
-) -> Result<(), ApiError> {
-    let wanted: Vec<UserId> = ids.iter().copied().map(UserId).collect();
-    let records = state.store.users_by_ids(&wanted).await?;
-    let names: HashMap<UserId, String> = records.into_iter().map(|r| (r.id, r.username)).collect();
-    let existing: Vec<UserId> = names.keys().copied().collect();
-    let unknown: Vec<i64> = ids
+) -> Result<(), RealtimeError> {
+    let mut seen_ids = std::collections::HashSet::with_capacity(ids.len());
+    let wanted: Vec<UserId> = ids
         .iter()
         .copied()
-        .filter(|id| !names.contains_key(&UserId(*id)))
+        .map(UserId)
+        .filter(|id| seen_ids.insert(*id))
         .collect();
     // Privacy data first, so no event is filtered against data not yet loaded.
     let viewer = connection.outbox().viewer();
-    let mut load = existing.clone();
+    let mut load = wanted.clone();
     load.push(viewer.id);
-    state.privacy.ensure_loaded(&load).await?;
+    realtime.privacy.ensure_loaded(&load).await?;
+    // Only users that exist are subscribed.
+    let names: HashMap<UserId, String> = realtime
+        .reader
+        .named(&wanted)
+        .await?
+        .into_iter()
+        .map(|known| (known.id, known.username))
+        .collect();
+    let existing: Vec<UserId> = wanted
+        .iter()
+        .copied()
+        .filter(|id| names.contains_key(id))
+        .collect();
+    let unknown: Vec<i64> = wanted
+        .iter()
+        .filter(|id| !names.contains_key(id))
+        .map(|id| id.0)
+        .collect();
     if let Err(error) = connection.subscribe(&existing) {
         connection.send(ServerMessage::error("limit_exceeded", error.to_string()));
         return Ok(());
@@ -220,16 +204,16 @@ pub async fn subscribe(
     }
     // Subscribed before reading state, so no transition can fall between the two; updates
     // arriving meanwhile are held back until the snapshot is queued.
-    let views = match current_views(&existing, &state.engine, state.store.as_ref()).await {
+    let views = match realtime.reader.views(&existing).await {
         Ok(views) => views,
         Err(error) => {
             connection.finish_snapshot(&existing, None);
-            return Err(ApiError::Internal(error));
+            return Err(error.into());
         }
     };
     let mut entries: Vec<(Seen, String)> = views
         .into_iter()
-        .map(|(owner, view)| state.hub.present(viewer, owner, view))
+        .map(|(owner, view)| realtime.hub.present(viewer, owner, view))
         .filter(|seen| {
             !(seen.seq_visible && known(seen.owner.0).is_some_and(|have| have >= seen.seq))
         })
@@ -238,59 +222,4 @@ pub async fn subscribe(
     entries.sort_by_key(|(seen, _)| seen.owner);
     connection.finish_snapshot(&existing, Some(entries));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::PresenceStatus;
-    use crate::domain::VisiblePresence;
-
-    fn seen(owner: i64, status: PresenceStatus, seq: u64) -> Seen {
-        Seen {
-            owner: UserId(owner),
-            visible: VisiblePresence {
-                status: Some(status),
-                last_seen: None,
-                last_seen_approx: None,
-            },
-            seq,
-            seq_visible: true,
-        }
-    }
-
-    fn status_of(message: &ServerMessage) -> Option<PresenceStatus> {
-        match message {
-            ServerMessage::Presence(update) => update.online_status,
-            ServerMessage::Snapshot { users } => users[0].presence.online_status,
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn older_and_unchanged_updates_are_not_sent() {
-        let mut delivered = Delivered::default();
-        let online = Outgoing::Presence(seen(1, PresenceStatus::Online, 5));
-        assert!(delivered.admit(online).is_some());
-        let older = Outgoing::Presence(seen(1, PresenceStatus::Offline, 4));
-        assert!(delivered.admit(older).is_none(), "older than what was sent");
-        let same = Outgoing::Presence(seen(1, PresenceStatus::Online, 6));
-        assert!(
-            delivered.admit(same).is_none(),
-            "looks the same to the viewer"
-        );
-        let offline = Outgoing::Presence(seen(1, PresenceStatus::Offline, 7));
-        assert!(delivered.admit(offline).is_some());
-        assert_eq!(delivered.high_water(), 7);
-    }
-
-    #[test]
-    fn a_snapshot_never_goes_back_behind_an_event_already_sent() {
-        let mut delivered = Delivered::default();
-        let newer = Outgoing::Presence(seen(1, PresenceStatus::Offline, 9));
-        delivered.admit(newer);
-        let stale = Outgoing::Snapshot(vec![(seen(1, PresenceStatus::Online, 8), "a".into())]);
-        let sent = delivered.admit(stale).unwrap();
-        assert_eq!(status_of(&sent), Some(PresenceStatus::Offline));
-    }
 }

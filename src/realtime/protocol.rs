@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::LastSeenApprox;
 use crate::domain::PresenceStatus;
-use crate::http::dto::{UserPresence, rfc3339};
+use crate::presence::{UserPresence, rfc3339};
 
 /// Close code: authentication missing, invalid, late, or the session was revoked (logout).
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;

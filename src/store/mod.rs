@@ -224,15 +224,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError>;
-    /// Deletes a session (logout); its token stops working.
-    async fn delete_session(&self, session: SessionId) -> Result<(), StoreError>;
-    /// Deletes `user`'s sessions except the `keep` most recently active ones; returns the
-    /// deleted sessions with their token hashes (so caches can drop them).
-    async fn prune_sessions(
+    /// Deletes a session (logout, revocation); its token stops working. Returns the deleted
+    /// session's token hash (so caches can drop it), `None` if there was no such session.
+    async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// `user`'s sessions except the `keep` most recently active ones.
+    async fn sessions_beyond(
         &self,
         user: UserId,
         keep: usize,
-    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<SessionId>, StoreError>;
     /// Writes a batch of presence state in one transaction.
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
     /// Loads users with at least one session live at `live.now`, with those sessions.

@@ -298,21 +298,20 @@ impl Store for PostgresStore {
             .map_err(other)
     }
 
-    async fn delete_session(&self, session: SessionId) -> Result<(), StoreError> {
-        let done = sqlx::query("delete from sessions where session_id = $1")
-            .bind(session.0)
-            .execute(&self.pool)
-            .await;
-        self.health.observe(done.map(drop).map_err(other))
+    async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
+        let deleted = sql::Sessions(&self.pool).delete(session).await;
+        self.health.observe(deleted.map_err(other))
     }
 
-    async fn prune_sessions(
+    async fn sessions_beyond(
         &self,
         user: UserId,
         keep: usize,
-    ) -> Result<Vec<(SessionId, Vec<u8>)>, StoreError> {
-        let pruned = sql::Sessions(&self.pool).prune(user, keep).await;
-        self.health.observe(pruned.map_err(other))
+    ) -> Result<Vec<SessionId>, StoreError> {
+        sql::Sessions(&self.pool)
+            .beyond(user, keep)
+            .await
+            .map_err(other)
     }
 
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError> {

@@ -43,12 +43,14 @@ pub(super) fn mark_offline() -> String {
     )
 }
 
-/// Deletes user `$1`'s sessions but the `$2` most recently active, returning their ids and
-/// token hashes.
-pub(super) const PRUNE_SESSIONS: &str = "delete from sessions where user_id = $1 and session_id not in (\
+/// User `$1`'s sessions but the `$2` most recently active.
+pub(super) const SESSIONS_BEYOND: &str = "select session_id from sessions where user_id = $1 and session_id not in (\
      select session_id from sessions where user_id = $1 \
-     order by last_activity desc, session_id desc limit $2) \
-     returning session_id, token_hash";
+     order by last_activity desc, session_id desc limit $2)";
+
+/// Deletes session `$1`, returning its token hash.
+pub(super) const DELETE_SESSION: &str =
+    "delete from sessions where session_id = $1 returning token_hash";
 
 /// The session a token hash (`$1`) belongs to, with what authentication needs of its user.
 pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, u.is_admin \
@@ -276,8 +278,8 @@ pub(super) fn group_live(
     }
 }
 
-/// Runs [`SESSION_BY_TOKEN`] and [`PRUNE_SESSIONS`] on either backend: the statements, their
-/// binds and their rows are the same in both.
+/// Runs the session statements on either backend: the statements, their binds and their rows
+/// are the same in both.
 pub(super) struct Sessions<'a, DB: sqlx::Database>(pub &'a sqlx::Pool<DB>);
 
 impl<DB> Sessions<'_, DB>
@@ -287,7 +289,8 @@ where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (Vec<u8>,): sqlx::FromRow<'r, DB::Row>,
     for<'r> (i64, i64, String, bool): sqlx::FromRow<'r, DB::Row>,
 {
     /// The session a token hash belongs to.
@@ -302,20 +305,27 @@ where
         Ok(row.map(session_record))
     }
 
-    /// Deletes `user`'s sessions but the `keep` most recently active.
-    pub(super) async fn prune(
+    /// `user`'s sessions but the `keep` most recently active.
+    pub(super) async fn beyond(
         &self,
         user: UserId,
         keep: usize,
-    ) -> Result<Vec<(SessionId, Vec<u8>)>, sqlx::Error> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(PRUNE_SESSIONS)
+    ) -> Result<Vec<SessionId>, sqlx::Error> {
+        let rows: Vec<(i64,)> = sqlx::query_as(SESSIONS_BEYOND)
             .bind(user.0)
             .bind(i64::try_from(keep).unwrap_or(i64::MAX))
             .fetch_all(self.0)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, hash)| (SessionId(id), hash))
-            .collect())
+        Ok(rows.into_iter().map(|(id,)| SessionId(id)).collect())
+    }
+
+    /// Deletes a session, returning its token hash. Read with `fetch_all`, so an autocommit
+    /// that fails is reported (see the SQLite store's `returned`).
+    pub(super) async fn delete(&self, session: SessionId) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(DELETE_SESSION)
+            .bind(session.0)
+            .fetch_all(self.0)
+            .await?;
+        Ok(rows.into_iter().next().map(|(hash,)| hash))
     }
 }

@@ -44,7 +44,7 @@ contract! {
     users::users_by_ids_returns_the_known_ones,
     sessions::a_session_is_found_by_its_token_hash_until_it_is_deleted,
     sessions::a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found,
-    sessions::pruning_keeps_the_most_recently_active_sessions_of_one_user,
+    sessions::sessions_beyond_a_cap_are_the_least_recently_active_of_one_user,
     presence::written_presence_is_read_back_with_microsecond_precision,
     presence::an_empty_batch_and_writes_of_unknown_users_change_nothing,
     presence::a_large_batch_is_written_completely,

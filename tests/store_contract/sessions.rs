@@ -48,13 +48,21 @@ pub async fn a_session_is_found_by_its_token_hash_until_it_is_deleted(store: Arc
             .is_none()
     );
 
-    store.delete_session(phone).await.unwrap();
+    let deleted = store.delete_session(phone).await.unwrap();
+    assert_eq!(deleted.as_deref(), Some(&phone_hash[..]), "its token hash");
     assert!(store.session_by_token(&phone_hash).await.unwrap().is_none());
     let other = store.session_by_token(b"laptop").await.unwrap().unwrap();
     assert_eq!(other.session_id, laptop, "the user's other session is kept");
 
-    store.delete_session(phone).await.unwrap();
-    store.delete_session(SessionId(i64::MAX)).await.unwrap();
+    assert_eq!(
+        store.delete_session(phone).await.unwrap(),
+        None,
+        "gone already"
+    );
+    assert_eq!(
+        store.delete_session(SessionId(i64::MAX)).await.unwrap(),
+        None
+    );
 }
 
 pub async fn a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found(
@@ -79,7 +87,9 @@ pub async fn a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found(
     assert!(store.session_by_token(b"orphan").await.unwrap().is_none());
 }
 
-pub async fn pruning_keeps_the_most_recently_active_sessions_of_one_user(store: Arc<dyn Store>) {
+pub async fn sessions_beyond_a_cap_are_the_least_recently_active_of_one_user(
+    store: Arc<dyn Store>,
+) {
     let ahmad = user(store.as_ref(), "ahmad").await;
     let sara = user(store.as_ref(), "sara").await;
     let base = Utc::now();
@@ -96,15 +106,13 @@ pub async fn pruning_keeps_the_most_recently_active_sessions_of_one_user(store: 
     }
     let sara_session = store.create_session(sara.id, b"sara", base).await.unwrap();
 
-    let mut pruned = store.prune_sessions(ahmad.id, 2).await.unwrap();
-    pruned.sort();
-    assert_eq!(
-        pruned,
-        vec![
-            (ahmad_sessions[0], b"ahmad0".to_vec()),
-            (ahmad_sessions[1], b"ahmad1".to_vec())
-        ]
-    );
+    let mut beyond = store.sessions_beyond(ahmad.id, 2).await.unwrap();
+    beyond.sort();
+    assert_eq!(beyond, vec![ahmad_sessions[0], ahmad_sessions[1]]);
+    for session in beyond {
+        let hash = store.delete_session(session).await.unwrap();
+        assert!(hash.is_some(), "deleting gives the token hash back");
+    }
     assert!(store.session_by_token(b"ahmad0").await.unwrap().is_none());
     assert!(store.session_by_token(b"ahmad3").await.unwrap().is_some());
     assert_eq!(
@@ -116,5 +124,9 @@ pub async fn pruning_keeps_the_most_recently_active_sessions_of_one_user(store: 
         Some(sara_session),
         "other users' sessions are untouched"
     );
-    assert!(store.prune_sessions(ahmad.id, 2).await.unwrap().is_empty());
+    assert!(store.sessions_beyond(ahmad.id, 2).await.unwrap().is_empty());
+    assert_eq!(
+        store.sessions_beyond(sara.id, 0).await.unwrap(),
+        vec![sara_session]
+    );
 }

@@ -1,73 +1,26 @@
-//! `GET /api/presence/ws`: the WebSocket endpoint and the per-socket loop.
+//! The per-socket loop of `GET /api/presence/ws`.
 //!
-//! The upgrade handler only authenticates (when an `Authorization` header is present) and
-//! adapts; [`run`] is generic over any `Stream + Sink` of messages. One `select!` loop serves
-//! client frames, the outbox, the ping timer and shutdown; cleanup (unsubscribing, starting the
-//! session's reconnect grace) happens on every exit path through drop guards.
+//! [`serve`] is generic over any `Stream + Sink` of WebSocket messages, so it runs over a real
+//! socket and over channels in tests alike. One `select!` loop serves client frames, the
+//! outbox, the ping timer and shutdown; cleanup (unsubscribing, starting the session's
+//! reconnect grace) happens on every exit path through drop guards.
 
 use std::time::{Duration, Instant as StdInstant};
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use super::hub::{CloseReason, Connection};
+use super::hub::Connection;
 use super::protocol::{
     CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY_SOCKETS,
     CLOSE_UNAUTHORIZED, ClientMessage, ServerMessage, parse_client,
 };
-use super::{Delivered, LiveSession};
+use super::{CloseReason, Delivered, LiveSession, Realtime};
 use crate::auth::Session;
 use crate::domain::UserId;
-use crate::http::AppState;
-use crate::http::error::ApiError;
-use crate::http::extract::bearer_from_headers;
-
-/// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
-const READ_BUFFER: usize = 4 * 1024;
-/// Frames are batched up to this many bytes before a write (and always written on flush).
-const WRITE_BUFFER: usize = 4 * 1024;
 
 /// How long a browser has to send its `auth` message.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Upgrade to a presence socket.
-#[utoipa::path(
-    get, path = "/api/presence/ws", tag = "realtime",
-    security((), ("bearer" = [])),
-    responses(
-        (status = 101, description = "Switching to the WebSocket protocol (see docs/REALTIME.md)"),
-        (status = 400, description = "Not a WebSocket upgrade request", body = crate::http::error::ErrorBody),
-        (status = 401, description = "The Authorization header carries an invalid token", body = crate::http::error::ErrorBody),
-    )
-)]
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let session = match bearer_from_headers(&headers) {
-        Ok(token) => Some(state.auth.authenticate(&token).await?),
-        Err(ApiError::NotAuthenticated) => None,
-        Err(error) => return Err(error),
-    };
-    let limit = state.settings.max_message_bytes;
-    Ok(upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        // tungstenite's defaults (128 KiB read buffer allocated up front, 128 KiB write
-        // batching) would cost ~256 KiB per idle socket; presence frames are tiny.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            let connections = state.connections.clone();
-            // Tracked, so shutdown waits for sockets to close before the final flush.
-            connections.track_future(run(socket, state, session))
-        })
-        .into_response())
-}
 
 fn close_message(reason: CloseReason) -> Message {
     Message::Close(Some(CloseFrame {
@@ -82,13 +35,13 @@ fn text(message: &ServerMessage) -> Message {
 
 /// Serves one socket until it closes. `session` is set when the upgrade request carried a
 /// valid bearer token; otherwise the first message must be `{"type":"auth","token":...}`.
-pub async fn run<S, E>(mut socket: S, state: AppState, session: Option<Session>)
+pub async fn serve<S, E>(mut socket: S, realtime: Realtime, session: Option<Session>)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
 {
     let session = match session {
         Some(session) => session,
-        None => match authenticate_first_message(&mut socket, &state).await {
+        None => match authenticate_first_message(&mut socket, &realtime).await {
             Some(session) => session,
             None => {
                 let reason = CloseReason {
@@ -100,7 +53,7 @@ where
             }
         },
     };
-    let connection = match state.hub.connect(session.viewer(), session.session_id) {
+    let connection = match realtime.hub.connect(session.viewer(), session.session_id) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "socket refused");
@@ -112,14 +65,14 @@ where
             return;
         }
     };
-    let Ok(live) = LiveSession::open(&state, session.user_id, session.session_id).await else {
+    let Ok(live) = LiveSession::open(&realtime, session.user_id, session.session_id).await else {
         return;
     };
     let mut client = SocketLoop {
-        state: &state,
+        realtime: &realtime,
         connection,
         delivered: Delivered::default(),
-        typing: TypingBudget::new(state.settings.typing_per_second),
+        typing: TypingBudget::new(realtime.config.typing_per_second),
     };
     let reason = client.serve(&mut socket).await;
     if let Some(reason) = reason {
@@ -129,7 +82,7 @@ where
     live.close().await;
 }
 
-async fn authenticate_first_message<S, E>(socket: &mut S, state: &AppState) -> Option<Session>
+async fn authenticate_first_message<S, E>(socket: &mut S, realtime: &Realtime) -> Option<Session>
 where
     S: Stream<Item = Result<Message, E>> + Unpin,
 {
@@ -141,7 +94,7 @@ where
         return None;
     };
     match parse_client(&text) {
-        Ok(ClientMessage::Auth { token }) => state.auth.authenticate(&token).await.ok(),
+        Ok(ClientMessage::Auth { token }) => realtime.auth.authenticate(&token).await.ok(),
         _ => None,
     }
 }
@@ -178,7 +131,7 @@ impl TypingBudget {
 }
 
 struct SocketLoop<'a> {
-    state: &'a AppState,
+    realtime: &'a Realtime,
     connection: Connection,
     delivered: Delivered,
     typing: TypingBudget,
@@ -190,13 +143,13 @@ impl SocketLoop<'_> {
     where
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     {
-        let period = self.state.settings.ping_interval;
+        let period = self.realtime.config.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         // After a stall, wait a full period before the next ping rather than firing a burst
         // that would close a healthy client for a missed pong.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = self.realtime.shutdown.clone();
         let outbox = self.connection.outbox().clone();
         loop {
             tokio::select! {
@@ -269,11 +222,11 @@ impl SocketLoop<'_> {
             ClientMessage::Subscribe { user_ids, since } => {
                 let known = |id: i64| since.get(&id).copied();
                 if let Err(error) =
-                    super::subscribe(self.state, &mut self.connection, &user_ids, known).await
+                    super::subscribe(self.realtime, &mut self.connection, &user_ids, known).await
                 {
-                    let (_, code) = error.status_and_code();
+                    tracing::warn!(%error, "subscribe failed");
                     self.connection
-                        .send(ServerMessage::error(code, error.to_string()));
+                        .send(ServerMessage::error(error.code(), error.to_string()));
                 }
             }
             ClientMessage::Unsubscribe { user_ids } => {
@@ -289,7 +242,7 @@ impl SocketLoop<'_> {
                     ));
                 }
                 let from = self.connection.outbox().viewer().id;
-                self.state.hub.typing(from, UserId(to));
+                self.realtime.hub.typing(from, UserId(to));
             }
         }
     }
