@@ -356,10 +356,9 @@ impl Authenticator {
     /// # Errors
     /// Storage failures (the session then stays valid; the client may retry).
     pub async fn revoke(&self, session: SessionId) -> Result<(), AuthError> {
-        if let Some(bytes) = self.store.delete_session(session).await? {
-            if let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                self.forget(TokenHash(bytes));
-            }
+        let deleted = self.store.delete_session(session).await?;
+        if let Some(hash) = deleted.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+            self.forget(TokenHash(hash));
         }
         // No receivers is fine: nothing is connected.
         let _ = self.revoked.send(session);
