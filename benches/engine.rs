@@ -42,7 +42,7 @@ fn populated(n: i64) -> LocalBackend {
 }
 
 fn heartbeat(c: &mut Criterion) {
-    lastseen::http::ops::metrics_handle();
+    lastseen::telemetry::metrics_handle();
     let mut group = c.benchmark_group("heartbeat_existing_session");
     for n in [10_000_i64, 1_000_000] {
         let engine = populated(n);
@@ -59,7 +59,7 @@ fn heartbeat(c: &mut Criterion) {
 }
 
 fn new_session(c: &mut Criterion) {
-    lastseen::http::ops::metrics_handle();
+    lastseen::telemetry::metrics_handle();
     const BASE: i64 = 10_000;
     c.bench_function("login_new_session", |b| {
         b.iter_custom(|iters| {
@@ -76,7 +76,7 @@ fn new_session(c: &mut Criterion) {
 }
 
 fn expiry(c: &mut Criterion) {
-    lastseen::http::ops::metrics_handle();
+    lastseen::telemetry::metrics_handle();
     let mut group = c.benchmark_group("expiry");
 
     let engine = populated(1_000_000);

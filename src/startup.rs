@@ -10,10 +10,12 @@ use axum::extract::Request;
 use axum::serve::ListenerExt;
 use chrono::Utc;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::domain::{PresenceEvent, PrivacyChanged};
 use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::http::{self, AppState};
@@ -28,6 +30,30 @@ use crate::store::{self, Liveness, Store};
 
 /// Longest shutdown waits for open sockets to close.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What an embedding program (or a test) may reach of a built server: its store and its event
+/// channels. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    state: AppState,
+}
+
+impl Handle {
+    /// The server's durable store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// A receiver of every presence transition from now on.
+    pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.state.engine.subscribe()
+    }
+
+    /// A receiver of every privacy change from now on.
+    pub fn privacy_changes(&self) -> broadcast::Receiver<PrivacyChanged> {
+        self.state.privacy.subscribe()
+    }
+}
 
 /// A server that is bound and restored, ready to run.
 pub struct App {
@@ -71,7 +97,6 @@ impl App {
                 disconnect_grace: settings.disconnect_grace,
                 ping_interval: settings.ping_interval,
                 typing_per_second: settings.typing_per_second,
-                max_subscriptions: settings.max_subscriptions,
             },
         };
         let state = AppState {
@@ -83,7 +108,7 @@ impl App {
             reader,
             privacy,
             realtime,
-            metrics: http::ops::metrics_handle(),
+            metrics: crate::telemetry::metrics_handle(),
         };
         Ok(Self { listener, state })
     }
@@ -96,9 +121,11 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// The shared state, for tests and embedding.
-    pub fn state(&self) -> &AppState {
-        &self.state
+    /// A handle on the server's store and event channels, for embedding and tests.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            state: self.state.clone(),
+        }
     }
 
     /// Serves until `shutdown` is cancelled, then drains requests, stops the expiry and

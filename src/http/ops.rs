@@ -1,7 +1,6 @@
 //! Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, and the
 //! request-metrics middleware.
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::Json;
@@ -9,40 +8,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 
 use super::AppState;
 use super::dto::HealthResponse;
 use super::error::{ApiError, ErrorBody};
-
-/// Latency buckets (seconds) for the request histogram: 100 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0,
-];
-
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = || {
-                PrometheusBuilder::new()
-                    .set_buckets_for_metric(
-                        Matcher::Full("lastseen_http_request_duration_seconds".into()),
-                        LATENCY_BUCKETS,
-                    )
-                    .expect("BUG: the bucket list is a non-empty constant")
-            };
-            // Installing fails only if another recorder is global already; then we still
-            // render from a recorder of our own rather than crash.
-            builder()
-                .install_recorder()
-                .unwrap_or_else(|_| builder().build_recorder().handle())
-        })
-        .clone()
-}
 
 /// Middleware: counts requests by route and status and records their latency.
 pub async fn track_requests(request: Request, next: Next) -> Response {

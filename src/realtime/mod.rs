@@ -41,8 +41,6 @@ pub struct RealtimeConfig {
     pub ping_interval: Duration,
     /// Typing messages a socket may send per second.
     pub typing_per_second: u32,
-    /// Users one connection may watch.
-    pub max_subscriptions: usize,
 }
 
 /// What the push layer works with. Cheap to clone: every field is a handle.

@@ -264,7 +264,7 @@ async fn a_full_disk_loses_no_acknowledged_write_and_recovers_by_itself() {
     // Everything acknowledged is there after a restart.
     let app = start(settings, holder).await;
     for name in &acked.users {
-        let user = app.state.store.user_by_username(name).await.unwrap();
+        let user = app.handle.store().user_by_username(name).await.unwrap();
         assert!(user.is_some(), "acknowledged registration {name} is stored");
     }
     for (name, token) in &acked.tokens {
@@ -273,8 +273,8 @@ async fn a_full_disk_loses_no_acknowledged_write_and_recovers_by_itself() {
     }
     for (name, beat) in &acked.heartbeats {
         let user = app
-            .state
-            .store
+            .handle
+            .store()
             .user_by_username(name)
             .await
             .unwrap()

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use lastseen::domain::{Password, Username};
-use lastseen::http::AppState;
 use lastseen::settings::Settings;
 use lastseen::startup::App;
+use lastseen::startup::Handle;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
-    pub state: AppState,
+    pub handle: Handle,
     pub settings: Settings,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -52,13 +51,13 @@ pub async fn start(settings: Settings, dir: std::sync::Arc<TempDir>) -> TestApp 
     }
     let app = App::build(settings.clone()).await.expect("app builds");
     let addr = app.local_addr().unwrap();
-    let state = app.state().clone();
+    let handle = app.handle();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run(shutdown.clone()));
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
-        state,
+        handle,
         settings,
         shutdown,
         server: Some(server),
@@ -173,19 +172,16 @@ impl TestApp {
         body["access"].as_str().unwrap().to_owned()
     }
 
-    /// Creates an admin directly (as `lastseen user create --admin` does) and logs in.
+    /// Creates an admin with `lastseen user create --admin --password-stdin` (the command's
+    /// code, on the same database) and logs in.
     pub async fn admin(&self, username: &str) -> (i64, String) {
-        let user = self
-            .state
-            .auth
-            .register(
-                &Username::parse(username).unwrap(),
-                Password::parse("password123").unwrap(),
-                true,
-            )
+        let mut password = "password123\n".as_bytes();
+        lastseen::commands::create_user(&self.settings, username, true, Some(&mut password))
             .await
             .unwrap();
-        (user.id.0, self.token(username).await)
+        let token = self.token(username).await;
+        let me: Value = expect(self.get("/api/users/me/", &token).await, 200).await;
+        (me["id"].as_i64().unwrap(), token)
     }
 
     /// Polls `check` until it returns `Some`, failing after `within`.

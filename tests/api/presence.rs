@@ -88,7 +88,7 @@ async fn logout_keeps_the_user_online_while_another_device_is_live() {
 #[tokio::test]
 async fn transitions_are_published_with_increasing_seq_and_heartbeats_publish_nothing() {
     let app = spawn_app().await;
-    let mut events = app.state.engine.subscribe();
+    let mut events = app.handle.presence_events();
     let (id, token) = app.user("ahmad").await;
     for _ in 0..5 {
         expect(app.post("/api/users/heartbeat/", &token).await, 200).await;

@@ -510,7 +510,7 @@ async fn every_write_is_published_for_the_push_layer() {
     let app = spawn_app().await;
     let (ahmad, token) = app.user("ahmad").await;
     let (sara, _) = app.user("sara").await;
-    let mut changes = app.state.privacy.subscribe();
+    let mut changes = app.handle.privacy_changes();
     let ahmad_id = UserId(ahmad);
 
     put_privacy(&app, &token, &settings("nobody", "everyone")).await;

@@ -315,8 +315,8 @@ async fn a_client_that_never_reads_is_bounded_and_closed() {
     for i in 0..500 {
         let name = Username::parse(&format!("watched{i}")).unwrap();
         ids.push(
-            app.state
-                .store
+            app.handle
+                .store()
                 .create_user(&name, "unused-hash", false)
                 .await
                 .unwrap()

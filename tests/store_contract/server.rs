@@ -5,8 +5,6 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use lastseen::domain::{Password, Username};
-use lastseen::http::AppState;
 use lastseen::settings::Settings;
 use lastseen::startup::App;
 use serde_json::{Value, json};
@@ -21,24 +19,23 @@ use crate::backends::with_postgres_database;
 struct Server {
     base: String,
     client: reqwest::Client,
-    state: AppState,
+    settings: Settings,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
     async fn start(settings: Settings) -> Self {
-        let app = App::build(settings)
+        let app = App::build(settings.clone())
             .await
             .expect("the app builds on PostgreSQL");
         let base = format!("http://{}", app.local_addr().unwrap());
-        let state = app.state().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         Self {
             base,
             client: reqwest::Client::new(),
-            state,
+            settings,
             shutdown,
             task,
         }
@@ -128,12 +125,8 @@ async fn the_server_runs_on_postgres_and_presence_survives_a_restart() {
             );
 
             let server = Server::start(settings).await;
-            let root = Username::parse("root").unwrap();
-            let password = Password::parse("password123").unwrap();
-            server
-                .state
-                .auth
-                .register(&root, password, true)
+            let mut password = "password123\n".as_bytes();
+            lastseen::commands::create_user(&server.settings, "root", true, Some(&mut password))
                 .await
                 .unwrap();
             let admin = server.login("root").await;
