@@ -1,17 +1,24 @@
-//! Command line: subcommands and the settings flags shared by all of them.
+//! Command line: subcommands, their own arguments, and the settings flags each one uses.
+//!
+//! The settings flags come from [`SPECS`]: a flag of scope `All` is accepted before or after
+//! any subcommand, the others only by the subcommands that use them, so each subcommand's
+//! `--help` lists what matters to it. `LASTSEEN_*` variables and the `--config` file work for
+//! every subcommand (they are read by the settings loader, not by clap).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::settings::{SPECS, Scope, Settings, Spec};
 
 /// lastseen: a WhatsApp-style online/offline presence server.
 #[derive(Debug, Parser)]
 #[command(name = "lastseen", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Settings flags, accepted before or after the subcommand.
-    #[command(flatten)]
-    pub settings: SettingsArgs,
+    /// TOML file with settings (lowest precedence after the defaults).
+    #[arg(long, global = true, env = "LASTSEEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -54,187 +61,155 @@ pub enum UserCommand {
     },
 }
 
-/// Settings flags; each one also reads its `LASTSEEN_*` variable (flag wins).
-#[derive(Debug, Args)]
-pub struct SettingsArgs {
-    /// TOML file with settings (lowest precedence after the defaults).
-    #[arg(long, global = true, env = "LASTSEEN_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8000]; port 0 picks a free one.
-    #[arg(long, global = true, env = "LASTSEEN_BIND", value_name = "ADDR")]
-    pub bind: Option<String>,
-    /// Database URL: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
-    /// [default: sqlite://lastseen.db].
-    #[arg(long, global = true, env = "LASTSEEN_DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Redis URL for multi-node presence [default: unset, in-process engine].
-    #[arg(long, global = true, env = "LASTSEEN_REDIS_URL", value_name = "URL")]
-    pub redis_url: Option<String>,
-    /// Silence after which a session ends [default: 5m].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_INACTIVITY_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub inactivity_timeout: Option<String>,
-    /// Heartbeat period suggested to clients [default: 30s].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_HEARTBEAT_INTERVAL",
-        value_name = "DURATION"
-    )]
-    pub heartbeat_interval: Option<String>,
-    /// Reconnect grace of a closed socket's session [default: 10s].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_DISCONNECT_GRACE",
-        value_name = "DURATION"
-    )]
-    pub disconnect_grace: Option<String>,
-    /// Period of batched presence writes [default: 1s].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_PERSIST_INTERVAL",
-        value_name = "DURATION"
-    )]
-    pub persist_interval: Option<String>,
-    /// Allow self-registration: true or false [default: true].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_OPEN_REGISTRATION",
-        value_name = "BOOL"
-    )]
-    pub open_registration: Option<String>,
-    /// Longest time a request may take [default: 30s].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_REQUEST_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub request_timeout: Option<String>,
-    /// Largest accepted request body in bytes [default: 65536].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_MAX_BODY_BYTES",
-        value_name = "BYTES"
-    )]
-    pub max_body_bytes: Option<String>,
-    /// Period of server pings on sockets [default: 15s].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_PING_INTERVAL",
-        value_name = "DURATION"
-    )]
-    pub ping_interval: Option<String>,
-    /// Users one socket may watch [default: 1000].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_MAX_SUBSCRIPTIONS",
-        value_name = "N"
-    )]
-    pub max_subscriptions: Option<String>,
-    /// Open sockets and SSE streams per user [default: 16].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_MAX_SOCKETS_PER_USER",
-        value_name = "N"
-    )]
-    pub max_sockets_per_user: Option<String>,
-    /// Largest WebSocket message in bytes [default: 16384].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_MAX_MESSAGE_BYTES",
-        value_name = "BYTES"
-    )]
-    pub max_message_bytes: Option<String>,
-    /// Typing messages a socket may send per second [default: 5].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_TYPING_PER_SECOND",
-        value_name = "N"
-    )]
-    pub typing_per_second: Option<String>,
-    /// Messages queued per socket before it is closed as a slow consumer [default: 256].
-    #[arg(long, global = true, env = "LASTSEEN_SEND_QUEUE", value_name = "N")]
-    pub send_queue: Option<String>,
-    /// Sessions (devices) per user; more logins revoke the oldest [default: 100].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_MAX_SESSIONS_PER_USER",
-        value_name = "N"
-    )]
-    pub max_sessions_per_user: Option<String>,
-    /// Show a coarse `last_seen_approx` where the exact last seen is hidden: true or false
-    /// [default: false].
-    #[arg(
-        long,
-        global = true,
-        env = "LASTSEEN_LAST_SEEN_APPROX",
-        value_name = "BOOL"
-    )]
-    pub last_seen_approx: Option<String>,
+/// A parsed command line: the subcommand and the settings flags it was given, by key.
+#[derive(Debug)]
+pub struct Invocation {
+    /// What was asked.
+    pub cli: Cli,
+    /// Settings flags given on the command line, as raw text, by setting key.
+    pub flags: BTreeMap<&'static str, String>,
 }
 
-impl SettingsArgs {
-    /// The flags (or their variables) that were given, keyed by setting name.
-    pub fn overrides(&self) -> BTreeMap<&'static str, String> {
-        [
-            ("bind", &self.bind),
-            ("database_url", &self.database_url),
-            ("redis_url", &self.redis_url),
-            ("inactivity_timeout", &self.inactivity_timeout),
-            ("heartbeat_interval", &self.heartbeat_interval),
-            ("disconnect_grace", &self.disconnect_grace),
-            ("persist_interval", &self.persist_interval),
-            ("open_registration", &self.open_registration),
-            ("request_timeout", &self.request_timeout),
-            ("max_body_bytes", &self.max_body_bytes),
-            ("ping_interval", &self.ping_interval),
-            ("max_subscriptions", &self.max_subscriptions),
-            ("max_sockets_per_user", &self.max_sockets_per_user),
-            ("max_message_bytes", &self.max_message_bytes),
-            ("typing_per_second", &self.typing_per_second),
-            ("send_queue", &self.send_queue),
-            ("max_sessions_per_user", &self.max_sessions_per_user),
-            ("last_seen_approx", &self.last_seen_approx),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
-        .collect()
+/// Whether the subcommand `name` (`serve`, `check-offline-users`, ...) offers the flags of
+/// settings of `scope` (`All` is offered by the top-level command to every subcommand).
+fn offers(name: &str, scope: Scope) -> bool {
+    match scope {
+        Scope::All => false,
+        Scope::Presence => matches!(name, "serve" | "check-offline-users"),
+        Scope::Serve => name == "serve",
     }
+}
+
+fn settings_arg(spec: &Spec, defaults: &serde_json::Value) -> Arg {
+    let default = match &defaults[spec.key] {
+        serde_json::Value::Null => "unset".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    Arg::new(spec.key)
+        .long(spec.flag())
+        .value_name(spec.kind.value_name())
+        .help(format!(
+            "{} [default: {default}] [env: {}]",
+            spec.help,
+            spec.env()
+        ))
+}
+
+/// The command line with every settings flag in place.
+pub fn command() -> clap::Command {
+    let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let mut command = Cli::command();
+    for spec in SPECS.iter().filter(|s| s.scope == Scope::All) {
+        command = command.arg(settings_arg(spec, &defaults).global(true));
+    }
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        let args: Vec<Arg> = SPECS
+            .iter()
+            .filter(|spec| offers(&name, spec.scope))
+            .map(|spec| settings_arg(spec, &defaults))
+            .collect();
+        command = command.mut_subcommand(&name, |sub| sub.args(args));
+    }
+    command
+}
+
+/// The settings flags present in `matches` (of the subcommand that ran, which also holds the
+/// global ones).
+fn settings_flags(matches: &ArgMatches) -> BTreeMap<&'static str, String> {
+    let mut innermost = matches;
+    while let Some((_, sub)) = innermost.subcommand() {
+        innermost = sub;
+    }
+    SPECS
+        .iter()
+        .filter_map(|spec| {
+            let value = innermost.try_get_one::<String>(spec.key).ok().flatten()?;
+            Some((spec.key, value.clone()))
+        })
+        .collect()
+}
+
+/// Parses `args` (the first being the program name).
+///
+/// # Errors
+/// clap's error for a bad command line (it prints itself, with usage, and exits 2).
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok(Invocation {
+        cli,
+        flags: settings_flags(&matches),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
-    fn settings_flags_work_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["lastseen", "serve", "--bind", "127.0.0.1:0"]).unwrap();
-        assert_eq!(cli.settings.overrides()["bind"], "127.0.0.1:0");
-        let cli = Cli::try_parse_from(["lastseen", "check-offline-users", "--dry-run"]).unwrap();
+    fn settings_flags_are_read_for_the_subcommand_that_uses_them() {
+        let run = parse_from(["lastseen", "serve", "--bind", "127.0.0.1:0"]).unwrap();
+        assert_eq!(run.flags["bind"], "127.0.0.1:0");
+        let run = parse_from(["lastseen", "check-offline-users", "--dry-run"]).unwrap();
         assert!(matches!(
-            cli.command,
+            run.cli.command,
             Command::CheckOfflineUsers { dry_run: true }
         ));
+        let run = parse_from([
+            "lastseen",
+            "--database-url",
+            "sqlite://x.db",
+            "check-offline-users",
+            "--inactivity-timeout",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(run.flags["database_url"], "sqlite://x.db");
+        assert_eq!(run.flags["inactivity_timeout"], "1m");
+        let run = parse_from([
+            "lastseen",
+            "user",
+            "create",
+            "ahmad",
+            "--database-url",
+            "sqlite://y.db",
+        ])
+        .unwrap();
+        assert_eq!(run.flags["database_url"], "sqlite://y.db");
+    }
+
+    #[test]
+    fn a_subcommand_refuses_the_flags_it_does_not_use() {
+        let refused = parse_from(["lastseen", "user", "create", "ahmad", "--bind", "1.2.3.4:5"]);
+        assert!(refused.is_err());
+        let refused = parse_from(["lastseen", "migrate", "--persist-interval", "1s"]);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_somewhere() {
+        let command = command();
+        for spec in SPECS {
+            let flag = spec.flag();
+            let offered = command
+                .get_arguments()
+                .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+                .any(|arg| arg.get_long() == Some(flag.as_str()));
+            assert!(offered, "--{flag}");
+        }
     }
 }

@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use lastseen::cli::{Cli, Command, UserCommand};
-use lastseen::settings::{self, Settings};
+use lastseen::cli::{self, Command, UserCommand};
+use lastseen::settings::{self, Overrides, Settings};
 use lastseen::{commands, startup, telemetry};
 
 fn main() -> ExitCode {
@@ -26,19 +25,26 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let invocation = match cli::parse_from(std::env::args_os()) {
+        Ok(invocation) => invocation,
+        Err(error) => error.exit(),
+    };
     telemetry::init(std::io::stderr);
     for name in settings::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
         tracing::warn!(variable = %name, "unknown LASTSEEN_* variable ignored (misspelt?)");
     }
-    let settings = match Settings::load(cli.settings.config.as_ref(), &cli.settings.overrides()) {
+    let overrides = Overrides {
+        flags: invocation.flags,
+        ..Overrides::from_env(std::env::vars())
+    };
+    let settings = match Settings::load(invocation.cli.config.as_ref(), &overrides) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command {
+    let result = match invocation.cli.command {
         Command::Serve => startup::serve(settings).await.map(|()| String::new()),
         Command::Migrate => commands::migrate(&settings).await,
         Command::CheckOfflineUsers { dry_run } => {

@@ -1,9 +1,12 @@
-//! Typed settings and their layered loading: defaults < `--config` TOML < `LASTSEEN_*` env <
-//! command-line flags.
+//! Typed settings and their layered loading: defaults < `--config` TOML < `LASTSEEN_*`
+//! environment < command-line flags.
 //!
-//! Environment variables reach us through clap (each flag declares its variable), so one place
-//! decides flag-over-env; figment merges that layer over the file and the defaults and names the
-//! offending key in every error. Nothing here reads a file other than the explicit `--config`.
+//! [`SPECS`] is the one table of settings: each entry names a key (the TOML key; the flag is
+//! `--key-with-dashes`, the variable `LASTSEEN_KEY`), the kind of value it takes (which gives
+//! the flag's value name and the example an error shows), its help line and the subcommands
+//! that use it. The command line is built from it, the environment is read from it, and a test
+//! ties it to [`Settings`] and to `docs/CONFIGURATION.md`. Defaults live in one place, the
+//! `Default` impl. Nothing here reads a file other than the explicit `--config`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,61 +20,61 @@ use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
 /// Server settings. Every field is a key of the TOML file, a `--flag` and a `LASTSEEN_*`
-/// variable (see `docs/CONFIGURATION.md`).
+/// variable (see [`SPECS`] and `docs/CONFIGURATION.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address to listen on (`LASTSEEN_BIND`, default `127.0.0.1:8000`; port 0 picks one).
+    /// Address to listen on (default `127.0.0.1:8000`; port 0 picks one; `localhost:PORT` is
+    /// accepted as `127.0.0.1:PORT`).
+    #[serde(with = "bind_address")]
     pub bind: SocketAddr,
-    /// Database (`LASTSEEN_DATABASE_URL`, default `sqlite://lastseen.db`, created if missing;
-    /// or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`).
+    /// Database (default `sqlite://lastseen.db`, created if missing; or
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`).
     pub database_url: String,
-    /// Redis for multi-node presence (`LASTSEEN_REDIS_URL`; unset = in-process engine).
+    /// Redis for multi-node presence (unset = in-process engine).
     pub redis_url: Option<String>,
-    /// Silence after which a session ends (`LASTSEEN_INACTIVITY_TIMEOUT`, default `5m`).
+    /// Silence after which a session ends (default `5m`).
     #[serde(with = "humantime_serde")]
     pub inactivity_timeout: Duration,
-    /// Heartbeat period suggested to clients (`LASTSEEN_HEARTBEAT_INTERVAL`, default `30s`).
+    /// Heartbeat period suggested to clients (default `30s`).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// How long a closed socket's session survives a reconnect (`LASTSEEN_DISCONNECT_GRACE`,
-    /// default `10s`).
+    /// How long a closed socket's session survives a reconnect (default `10s`).
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Duration,
-    /// Period of the batched presence writes (`LASTSEEN_PERSIST_INTERVAL`, default `1s`).
+    /// Period of the batched presence writes (default `1s`).
     #[serde(with = "humantime_serde")]
     pub persist_interval: Duration,
-    /// Whether `POST /api/users/register/` is open (`LASTSEEN_OPEN_REGISTRATION`, default
-    /// `true`).
+    /// Whether `POST /api/users/register/` is open (default `true`).
     pub open_registration: bool,
-    /// Longest time a request may take (`LASTSEEN_REQUEST_TIMEOUT`, default `30s`).
+    /// Longest time a request may take (default `30s`).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Largest accepted request body in bytes (`LASTSEEN_MAX_BODY_BYTES`, default `65536`).
+    /// Largest accepted request body in bytes (default `65536`).
     pub max_body_bytes: usize,
-    /// Period of server pings on sockets (`LASTSEEN_PING_INTERVAL`, default `15s`); a socket
-    /// that has not answered the previous ping by the next one is closed.
+    /// Period of server pings on sockets (default `15s`); a socket that has not answered the
+    /// previous ping by the next one is closed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// Users one socket or SSE stream may watch (`LASTSEEN_MAX_SUBSCRIPTIONS`, default `1000`).
+    /// Users one socket or SSE stream may watch (default `1000`).
     pub max_subscriptions: usize,
-    /// Open sockets and SSE streams per user (`LASTSEEN_MAX_SOCKETS_PER_USER`, default `16`).
+    /// Open sockets and SSE streams per user (default `16`).
     pub max_sockets_per_user: usize,
-    /// Largest WebSocket message in bytes (`LASTSEEN_MAX_MESSAGE_BYTES`, default `16384`).
+    /// Largest WebSocket message in bytes (default `16384`).
     pub max_message_bytes: usize,
-    /// Typing messages a socket may send per second (`LASTSEEN_TYPING_PER_SECOND`, default
-    /// `5`); more are answered with a `throttled` error frame.
+    /// Typing messages a socket may send per second (default `5`); more are answered with a
+    /// `throttled` error frame.
     pub typing_per_second: u32,
-    /// Sessions (logins, devices) one user may have; a login beyond it revokes the least
-    /// recently active (`LASTSEEN_MAX_SESSIONS_PER_USER`, default `100`).
-    pub max_sessions_per_user: usize,
     /// Messages queued for one socket before it counts as a slow consumer and is closed
-    /// (`LASTSEEN_SEND_QUEUE`, default `256`); presence updates of one user are coalesced.
+    /// (default `256`); presence updates of one user are coalesced.
     pub send_queue: usize,
     /// Whether users whose exact `last_seen` is hidden from a viewer show a coarse
-    /// `last_seen_approx` instead (`recently`, `within_week`, ...), like Telegram
-    /// (`LASTSEEN_LAST_SEEN_APPROX`, default `false`).
+    /// `last_seen_approx` instead (`recently`, `within_week`, ...), like Telegram (default
+    /// `false`).
     pub last_seen_approx: bool,
+    /// Sessions (logins, devices) one user may have; a login beyond it revokes the least
+    /// recently active (default `100`).
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for Settings {
@@ -92,36 +95,216 @@ impl Default for Settings {
             max_sockets_per_user: 16,
             max_message_bytes: 16 * 1024,
             typing_per_second: 5,
-            max_sessions_per_user: 100,
             send_queue: 256,
             last_seen_approx: false,
+            max_sessions_per_user: 100,
         }
     }
 }
 
-/// Every settings key, in the order the docs list them.
-pub const KEYS: &[&str] = &[
-    "bind",
-    "database_url",
-    "redis_url",
-    "inactivity_timeout",
-    "heartbeat_interval",
-    "disconnect_grace",
-    "persist_interval",
-    "open_registration",
-    "request_timeout",
-    "max_body_bytes",
-    "ping_interval",
-    "max_subscriptions",
-    "max_sockets_per_user",
-    "max_message_bytes",
-    "typing_per_second",
-    "send_queue",
-    "last_seen_approx",
-    "max_sessions_per_user",
+/// The kind of value a setting takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `HOST:PORT`.
+    Address,
+    /// A URL (kept as text whatever it looks like).
+    Url,
+    /// A humantime duration.
+    Duration,
+    /// `true` or `false`.
+    Bool,
+    /// A whole number.
+    Count,
+}
+
+impl Kind {
+    /// The flag's value name in `--help`.
+    pub fn value_name(self) -> &'static str {
+        match self {
+            Self::Address => "ADDR",
+            Self::Url => "URL",
+            Self::Duration => "DURATION",
+            Self::Bool => "BOOL",
+            Self::Count => "N",
+        }
+    }
+
+    /// What a valid value looks like, for error messages.
+    pub fn example(self) -> &'static str {
+        match self {
+            Self::Address => "an address such as 127.0.0.1:8000, 0.0.0.0:8000 or localhost:8000",
+            Self::Url => "a URL",
+            Self::Duration => "a duration such as 500ms, 30s, 5m or 1h 30m",
+            Self::Bool => "true or false",
+            Self::Count => "a whole number such as 100",
+        }
+    }
+}
+
+/// Which subcommands a setting's flag belongs to. Variables and the TOML file are read for
+/// every subcommand whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every subcommand (the database they all open).
+    All,
+    /// `serve` and `check-offline-users` (both decide who is still online).
+    Presence,
+    /// `serve` only.
+    Serve,
+}
+
+/// One setting: its key, the kind of value, a one-line help and where its flag is offered.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The TOML key; the flag is `--key-with-dashes`, the variable `LASTSEEN_KEY`.
+    pub key: &'static str,
+    /// What it takes.
+    pub kind: Kind,
+    /// The `--help` line (the default is appended from [`Settings::default`]).
+    pub help: &'static str,
+    /// Which subcommands offer the flag.
+    pub scope: Scope,
+}
+
+impl Spec {
+    /// `--key-with-dashes`, without the dashes in front.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// `LASTSEEN_KEY`.
+    pub fn env(&self) -> String {
+        format!("LASTSEEN_{}", self.key.to_ascii_uppercase())
+    }
+}
+
+const fn spec(key: &'static str, kind: Kind, scope: Scope, help: &'static str) -> Spec {
+    Spec {
+        key,
+        kind,
+        help,
+        scope,
+    }
+}
+
+/// Every setting, in the order the docs list them.
+pub const SPECS: &[Spec] = &[
+    spec(
+        "bind",
+        Kind::Address,
+        Scope::Serve,
+        "Address to listen on; port 0 picks a free one",
+    ),
+    spec(
+        "database_url",
+        Kind::Url,
+        Scope::All,
+        "Database: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DB",
+    ),
+    spec(
+        "redis_url",
+        Kind::Url,
+        Scope::Presence,
+        "Redis for multi-node presence (unset: the in-process engine)",
+    ),
+    spec(
+        "inactivity_timeout",
+        Kind::Duration,
+        Scope::Presence,
+        "Silence after which a session ends",
+    ),
+    spec(
+        "heartbeat_interval",
+        Kind::Duration,
+        Scope::Serve,
+        "Heartbeat period suggested to clients",
+    ),
+    spec(
+        "disconnect_grace",
+        Kind::Duration,
+        Scope::Serve,
+        "Reconnect grace of a closed socket's session",
+    ),
+    spec(
+        "persist_interval",
+        Kind::Duration,
+        Scope::Serve,
+        "Period of batched presence writes",
+    ),
+    spec(
+        "open_registration",
+        Kind::Bool,
+        Scope::Serve,
+        "Allow self-registration",
+    ),
+    spec(
+        "request_timeout",
+        Kind::Duration,
+        Scope::Serve,
+        "Longest time a request may take",
+    ),
+    spec(
+        "max_body_bytes",
+        Kind::Count,
+        Scope::Serve,
+        "Largest accepted request body in bytes",
+    ),
+    spec(
+        "ping_interval",
+        Kind::Duration,
+        Scope::Serve,
+        "Period of server pings on sockets",
+    ),
+    spec(
+        "max_subscriptions",
+        Kind::Count,
+        Scope::Serve,
+        "Users one socket may watch",
+    ),
+    spec(
+        "max_sockets_per_user",
+        Kind::Count,
+        Scope::Serve,
+        "Open sockets and SSE streams per user",
+    ),
+    spec(
+        "max_message_bytes",
+        Kind::Count,
+        Scope::Serve,
+        "Largest WebSocket message in bytes",
+    ),
+    spec(
+        "typing_per_second",
+        Kind::Count,
+        Scope::Serve,
+        "Typing messages a socket may send per second",
+    ),
+    spec(
+        "send_queue",
+        Kind::Count,
+        Scope::Serve,
+        "Messages queued per socket before it is closed as a slow consumer",
+    ),
+    spec(
+        "last_seen_approx",
+        Kind::Bool,
+        Scope::Serve,
+        "Show a coarse last_seen_approx where the exact last seen is hidden",
+    ),
+    spec(
+        "max_sessions_per_user",
+        Kind::Count,
+        Scope::Serve,
+        "Sessions (devices) per user; more logins revoke the oldest",
+    ),
 ];
 
-/// `LASTSEEN_*` variables that are not settings but are read elsewhere (tests, CI).
+/// The spec of `key`.
+fn spec_of(key: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|s| s.key == key)
+}
+
+/// `LASTSEEN_*` variables that are not settings but are read elsewhere (the CLI, tests, CI).
 const OTHER_VARS: &[&str] = &[
     "CONFIG",
     "REQUIRE_SERVICES",
@@ -129,54 +312,118 @@ const OTHER_VARS: &[&str] = &[
     "TEST_REDIS_URL",
 ];
 
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The `--config` file.
+    File(PathBuf),
+    /// A `LASTSEEN_*` variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default"),
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Env(name) => f.write_str(name),
+            Self::Flag(flag) => write!(f, "--{flag}"),
+        }
+    }
+}
+
 /// A setting that could not be loaded; `main` prints it and exits with status 2.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{key}`: {message}")]
+#[error("{message}")]
 pub struct SettingsError {
     /// The offending key (or `config` for an unreadable file).
     pub key: String,
-    /// What is wrong, and where the value came from.
+    /// What is wrong, where the value came from, and what would be valid.
     pub message: String,
 }
 
-impl SettingsError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+/// The layers above the defaults, as raw text keyed by setting: what the command line and the
+/// environment gave (the file is read by [`Settings::load`]).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `LASTSEEN_*` variables.
+    pub env: BTreeMap<&'static str, String>,
+    /// Command-line flags.
+    pub flags: BTreeMap<&'static str, String>,
+}
+
+impl Overrides {
+    /// The settings variables among `vars`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let env = SPECS
+            .iter()
+            .filter_map(|spec| vars.get(&spec.env()).map(|v| (spec.key, v.clone())))
+            .collect();
         Self {
-            key: key.into(),
-            message: message.into(),
+            env,
+            flags: BTreeMap::new(),
+        }
+    }
+
+    fn source(&self, key: &str, config: Option<&PathBuf>) -> Source {
+        let spec = spec_of(key);
+        if self.flags.contains_key(key) {
+            Source::Flag(spec.map_or_else(|| key.to_owned(), Spec::flag))
+        } else if self.env.contains_key(key) {
+            Source::Env(spec.map_or_else(|| key.to_owned(), Spec::env))
+        } else if let Some(path) = config {
+            Source::File(path.clone())
+        } else {
+            Source::Default
         }
     }
 }
 
 impl Settings {
-    /// Merges the layers: defaults, then the TOML file at `config` (if any), then `overrides`
-    /// (flags and env, as raw strings keyed by setting name), and validates the result.
+    /// Merges the layers: defaults, then the TOML file at `config` (if any), then the
+    /// environment, then flags, and validates the result.
     ///
     /// # Errors
-    /// A [`SettingsError`] naming the first bad key.
-    pub fn load(
-        config: Option<&PathBuf>,
-        overrides: &BTreeMap<&'static str, String>,
-    ) -> Result<Self, SettingsError> {
+    /// A [`SettingsError`] naming the first bad key, where its value came from and what a
+    /// valid one looks like.
+    pub fn load(config: Option<&PathBuf>, overrides: &Overrides) -> Result<Self, SettingsError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = config {
             if !path.is_file() {
-                return Err(SettingsError::new(
-                    "config",
-                    format!("no such file: {}", path.display()),
-                ));
+                return Err(SettingsError {
+                    key: "config".into(),
+                    message: format!(
+                        "the settings file {} does not exist (from --config or LASTSEEN_CONFIG)",
+                        path.display()
+                    ),
+                });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        for (key, raw) in overrides {
-            figment = figment.merge(Serialized::global(key, parse_value(key, raw)));
+        for layer in [&overrides.env, &overrides.flags] {
+            for (key, raw) in layer {
+                figment = figment.merge(Serialized::global(key, parse_value(key, raw)));
+            }
         }
-        let settings: Settings = figment.extract().map_err(from_figment)?;
-        settings.validate()?;
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| explain(&e, config, overrides))?;
+        settings.validate().map_err(|(key, problem)| {
+            let source = overrides.source(key, config);
+            SettingsError {
+                key: key.into(),
+                message: format!("{key} {problem} (from {source})"),
+            }
+        })?;
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), SettingsError> {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         for (key, value) in [
             ("inactivity_timeout", self.inactivity_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -185,7 +432,7 @@ impl Settings {
             ("ping_interval", self.ping_interval),
         ] {
             if value.is_zero() {
-                return Err(SettingsError::new(key, "must be greater than zero"));
+                return Err((key, "must be greater than zero, e.g. 30s".into()));
             }
         }
         for (key, value, min) in [
@@ -197,42 +444,71 @@ impl Settings {
             ("max_sessions_per_user", self.max_sessions_per_user, 1),
         ] {
             if value < min {
-                return Err(SettingsError::new(key, format!("must be at least {min}")));
+                return Err((key, format!("must be at least {min}")));
             }
         }
         if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
-            return Err(SettingsError::new(
+            return Err((
                 "redis_url",
-                "the Redis presence backend is not part of this build yet; leave it unset to \
-                 use the in-process engine",
+                "cannot be used yet: this build has no Redis presence backend; leave it unset \
+                 to use the in-process engine"
+                    .into(),
             ));
         }
         Ok(())
     }
 }
 
-/// Types a flag or env value the way a TOML file would (`true`, `1024`, `"5m"`), except for
+/// Types a flag or variable the way a TOML file would (`true`, `1024`, `"5m"`), except for
 /// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
-    match key {
-        "bind" | "database_url" | "redis_url" => Value::from(raw.to_owned()),
+    match spec_of(key).map(|s| s.kind) {
+        Some(Kind::Address | Kind::Url | Kind::Duration) => Value::from(raw.to_owned()),
         _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),
     }
 }
 
-fn from_figment(error: figment::Error) -> SettingsError {
+/// Our wording of a figment error: the key, the value, its source and a valid example; no
+/// internal type names.
+fn explain(
+    error: &figment::Error,
+    config: Option<&PathBuf>,
+    overrides: &Overrides,
+) -> SettingsError {
+    use figment::error::Kind as E;
     let key = error.path.join(".");
-    let source = error
-        .metadata
-        .as_ref()
-        .map(|m| format!(" (from {})", m.name))
-        .unwrap_or_default();
-    let key = if key.is_empty() {
-        "config".to_owned()
-    } else {
-        key
+    if key.is_empty() {
+        let message = match config {
+            Some(path) => format!(
+                "cannot read the settings file {}: {}",
+                path.display(),
+                error.kind
+            ),
+            None => error.kind.to_string(),
+        };
+        return SettingsError {
+            key: "config".into(),
+            message,
+        };
+    }
+    let source = overrides.source(&key, config);
+    let message = match (&error.kind, spec_of(&key)) {
+        (E::UnknownField(field, _), _) => format!(
+            "unknown setting {field} in {source}; the settings are listed in docs/CONFIGURATION.md"
+        ),
+        (kind, Some(spec)) => {
+            let given = match kind {
+                E::InvalidType(actual, _) | E::InvalidValue(actual, _) => format!(" {actual}"),
+                _ => String::new(),
+            };
+            format!(
+                "invalid value{given} for {key} (from {source}): expected {}",
+                spec.kind.example()
+            )
+        }
+        (kind, None) => format!("invalid {key} (from {source}): {kind}"),
     };
-    SettingsError::new(&key, format!("{}{source}", error.kind))
+    SettingsError { key, message }
 }
 
 /// Names of `LASTSEEN_*` variables in `vars` that match no setting: likely typos.
@@ -240,10 +516,36 @@ pub fn unknown_env_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
     vars.into_iter()
         .filter(|name| {
             name.strip_prefix("LASTSEEN_").is_some_and(|rest| {
-                !OTHER_VARS.contains(&rest) && !KEYS.contains(&rest.to_ascii_lowercase().as_str())
+                !OTHER_VARS.contains(&rest) && spec_of(&rest.to_ascii_lowercase()).is_none()
             })
         })
         .collect()
+}
+
+/// `bind` as text: `HOST:PORT` with an IP, or `localhost:PORT` (meaning 127.0.0.1).
+mod bind_address {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(addr)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let raw = String::deserialize(d)?;
+        parse(&raw).ok_or_else(|| {
+            serde::de::Error::invalid_value(serde::de::Unexpected::Str(&raw), &"HOST:PORT")
+        })
+    }
+
+    fn parse(raw: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = raw.parse() {
+            return Some(addr);
+        }
+        let port = raw.strip_prefix("localhost:")?.parse().ok()?;
+        Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
 }
 
 #[cfg(test)]
@@ -252,34 +554,39 @@ mod tests {
 
     fn load(
         file: Option<&str>,
-        overrides: &[(&'static str, &str)],
+        env: &[(&'static str, &str)],
+        flags: &[(&'static str, &str)],
     ) -> Result<Settings, SettingsError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lastseen.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
         }
-        let overrides = overrides
-            .iter()
-            .map(|(k, v)| (*k, (*v).to_owned()))
-            .collect();
+        let layer = |pairs: &[(&'static str, &str)]| {
+            pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+        };
+        let overrides = Overrides {
+            env: layer(env),
+            flags: layer(flags),
+        };
         Settings::load(file.map(|_| &path), &overrides)
     }
 
     #[test]
     fn defaults_match_the_documented_table() {
-        let s = load(None, &[]).unwrap();
+        let s = load(None, &[], &[]).unwrap();
         assert_eq!(s, Settings::default());
         assert_eq!(s.bind.to_string(), "127.0.0.1:8000");
         assert_eq!(s.inactivity_timeout, Duration::from_secs(300));
     }
 
     #[test]
-    fn overrides_beat_the_file_which_beats_defaults() {
+    fn flags_beat_the_environment_which_beats_the_file_which_beats_defaults() {
         let file =
             "inactivity_timeout = \"90s\"\npersist_interval = \"500ms\"\nopen_registration = false";
         let s = load(
             Some(file),
+            &[("inactivity_timeout", "3m"), ("persist_interval", "2s")],
             &[
                 ("inactivity_timeout", "2m"),
                 ("max_body_bytes", "2048"),
@@ -289,43 +596,114 @@ mod tests {
         .unwrap();
         assert!(s.last_seen_approx);
         assert_eq!(s.inactivity_timeout, Duration::from_secs(120));
-        assert_eq!(s.persist_interval, Duration::from_millis(500));
+        assert_eq!(s.persist_interval, Duration::from_secs(2));
         assert!(!s.open_registration);
         assert_eq!(s.max_body_bytes, 2048);
     }
 
     #[test]
-    fn bad_values_name_their_key() {
-        let err = load(None, &[("inactivity_timeout", "5 parsecs")]).unwrap_err();
+    fn bad_values_name_their_key_source_and_a_valid_example() {
+        let err = load(None, &[("inactivity_timeout", "banana")], &[]).unwrap_err();
         assert_eq!(err.key, "inactivity_timeout");
-        let err = load(Some("persist_interval = \"soon\""), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value string \"banana\" for inactivity_timeout \
+             (from LASTSEEN_INACTIVITY_TIMEOUT): expected a duration such as 500ms, 30s, 5m \
+             or 1h 30m"
+        );
+        let err = load(None, &[], &[("inactivity_timeout", "5 parsecs")]).unwrap_err();
+        assert!(
+            err.to_string().contains("(from --inactivity-timeout)"),
+            "{err}"
+        );
+        let err = load(Some("persist_interval = \"soon\""), &[], &[]).unwrap_err();
         assert_eq!(err.key, "persist_interval");
-        let err = load(Some("bind = \"nowhere\""), &[]).unwrap_err();
+        assert!(err.to_string().contains("lastseen.toml"), "{err}");
+        let err = load(Some("bind = \"nowhere\""), &[], &[]).unwrap_err();
         assert_eq!(err.key, "bind");
-        let err = load(None, &[("persist_interval", "0s")]).unwrap_err();
+        assert!(err.to_string().contains("localhost:8000"), "{err}");
+        let err = load(None, &[], &[("persist_interval", "0s")]).unwrap_err();
         assert_eq!(err.key, "persist_interval");
-        let err = load(None, &[("last_seen_approx", "sometimes")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "persist_interval must be greater than zero, e.g. 30s (from --persist-interval)"
+        );
+        let err = load(None, &[], &[("last_seen_approx", "sometimes")]).unwrap_err();
         assert_eq!(err.key, "last_seen_approx");
-        let err = load(Some("colour = \"blue\""), &[]).unwrap_err();
-        assert!(err.to_string().contains("colour"), "{err}");
+        assert!(err.to_string().contains("true or false"), "{err}");
+        let err = load(Some("colour = \"blue\""), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("unknown setting colour"), "{err}");
+        for err in [
+            load(None, &[("inactivity_timeout", "banana")], &[]).unwrap_err(),
+            load(Some("bind = \"nowhere\""), &[], &[]).unwrap_err(),
+        ] {
+            assert!(!err.to_string().contains("figment"), "{err}");
+        }
+    }
+
+    #[test]
+    fn localhost_is_accepted_as_a_bind_address() {
+        let s = load(None, &[], &[("bind", "localhost:8002")]).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8002");
+        let s = load(None, &[], &[("bind", "[::1]:0")]).unwrap();
+        assert_eq!(s.bind.to_string(), "[::1]:0");
     }
 
     #[test]
     fn a_missing_config_file_is_an_error() {
         let missing = PathBuf::from("/nonexistent/lastseen.toml");
-        let err = Settings::load(Some(&missing), &BTreeMap::new()).unwrap_err();
+        let err = Settings::load(Some(&missing), &Overrides::default()).unwrap_err();
         assert_eq!(err.key, "config");
+        assert!(
+            err.to_string().contains("/nonexistent/lastseen.toml"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn misspelt_variables_are_reported() {
+    fn only_settings_variables_are_read_and_misspelt_ones_are_reported() {
         let vars = [
-            "LASTSEEN_BIND",
-            "LASTSEEN_INACTIVTY_TIMEOUT",
-            "LASTSEEN_REQUIRE_SERVICES",
-            "PATH",
-        ];
-        let unknown = unknown_env_vars(vars.map(String::from));
+            ("LASTSEEN_BIND", "127.0.0.1:1"),
+            ("LASTSEEN_INACTIVTY_TIMEOUT", "1m"),
+            ("LASTSEEN_REQUIRE_SERVICES", "1"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let overrides = Overrides::from_env(vars.clone());
+        assert_eq!(overrides.env.keys().copied().collect::<Vec<_>>(), ["bind"]);
+        let unknown = unknown_env_vars(vars.map(|(k, _)| k));
         assert_eq!(unknown, vec!["LASTSEEN_INACTIVTY_TIMEOUT".to_owned()]);
+    }
+
+    #[test]
+    fn the_spec_table_names_every_field_of_settings_once() {
+        let serialized = serde_json::to_value(Settings::default()).unwrap();
+        let mut fields: Vec<&str> = serialized
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut keys: Vec<&str> = SPECS.iter().map(|s| s.key).collect();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn the_configuration_doc_lists_every_setting_with_its_flag_and_variable() {
+        let doc = include_str!("../docs/CONFIGURATION.md");
+        for spec in SPECS {
+            let row = format!(
+                "| `{}` | `--{}` | `{}` |",
+                spec.key,
+                spec.flag(),
+                spec.env()
+            );
+            assert!(
+                doc.contains(&row),
+                "docs/CONFIGURATION.md lacks the row {row}"
+            );
+        }
     }
 }
