@@ -53,6 +53,12 @@ impl Handle {
     pub fn privacy_changes(&self) -> broadcast::Receiver<PrivacyChanged> {
         self.state.privacy.subscribe()
     }
+
+    /// The HTTP service with every route and middleware, to drive without a socket (tests) or
+    /// to nest in another server.
+    pub fn service(&self) -> http::Service {
+        http::service(self.state.clone())
+    }
 }
 
 /// A server that is bound and restored, ready to run.

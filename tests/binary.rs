@@ -290,13 +290,18 @@ fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
     let server = Server::start(&db, &[]);
     login(&server.base, "ahmad", "password123");
     server.stop();
+    let stopped = std::time::SystemTime::now();
 
     // Still within the default 5 minutes: nobody to mark.
     assert_eq!(
         stdout(&run(&db, &["check-offline-users"], None)).trim(),
         "Marked 0 users offline"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the last activity is more than 100 ms old, a 100 ms timeout has passed.
+    let deadline = Duration::from_millis(150);
+    while let Some(left) = deadline.checked_sub(stopped.elapsed().unwrap_or_default()) {
+        std::thread::sleep(left.max(Duration::from_millis(1)));
+    }
     let short = ["check-offline-users", "--inactivity-timeout", "100ms"];
     let dry = stdout(&run(&db, &[&short[..], &["--dry-run"]].concat(), None));
     assert_eq!(dry.trim(), "Would mark 1 users offline");

@@ -720,3 +720,184 @@ mod tests {
         assert_eq!(page.users[0].0, UserId(201));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Random interleavings of touch, socket open/close, logout and the passing of time,
+    //! checked against a model of which sessions are live: a user is online exactly when a
+    //! session of theirs is live, `seq` only grows, and every change of status is announced by
+    //! exactly one event.
+
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engine::deadlines::SLOT;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    const GRACE: Duration = Duration::from_secs(5);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Touch(i64, i64),
+        Open(i64, i64),
+        Close(i64, i64),
+        End(i64, i64),
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let user = 1..4_i64;
+        let session = 1..4_i64;
+        prop_oneof![
+            (user.clone(), session.clone()).prop_map(|(u, s)| Op::Touch(u, s)),
+            (user.clone(), session.clone()).prop_map(|(u, s)| Op::Open(u, s)),
+            (user.clone(), session.clone()).prop_map(|(u, s)| Op::Close(u, s)),
+            (user, session).prop_map(|(u, s)| Op::End(u, s)),
+            (0..90_000_u64).prop_map(Op::Wait),
+        ]
+    }
+
+    /// The model of one session: open sockets and when it ends without them.
+    #[derive(Debug, Clone, Copy)]
+    struct Model {
+        sockets: u32,
+        ends_at: Instant,
+    }
+
+    /// Sessions are numbered per user; the engine needs globally unique ids.
+    fn session_id(user: i64, session: i64) -> SessionId {
+        SessionId(user * 10 + session)
+    }
+
+    /// Whether the model says the session is live at `now`: `Some(true)`/`Some(false)` when it
+    /// is certain, `None` within one slot of its end, where the engine may still be at it.
+    fn live(model: &Model, now: Instant) -> Option<bool> {
+        if model.sockets > 0 || now < model.ends_at {
+            Some(true)
+        } else if now >= model.ends_at + SLOT {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    async fn run(ops: Vec<Op>) {
+        let engine = LocalBackend::new(TIMEOUT);
+        let mut events = engine.subscribe();
+        let mut models: HashMap<(i64, i64), Model> = HashMap::new();
+        let mut last_status: HashMap<i64, PresenceStatus> = HashMap::new();
+        let mut last_seq: HashMap<i64, u64> = HashMap::new();
+        for op in ops {
+            let now = Instant::now();
+            match op {
+                Op::Touch(u, s) => {
+                    engine.touch(UserId(u), session_id(u, s)).await.unwrap();
+                    let model = models.entry((u, s)).or_insert(Model {
+                        sockets: 0,
+                        ends_at: now,
+                    });
+                    model.ends_at = model.ends_at.max(now + TIMEOUT);
+                }
+                Op::Open(u, s) => {
+                    engine
+                        .open_socket(UserId(u), session_id(u, s))
+                        .await
+                        .unwrap();
+                    let model = models.entry((u, s)).or_insert(Model {
+                        sockets: 0,
+                        ends_at: now,
+                    });
+                    model.sockets += 1;
+                    model.ends_at = model.ends_at.max(now + TIMEOUT);
+                }
+                Op::Close(u, s) => {
+                    let grace = GRACE;
+                    engine
+                        .close_socket(UserId(u), session_id(u, s), grace)
+                        .await
+                        .unwrap();
+                    if let Some(model) = models.get_mut(&(u, s)).filter(|m| m.sockets > 0) {
+                        model.sockets -= 1;
+                        if model.sockets == 0 {
+                            model.ends_at = now + grace;
+                        }
+                    }
+                }
+                Op::End(u, s) => {
+                    engine
+                        .end_session(UserId(u), session_id(u, s))
+                        .await
+                        .unwrap();
+                    models.remove(&(u, s));
+                }
+                Op::Wait(ms) => {
+                    tokio::time::advance(Duration::from_millis(ms)).await;
+                    engine.expire_due().await.unwrap();
+                    let now = Instant::now();
+                    // A session the engine ended is gone for good (the model forgets it too).
+                    models.retain(|_, m| live(m, now) != Some(false));
+                }
+            }
+            // Every announced transition: alternating per user, with a growing seq.
+            while let Ok(event) = events.try_recv() {
+                let user = event.user_id.0;
+                let previous = last_status.insert(user, event.status);
+                assert_ne!(
+                    previous,
+                    Some(event.status),
+                    "one event per change: {event:?}"
+                );
+                let seq = last_seq.insert(user, event.seq).unwrap_or(0);
+                assert!(event.seq > seq, "seq grows: {event:?} after {seq}");
+            }
+            let now = Instant::now();
+            for user in 1..4_i64 {
+                let sessions: Vec<Option<bool>> = models
+                    .iter()
+                    .filter(|((u, _), _)| *u == user)
+                    .map(|(_, m)| live(m, now))
+                    .collect();
+                let expected = if sessions.contains(&Some(true)) {
+                    Some(PresenceStatus::Online)
+                } else if sessions.iter().all(|l| *l == Some(false)) {
+                    Some(PresenceStatus::Offline)
+                } else {
+                    None
+                };
+                let actual = engine
+                    .presence(UserId(user))
+                    .await
+                    .unwrap()
+                    .map_or(PresenceStatus::Offline, |v| v.status);
+                if let Some(expected) = expected {
+                    assert_eq!(actual, expected, "user {user} at {now:?}: {models:?}");
+                }
+                let announced = last_status
+                    .get(&user)
+                    .copied()
+                    .unwrap_or(PresenceStatus::Offline);
+                assert_eq!(actual, announced, "the last event tells the current status");
+            }
+            let online = (1..4_i64)
+                .filter(|u| last_status.get(u) == Some(&PresenceStatus::Online))
+                .count();
+            assert_eq!(engine.online_count(), online);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn online_iff_a_live_session_with_one_event_per_change(ops in prop::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(run(ops));
+        }
+    }
+}

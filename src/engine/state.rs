@@ -142,7 +142,12 @@ impl UserState {
         grace: Duration,
     ) -> Option<Instant> {
         let s = self.sessions.iter_mut().find(|s| s.id == session)?;
-        s.sockets = s.sockets.saturating_sub(1);
+        if s.sockets == 0 {
+            // No socket of this session is open: nothing to close (a close without its open
+            // must not cut an HTTP session's lifetime down to the grace).
+            return None;
+        }
+        s.sockets -= 1;
         if s.sockets > 0 {
             return None;
         }

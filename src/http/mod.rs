@@ -157,7 +157,10 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
+/// The service the server runs: the router behind trailing-slash normalisation.
+pub type Service = NormalizePath<Router>;
+
 /// The service to serve: the router behind trailing-slash normalisation.
-pub fn service(state: AppState) -> NormalizePath<Router> {
+pub fn service(state: AppState) -> Service {
     NormalizePathLayer::trim_trailing_slash().layer(router(state))
 }

@@ -221,3 +221,71 @@ pub async fn subscribe(
     connection.finish_snapshot(&existing, Some(entries));
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A push context over an in-memory database, for tests of this layer.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::hub::{Hub, Limits};
+    use super::{Realtime, RealtimeConfig};
+    use crate::auth::{Authenticator, Session, TokenHash};
+    use crate::domain::Username;
+    use crate::engine::PresenceEngine;
+    use crate::engine::local::LocalBackend;
+    use crate::presence::PresenceReader;
+    use crate::privacy::Privacy;
+    use crate::store::{self, Store};
+
+    /// A context whose sockets ping every `ping_interval`, and its store.
+    pub async fn realtime(ping_interval: Duration) -> (Realtime, Arc<dyn Store>) {
+        let store = store::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let engine = PresenceEngine::new(Arc::new(LocalBackend::new(Duration::from_secs(300))));
+        let privacy = Privacy::new(store.clone(), false);
+        let limits = Limits {
+            max_subscriptions: 100,
+            max_connections_per_user: 4,
+            send_queue: 64,
+        };
+        let realtime = Realtime {
+            hub: Hub::new(limits, privacy.clone()),
+            engine: engine.clone(),
+            reader: PresenceReader::new(engine, store.clone()),
+            privacy,
+            auth: Authenticator::new(store.clone(), 10).unwrap(),
+            connections: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            config: RealtimeConfig {
+                disconnect_grace: Duration::from_secs(10),
+                ping_interval,
+                typing_per_second: 5,
+            },
+        };
+        (realtime, store)
+    }
+
+    /// A user `name` with a session whose bearer token is `token`.
+    pub async fn user(store: &dyn Store, name: &str, token: &str) -> Session {
+        let user = store
+            .create_user(&Username::parse(name).unwrap(), "unused", false)
+            .await
+            .unwrap();
+        let hash = TokenHash::of(token);
+        let session_id = store
+            .create_session(user.id, hash.as_bytes(), chrono::Utc::now())
+            .await
+            .unwrap();
+        Session {
+            session_id,
+            user_id: user.id,
+            username: name.to_owned(),
+            is_admin: false,
+        }
+    }
+}

@@ -247,3 +247,169 @@ impl SocketLoop<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The socket loop driven over in-memory channels: no network, and (once the database work
+    //! of the set-up is done) tokio's clock paused, so timeouts pass without real waiting.
+
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::realtime::testing;
+
+    /// The server's side of a socket: what the client sent, and where replies go.
+    struct Duplex {
+        incoming: mpsc::UnboundedReceiver<Message>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<Message, Infallible>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for Duplex {
+        type Error = mpsc::error::SendError<Message>;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.outgoing.send(item)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The client's side: send frames, read what the server sent.
+    struct Client {
+        to_server: mpsc::UnboundedSender<Message>,
+        from_server: mpsc::UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        fn send(&self, value: Value) {
+            self.to_server
+                .send(Message::Text(value.to_string().into()))
+                .unwrap();
+        }
+
+        /// The next text frame as JSON, skipping pings.
+        async fn next_json(&mut self) -> Value {
+            loop {
+                match self.from_server.recv().await.expect("socket open") {
+                    Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                    Message::Ping(_) => {}
+                    other => panic!("expected a message, got {other:?}"),
+                }
+            }
+        }
+
+        /// The close code the server sends next, skipping anything else.
+        async fn close_code(&mut self) -> u16 {
+            loop {
+                match self.from_server.recv().await.expect("a close frame") {
+                    Message::Close(Some(frame)) => return frame.code,
+                    _ => continue,
+                }
+            }
+        }
+    }
+
+    fn socket() -> (Duplex, Client) {
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let (outgoing, from_server) = mpsc::unbounded_channel();
+        (
+            Duplex { incoming, outgoing },
+            Client {
+                to_server,
+                from_server,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_browser_authenticates_with_its_first_message_then_subscribes() {
+        let (realtime, store) = testing::realtime(Duration::from_secs(15)).await;
+        testing::user(store.as_ref(), "alice", "alice-token").await;
+        let bob = testing::user(store.as_ref(), "bob", "bob-token").await;
+        let (server, mut client) = socket();
+        tokio::spawn(serve(server, realtime.clone(), None));
+
+        client.send(json!({"type": "auth", "token": "alice-token"}));
+        client.send(json!({"type": "subscribe", "user_ids": [bob.user_id.0]}));
+        let snapshot = client.next_json().await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        assert_eq!(snapshot["users"][0]["username"], "bob");
+        assert_eq!(snapshot["users"][0]["online_status"], "offline");
+
+        client.send(json!({"type": "nonsense"}));
+        assert_eq!(
+            client.next_json().await["code"],
+            "invalid",
+            "the socket stays open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_message_that_is_not_auth_closes_with_4401() {
+        let (realtime, _store) = testing::realtime(Duration::from_secs(15)).await;
+        tokio::time::pause();
+        let (server, mut client) = socket();
+        tokio::spawn(serve(server, realtime, None));
+        client.send(json!({"type": "subscribe", "user_ids": [1]}));
+        assert_eq!(client.close_code().await, CLOSE_UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_closed_with_4000_after_two_pings() {
+        let ping = Duration::from_secs(15);
+        let (realtime, store) = testing::realtime(ping).await;
+        let alice = testing::user(store.as_ref(), "alice", "alice-token").await;
+        tokio::time::pause();
+        let (server, mut client) = socket();
+        let started = tokio::time::Instant::now();
+        tokio::spawn(serve(server, realtime, Some(alice)));
+        assert_eq!(client.close_code().await, CLOSE_PING_TIMEOUT);
+        let waited = started.elapsed();
+        assert!(waited >= ping * 2 && waited < ping * 3, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_holds_its_session_live_and_closing_starts_the_grace() {
+        let (realtime, store) = testing::realtime(Duration::from_secs(15)).await;
+        let alice = testing::user(store.as_ref(), "alice", "alice-token").await;
+        tokio::time::pause();
+        let user = alice.user_id;
+        let (server, client) = socket();
+        let served = tokio::spawn(serve(server, realtime.clone(), Some(alice)));
+        tokio::task::yield_now().await;
+        let online = realtime.engine.presence(user).await.unwrap().unwrap();
+        assert!(online.status.is_online());
+
+        drop(client);
+        served.await.unwrap();
+        realtime.connections.close();
+        realtime.connections.wait().await;
+        tokio::time::advance(realtime.config.disconnect_grace + Duration::from_secs(1)).await;
+        realtime.engine.expire_due().await.unwrap();
+        let offline = realtime.engine.presence(user).await.unwrap().unwrap();
+        assert!(!offline.status.is_online(), "ended after the grace");
+    }
+}

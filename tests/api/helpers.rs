@@ -90,6 +90,15 @@ impl TestApp {
         response.text().await.unwrap()
     }
 
+    /// The value of an unlabelled metric (0 when it was never recorded).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))
@@ -208,6 +217,22 @@ impl TestApp {
         let path = format!("/api/users/admin/users/{user_id}/online-status/");
         expect(self.get(&path, admin_token).await, 200).await
     }
+}
+
+/// Waits until the wall clock has passed `at` (plus `after`): the next activity then gets a
+/// later timestamp, and a deadline `after` past `at` has passed. Polls the clock instead of
+/// sleeping a guessed amount.
+pub async fn wall_clock_past(at: chrono::DateTime<chrono::Utc>, after: Duration) {
+    let target = at + chrono::Duration::from_std(after).unwrap();
+    while chrono::Utc::now() <= target {
+        let left = (target - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(left.max(Duration::from_micros(100))).await;
+    }
+}
+
+/// A timestamp field of a response.
+pub fn timestamp(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value.as_str().unwrap().parse().unwrap()
 }
 
 /// Asserts the status and returns the JSON body.

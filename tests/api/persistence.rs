@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::sqlite::SqlitePoolOptions;
 
-use crate::helpers::{expect, spawn_app, spawn_app_with, start};
+use crate::helpers::{expect, spawn_app, spawn_app_with, start, timestamp, wall_clock_past};
 
 async fn db_row(app: &crate::helpers::TestApp, username: &str) -> (String, Option<String>) {
     let pool = SqlitePoolOptions::new()
@@ -81,7 +81,8 @@ async fn users_whose_deadline_passed_during_downtime_restart_offline_with_last_s
     let (settings, dir) = (app.settings.clone(), app.dir.clone());
     app.stop().await;
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Restart after the session's deadline (last activity + the 500 ms timeout).
+    wall_clock_past(timestamp(&before["last_seen"]), Duration::from_millis(500)).await;
     let app = start(settings, dir).await;
     let (_, admin) = app.admin("root").await;
     let status = app.status_of(&admin, id).await;
@@ -117,6 +118,7 @@ async fn sockets_open_at_shutdown_get_their_grace_after_the_restart() {
     let socket = app.ws(&token).await;
     let (settings, dir) = (app.settings.clone(), app.dir.clone());
     app.stop().await;
+    let stopped = chrono::Utc::now();
     drop(socket);
 
     // The app reconnects within the grace: it never looks offline.
@@ -127,7 +129,8 @@ async fn sockets_open_at_shutdown_get_their_grace_after_the_restart() {
         "online"
     );
     let _again = app.ws(&token).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the moment the grace that began at shutdown would have ended.
+    wall_clock_past(stopped, Duration::from_millis(900)).await;
     assert_eq!(
         app.status_of(&admin_token, id).await["online_status"],
         "online"

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::helpers::{expect, spawn_app, spawn_app_with};
+use crate::helpers::{expect, spawn_app, spawn_app_with, wall_clock_past};
 
 fn ts(value: &serde_json::Value) -> DateTime<Utc> {
     value.as_str().unwrap().parse().unwrap()
@@ -16,7 +16,7 @@ async fn heartbeat_returns_the_seed_shape_and_refreshes_last_seen() {
     assert_eq!(first["message"], "Heartbeat recorded");
     assert_eq!(first["online_status"], "online");
     assert_eq!(first["heartbeat_interval_ms"], 30_000);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    wall_clock_past(ts(&first["last_seen"]), Duration::ZERO).await;
     let second = expect(app.post("/api/users/heartbeat/", &token).await, 200).await;
     assert!(ts(&second["last_seen"]) > ts(&first["last_seen"]));
 }
@@ -27,7 +27,7 @@ async fn any_authenticated_request_counts_as_activity() {
     let (id, token) = app.user("ahmad").await;
     let (_, admin) = app.admin("root").await;
     let before = ts(&app.status_of(&admin, id).await["last_seen"]);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    wall_clock_past(before, Duration::ZERO).await;
     expect(app.get("/api/users/me/", &token).await, 200).await;
     let after = ts(&app.status_of(&admin, id).await["last_seen"]);
     assert!(after > before, "GET /me moved last_seen");

@@ -8,7 +8,9 @@ use lastseen::domain::UserId;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, expect_error, spawn_app, spawn_app_with, start};
+use crate::helpers::{
+    TestApp, expect, expect_error, spawn_app, spawn_app_with, start, timestamp, wall_clock_past,
+};
 
 /// What `viewer` sees of `owner`. Reads both paths and asserts they agree.
 async fn seen(app: &TestApp, viewer: &str, owner: i64) -> Value {
@@ -244,7 +246,7 @@ async fn invisible_users_appear_offline_with_last_seen_frozen_while_their_sessio
         "frozen at the last_seen of the moment invisible mode was turned on"
     );
 
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    wall_clock_past(timestamp(&since), Duration::ZERO).await;
     let heartbeat = expect(app.post("/api/users/heartbeat/", &ahmad_token).await, 200).await;
     assert_ne!(heartbeat["last_seen"], since, "the session works normally");
     let view = seen(&app, &sara, ahmad).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lastseen::domain::Username;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, expect, spawn_app, spawn_app_with, wall_clock_past};
 
 const GRACE: Duration = Duration::from_millis(600);
 
@@ -154,7 +154,11 @@ async fn reconnecting_inside_the_grace_produces_no_events() {
     watcher.subscribe(&[bob]).await;
 
     first.close().await;
-    tokio::time::sleep(GRACE / 3).await;
+    // The server has recorded the close (the watcher's socket is the only one left open).
+    app.eventually(GRACE / 2, || async {
+        (app.metric("lastseen_open_connections").await == 1.0).then_some(())
+    })
+    .await;
     let second = app.ws(&bob_token).await;
     watcher.expect_silence(GRACE * 2).await;
     drop(second);
@@ -208,7 +212,10 @@ async fn typing_reaches_only_the_recipient_and_only_if_it_watches_the_sender() {
     bob_socket
         .send_json(json!({"type": "unsubscribe", "user_ids": [alice_id]}))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A socket handles its messages in order: once a later one is answered, the unsubscribe
+    // has been applied.
+    bob_socket.send_text("not json").await;
+    assert_eq!(bob_socket.next_json().await["type"], "error");
     alice_socket
         .send_json(json!({"type": "typing", "to": bob_id}))
         .await;
@@ -345,11 +352,7 @@ async fn a_client_that_never_reads_is_bounded_and_closed() {
 
 /// The server's count of connections closed as slow consumers (4008).
 async fn slow_consumers_closed(app: &TestApp) -> f64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|line| line.strip_prefix("lastseen_slow_consumers_closed_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    app.metric("lastseen_slow_consumers_closed_total").await
 }
 
 #[tokio::test]
@@ -434,9 +437,11 @@ async fn sse_resumes_from_last_event_id_with_only_newer_changes() {
     let mut stream = app.get(&path, &alice).await;
     sse_events(&mut stream, 1).await;
     app.token("bob").await;
-    sse_events(&mut stream, 1).await;
+    let bob_online = sse_events(&mut stream, 1).await.remove(0);
     // Further back than the resume margin (1 s) before the last event the client saw.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let seq = bob_online.1["seq"].as_i64().unwrap();
+    let at = chrono::DateTime::from_timestamp_micros(seq).unwrap();
+    wall_clock_past(at, Duration::from_millis(1100)).await;
     app.token("dave").await;
     let last = sse_events(&mut stream, 1).await.remove(0);
     assert_eq!(last.0, "presence");
