@@ -51,6 +51,20 @@ async fn add(
     Ok((StatusCode::CREATED, Json(UserSummary::from(&user))))
 }
 
+/// Removes a user from one of the caller's lists; `204`.
+async fn remove(
+    state: &AppState,
+    caller: &Authenticated,
+    change: PrivacyChange,
+) -> Result<StatusCode, ApiError> {
+    let at = request_time(caller);
+    state
+        .privacy
+        .change(caller.session.user_id, change, at)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The caller's contacts.
 #[utoipa::path(
     get, path = "/api/users/me/contacts/", tag = "privacy",
@@ -106,13 +120,7 @@ pub async fn remove_contact(
     caller: Authenticated,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let change = PrivacyChange::RemoveContact(UserId(id));
-    let at = request_time(&caller);
-    state
-        .privacy
-        .change(caller.session.user_id, change, at)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    remove(&state, &caller, PrivacyChange::RemoveContact(UserId(id))).await
 }
 
 /// The users the caller blocked.
@@ -170,13 +178,7 @@ pub async fn unblock_user(
     caller: Authenticated,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let change = PrivacyChange::Unblock(UserId(id));
-    let at = request_time(&caller);
-    state
-        .privacy
-        .change(caller.session.user_id, change, at)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    remove(&state, &caller, PrivacyChange::Unblock(UserId(id))).await
 }
 
 /// The caller's privacy settings.
