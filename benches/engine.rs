@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use lastseen::domain::{SessionId, UserId};
-use lastseen::engine::PresenceBackend;
 use lastseen::engine::local::LocalBackend;
+use lastseen::engine::{Maintenance, PresenceBackend};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lastseen::domain::{SessionId, UserId};
-use lastseen::engine::PresenceBackend;
 use lastseen::engine::local::LocalBackend;
+use lastseen::engine::{Maintenance, PresenceBackend};
 
 /// The system allocator, counting the bytes currently allocated.
 struct Counting;
@@ -79,7 +79,8 @@ async fn main() {
     for i in 0..i64::try_from(sessions).expect("SESSIONS fits i64") {
         engine.touch(UserId(i), SessionId(i)).await.ok();
     }
-    println!("online sessions: {}", engine.online_count() - 1);
+    let online = engine.online_count().await.unwrap_or(1);
+    println!("online sessions: {}", online - 1);
     report("before", base.0, base.1, base, sessions);
     report(
         "sessions online",

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lastseen::domain::{PresenceStatus, SessionId, UserId};
-use lastseen::engine::PresenceBackend;
 use lastseen::engine::local::LocalBackend;
+use lastseen::engine::{Maintenance, PresenceBackend};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ async fn main() {
     let stop = CancellationToken::new();
     let expiry = tokio::spawn({
         let (engine, stop) = (engine.clone(), stop.clone());
-        async move { engine.run_expiry(stop).await }
+        async move { engine.run(stop).await }
     });
     // Receive concurrently, from before the first event, recording when each offline arrives.
     let mut events = engine.subscribe();

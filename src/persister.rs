@@ -1,53 +1,110 @@
-//! Write-behind of presence: copies the engine's dirty state into the store in batches.
+//! Presence between the engine and the store: write-behind in batches, and restoring the
+//! engine from the store when its state is new or was lost.
 //!
 //! One step ([`flush`]) takes everything that changed since the last step and writes it in one
 //! transaction; the loop runs it every `persist_interval` and once more at shutdown. A
 //! heartbeat therefore never writes to the database; a user active all the time costs one row
 //! update per interval. A failed write is logged and retried at the next step.
+//!
+//! [`restore`] rebuilds presence from the store: users whose sessions all ended while nothing
+//! tracked them become offline with `last_seen` kept; the others are online for their
+//! remaining time. It runs at start-up and again whenever the engine reports it lost its state
+//! (a shared Redis that came back empty); with a shared backend only one node does it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::UserId;
 use crate::engine::PresenceEngine;
-use crate::store::{Store, StoreError};
+use crate::store::{Liveness, Store, StoreError};
 
-/// Writes the engine's dirty state once; returns how many users were written.
+/// Writes the engine's changed state once; returns how many users were written.
 ///
 /// # Errors
-/// The store's error; the users stay dirty so the next step retries them.
+/// The store's error; the batch is handed back to the engine so the next step retries it.
 pub async fn flush(engine: &PresenceEngine, store: &dyn Store) -> Result<usize, StoreError> {
-    let batch = engine.take_dirty().await;
+    let maintenance = engine.maintenance();
+    let batch = maintenance.take_dirty().await;
     if batch.is_empty() {
         return Ok(0);
     }
-    let users: Vec<UserId> = batch.iter().map(|w| w.user_id).collect();
     if let Err(error) = store.write_presence(&batch).await {
-        engine.mark_dirty(&users).await;
+        maintenance.mark_dirty(batch).await;
         return Err(error);
     }
     metrics::counter!("lastseen_presence_flushes_total").increment(1);
     metrics::counter!("lastseen_presence_rows_written_total").increment(batch.len() as u64);
-    engine.evict_persisted(&users).await;
+    maintenance.evict_persisted(&batch).await;
     Ok(batch.len())
 }
 
-/// Runs [`flush`] every `interval` until `shutdown`, then once more.
+/// Rebuilds the engine's state from the store, if this node is the one to do it.
+///
+/// # Errors
+/// Store or engine failures.
+pub async fn restore(
+    engine: &PresenceEngine,
+    store: &dyn Store,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let maintenance = engine.maintenance();
+    if !maintenance
+        .claim_restore()
+        .await
+        .context("while claiming the restore")?
+    {
+        tracing::info!("presence state is already there; nothing to restore");
+        return Ok(());
+    }
+    let live = Liveness::at(Utc::now(), timeout);
+    let went_offline = store
+        .mark_inactive_offline(live, false)
+        .await
+        .context("while marking users whose sessions ended during downtime offline")?;
+    let users = store
+        .load_live(live)
+        .await
+        .context("while loading live sessions")?;
+    let online = users.len();
+    maintenance
+        .restore(users)
+        .await
+        .context("while restoring presence")?;
+    maintenance
+        .restored()
+        .await
+        .context("while finishing the restore")?;
+    tracing::info!(online, went_offline, "presence restored from the database");
+    Ok(())
+}
+
+/// Runs [`flush`] every `interval` until `shutdown`, then once more; restores again whenever
+/// the engine lost its state.
 pub async fn run(
     engine: PresenceEngine,
     store: Arc<dyn Store>,
     interval: Duration,
+    timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = engine.maintenance().lost_state();
+    lost.mark_unchanged();
     let mut failing = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            Ok(()) = lost.changed() => {
+                if let Err(error) = restore(&engine, store.as_ref(), timeout).await {
+                    tracing::error!(error = format!("{error:#}"), "restoring presence failed");
+                }
+                continue;
+            }
         }
         match flush(&engine, store.as_ref()).await {
             Ok(_) if failing => {

@@ -121,13 +121,7 @@ impl PresenceReader {
         &self,
         ids: &[UserId],
     ) -> Result<HashMap<UserId, PresenceView>, EngineError> {
-        let mut views = HashMap::with_capacity(ids.len());
-        for &id in ids {
-            if let Some(view) = self.engine.presence(id).await? {
-                views.insert(id, view);
-            }
-        }
-        Ok(views)
+        Ok(self.engine.presence(ids).await?.into_iter().collect())
     }
 }
 

@@ -8,7 +8,6 @@ use anyhow::Context;
 use axum::ServiceExt;
 use axum::extract::Request;
 use axum::serve::ListenerExt;
-use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,7 @@ use crate::realtime::hub::{Hub, Limits};
 use crate::realtime::{Realtime, RealtimeConfig};
 use crate::sessions::Sessions;
 use crate::settings::Settings;
-use crate::store::{self, Liveness, Store};
+use crate::store::{self, Store};
 
 /// Longest shutdown waits for open sockets to close.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -78,7 +77,7 @@ impl App {
             .context("while opening the database")?;
         store.migrate().await.context("while applying migrations")?;
         let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
-        restore(&engine, store.as_ref(), &settings).await?;
+        persister::restore(&engine, store.as_ref(), settings.inactivity_timeout).await?;
         let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user)
             .context("while preparing authentication")?;
         let privacy = Privacy::new(store.clone(), settings.last_seen_approx);
@@ -145,7 +144,7 @@ impl App {
         let stop_tasks = CancellationToken::new();
         let engine = state.engine.clone();
         let token = stop_tasks.clone();
-        tasks.spawn(async move { engine.run_expiry(token).await });
+        tasks.spawn(async move { engine.maintenance().run(token).await });
         let realtime = state.realtime.clone();
         tasks.spawn(realtime.hub.clone().run(
             state.engine.subscribe(),
@@ -157,6 +156,7 @@ impl App {
             state.engine.clone(),
             state.store.clone(),
             state.settings.persist_interval,
+            state.settings.inactivity_timeout,
             stop_tasks.clone(),
         ));
         tasks.close();
@@ -190,28 +190,6 @@ impl App {
         tasks.wait().await;
         served
     }
-}
-
-/// Rebuilds the engine from storage: users whose sessions all expired while the server was
-/// down become offline with `last_seen` kept; the others are online for their remaining time.
-async fn restore(
-    engine: &PresenceEngine,
-    store: &dyn Store,
-    settings: &Settings,
-) -> anyhow::Result<()> {
-    let live = Liveness::at(Utc::now(), settings.inactivity_timeout);
-    let went_offline = store
-        .mark_inactive_offline(live, false)
-        .await
-        .context("while marking users whose sessions ended during downtime offline")?;
-    let users = store
-        .load_live(live)
-        .await
-        .context("while loading live sessions")?;
-    let online = users.len();
-    engine.restore(users).await;
-    tracing::info!(online, went_offline, "presence restored from the database");
-    Ok(())
 }
 
 /// `lastseen serve`: builds the app, prints `listening on http://ADDR` as the first line of

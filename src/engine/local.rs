@@ -10,13 +10,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::deadlines::{DeadlineIndex, slot_of};
 use super::state::{Expiry, Transition, UserState};
-use super::{EngineError, OnlinePage, PresenceBackend};
+use super::{EngineError, Maintenance, OnlinePage, PresenceBackend};
 use crate::domain::{
     PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, SessionId,
     StoredSession, UserId,
@@ -60,6 +60,8 @@ pub struct LocalBackend {
     wake_slot: AtomicU64,
     /// Slot 0 of every shard's index; read-only.
     origin: Instant,
+    /// Never changes: an in-process engine loses its state only with the process.
+    lost: watch::Sender<u64>,
 }
 
 impl LocalBackend {
@@ -82,6 +84,7 @@ impl LocalBackend {
             wake: Notify::new(),
             wake_slot: AtomicU64::new(u64::MAX),
             origin,
+            lost: watch::channel(0).0,
         }
     }
 
@@ -286,8 +289,11 @@ impl PresenceBackend for LocalBackend {
         Ok(view.unwrap_or_else(never_active))
     }
 
-    async fn presence(&self, user: UserId) -> Result<Option<PresenceView>, EngineError> {
-        Ok(self.shard(user).users.get(&user).map(view))
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError> {
+        Ok(users
+            .iter()
+            .filter_map(|&user| self.shard(user).users.get(&user).map(|s| (user, view(s))))
+            .collect())
     }
 
     async fn online_page(
@@ -306,14 +312,25 @@ impl PresenceBackend for LocalBackend {
         users.truncate(limit);
         Ok(OnlinePage {
             users,
-            total: self.online_count(),
+            total: self.online.load(Ordering::Relaxed),
         })
     }
 
-    fn online_count(&self) -> usize {
-        self.online.load(Ordering::Relaxed)
+    async fn online_count(&self) -> Result<usize, EngineError> {
+        Ok(self.online.load(Ordering::Relaxed))
     }
 
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[async_trait]
+impl Maintenance for LocalBackend {
     async fn expire_due(&self) -> Result<usize, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
         // Sockets are re-checked (and their activity recorded) twice per timeout, so the
@@ -355,7 +372,7 @@ impl PresenceBackend for LocalBackend {
         Ok(offline)
     }
 
-    async fn run_expiry(&self, shutdown: CancellationToken) {
+    async fn run(&self, shutdown: CancellationToken) {
         loop {
             let now = Instant::now();
             let wake_at = self
@@ -418,8 +435,10 @@ impl PresenceBackend for LocalBackend {
         writes
     }
 
-    async fn mark_dirty(&self, users: &[UserId]) {
-        for &user in users {
+    async fn mark_dirty(&self, batch: Vec<PresenceWrite>) {
+        // The state itself is still here; only the marks were taken.
+        for write in batch {
+            let user = write.user_id;
             let mut shard = self.shard(user);
             if let Some(state) = shard.users.get_mut(&user) {
                 let was_dirty = std::mem::replace(&mut state.dirty, true);
@@ -428,8 +447,9 @@ impl PresenceBackend for LocalBackend {
         }
     }
 
-    async fn evict_persisted(&self, users: &[UserId]) {
-        for &user in users {
+    async fn evict_persisted(&self, batch: &[PresenceWrite]) {
+        for write in batch {
+            let user = write.user_id;
             let mut shard = self.shard(user);
             let idle = shard
                 .users
@@ -441,7 +461,19 @@ impl PresenceBackend for LocalBackend {
         }
     }
 
-    async fn restore(&self, users: Vec<RestoredUser>) {
+    async fn claim_restore(&self) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    async fn restored(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn lost_state(&self) -> watch::Receiver<u64> {
+        self.lost.subscribe()
+    }
+
+    async fn restore(&self, users: Vec<RestoredUser>) -> Result<(), EngineError> {
         let (now, wall) = (Instant::now(), Utc::now());
         for restored in users {
             let user = restored.user_id;
@@ -471,10 +503,7 @@ impl PresenceBackend for LocalBackend {
                 self.online.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.events.subscribe()
+        Ok(())
     }
 }
 
@@ -484,10 +513,19 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(300);
 
+    async fn presence_of(engine: &LocalBackend, user: UserId) -> Option<PresenceView> {
+        engine
+            .presence(&[user])
+            .await
+            .unwrap()
+            .pop()
+            .map(|(_, view)| view)
+    }
+
     fn spawn_expiry(engine: &std::sync::Arc<LocalBackend>) -> CancellationToken {
         let token = CancellationToken::new();
         let (engine, stop) = (engine.clone(), token.clone());
-        tokio::spawn(async move { engine.run_expiry(stop).await });
+        tokio::spawn(async move { engine.run(stop).await });
         token
     }
 
@@ -506,7 +544,7 @@ mod tests {
         tokio::time::sleep_until(start + TIMEOUT - Duration::from_millis(1)).await;
         tokio::task::yield_now().await;
         assert_eq!(events.try_recv().ok(), None, "not before the deadline");
-        assert_eq!(engine.online_count(), 1);
+        assert_eq!(engine.online_count().await.unwrap(), 1);
 
         let event = tokio::time::timeout(Duration::from_secs(1), events.recv())
             .await
@@ -514,7 +552,7 @@ mod tests {
             .unwrap();
         assert_eq!(event.status, PresenceStatus::Offline);
         assert!(Instant::now() >= start + TIMEOUT);
-        assert_eq!(engine.online_count(), 0);
+        assert_eq!(engine.online_count().await.unwrap(), 0);
         stop.cancel();
     }
 
@@ -531,7 +569,7 @@ mod tests {
             let view = engine.touch(UserId(1), SessionId(1)).await.unwrap();
             assert_eq!(view.status, PresenceStatus::Online);
         }
-        let last_heartbeat = engine.presence(UserId(1)).await.unwrap().unwrap().last_seen;
+        let last_heartbeat = presence_of(&engine, UserId(1)).await.unwrap().last_seen;
         let offline = events.recv().await.unwrap();
         assert_eq!(offline.status, PresenceStatus::Offline);
         let went_offline = Instant::now();
@@ -550,7 +588,11 @@ mod tests {
         engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
         assert_eq!(events.recv().await.unwrap().status, PresenceStatus::Online);
         tokio::time::sleep(TIMEOUT * 3).await;
-        assert_eq!(engine.online_count(), 1, "an open socket is a live session");
+        assert_eq!(
+            engine.online_count().await.unwrap(),
+            1,
+            "an open socket is a live session"
+        );
 
         engine
             .close_socket(UserId(1), SessionId(1), grace)
@@ -601,7 +643,7 @@ mod tests {
         assert_eq!(view.status, PresenceStatus::Online);
         let view = engine.end_session(UserId(7), SessionId(2)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Offline);
-        assert_eq!(engine.online_count(), 0);
+        assert_eq!(engine.online_count().await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -612,10 +654,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(200)).await;
         engine.touch(UserId(3), SessionId(2)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(150)).await;
-        let view = engine.presence(UserId(3)).await.unwrap().unwrap();
+        let view = presence_of(&engine, UserId(3)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Online, "session 2 is live");
         tokio::time::sleep(Duration::from_secs(151)).await;
-        let view = engine.presence(UserId(3)).await.unwrap().unwrap();
+        let view = presence_of(&engine, UserId(3)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Offline);
         stop.cancel();
     }
@@ -652,7 +694,7 @@ mod tests {
         assert_eq!(engine.expire_due().await.unwrap(), 0);
         tokio::time::advance(TIMEOUT).await;
         assert_eq!(engine.expire_due().await.unwrap(), 1000);
-        assert_eq!(engine.online_count(), 0);
+        assert_eq!(engine.online_count().await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -673,8 +715,9 @@ mod tests {
                     expires_at: two_minutes_ago + chrono::Duration::seconds(300),
                 }],
             }])
-            .await;
-        let view = engine.presence(UserId(5)).await.unwrap().unwrap();
+            .await
+            .unwrap();
+        let view = presence_of(&engine, UserId(5)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Online);
         assert_eq!(view.seq, 42);
         assert!(events.try_recv().is_err(), "restoring publishes nothing");
@@ -701,8 +744,8 @@ mod tests {
         engine.end_session(UserId(1), SessionId(1)).await.unwrap();
         let writes = engine.take_dirty().await;
         assert_eq!(writes[0].status, PresenceStatus::Offline);
-        engine.evict_persisted(&[UserId(1)]).await;
-        assert_eq!(engine.presence(UserId(1)).await.unwrap(), None);
+        engine.evict_persisted(&writes).await;
+        assert_eq!(presence_of(&engine, UserId(1)).await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -867,10 +910,11 @@ mod properties {
                     None
                 };
                 let actual = engine
-                    .presence(UserId(user))
+                    .presence(&[UserId(user)])
                     .await
                     .unwrap()
-                    .map_or(PresenceStatus::Offline, |v| v.status);
+                    .pop()
+                    .map_or(PresenceStatus::Offline, |(_, v)| v.status);
                 if let Some(expected) = expected {
                     assert_eq!(actual, expected, "user {user} at {now:?}: {models:?}");
                 }
@@ -883,7 +927,7 @@ mod properties {
             let online = (1..4_i64)
                 .filter(|u| last_status.get(u) == Some(&PresenceStatus::Online))
                 .count();
-            assert_eq!(engine.online_count(), online);
+            assert_eq!(engine.online_count().await.unwrap(), online);
         }
     }
 

@@ -1,10 +1,19 @@
 //! The presence engine: who is online, since when, and every change as an event.
 //!
-//! [`PresenceEngine`] is the cheap, cloneable handle the rest of the server holds. It delegates
-//! to a [`PresenceBackend`]: today the in-process [`local::LocalBackend`]; a Redis backend for
-//! multi-node deployments implements the same trait. The engine owns in-memory presence state and
-//! its deadlines; it does not own durable storage (the persister copies dirty state into the
-//! store in batches) nor authentication.
+//! [`PresenceEngine`] is the cheap, cloneable handle the rest of the server holds. Behind it
+//! is one backend chosen at start-up: the in-process [`local::LocalBackend`] (one node), or
+//! [`redis::RedisBackend`] (many nodes sharing presence in Redis). A backend offers two
+//! interfaces:
+//!
+//! - [`PresenceBackend`], what requests ask: record activity, hold a session by a socket, end a
+//!   session, read presence, page through who is online, and the event channel.
+//! - [`Maintenance`], what the server's own tasks do: run expiry (and whatever else keeps the
+//!   backend's state true), hand changed state to the persister, and restore lost state from
+//!   the store.
+//!
+//! The engine owns presence state and its deadlines; it does not own durable storage (the
+//! persister copies changed state into the store in batches and restores from it) nor
+//! authentication.
 
 pub mod deadlines;
 pub mod local;
@@ -13,7 +22,7 @@ pub mod state;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{PresenceEvent, PresenceView, PresenceWrite, RestoredUser, SessionId, UserId};
@@ -30,13 +39,15 @@ pub struct OnlinePage {
 /// Errors of a presence backend. The in-process backend never fails; a networked one can.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The backend's service could not be reached.
+    /// The backend's service could not be reached or did not answer in time.
     #[error("presence backend unavailable: {0}")]
     Unavailable(String),
+    /// The session was ended (logged out or revoked) and cannot record activity any more.
+    #[error("the session has ended")]
+    SessionEnded,
 }
 
-/// Operations every presence backend offers. All times are read by the backend itself:
-/// tokio's clock for deadlines (so tests can pause it), the wall clock for `last_seen`.
+/// What requests ask of presence. Times are read by the backend itself.
 #[async_trait]
 pub trait PresenceBackend: Send + Sync + 'static {
     /// Records activity of `session`; the user is online afterwards.
@@ -61,9 +72,9 @@ pub trait PresenceBackend: Send + Sync + 'static {
         user: UserId,
         session: SessionId,
     ) -> Result<PresenceView, EngineError>;
-    /// Current presence, or `None` if the engine holds nothing for the user (then it is offline
-    /// and the stored `last_seen` is current).
-    async fn presence(&self, user: UserId) -> Result<Option<PresenceView>, EngineError>;
+    /// Current presence of those of `users` the engine holds state for. A user left out is
+    /// offline and the stored `last_seen` is current.
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError>;
     /// Online users with ids above `after`, at most `limit`, ordered by id.
     async fn online_page(
         &self,
@@ -71,37 +82,66 @@ pub trait PresenceBackend: Send + Sync + 'static {
         limit: usize,
     ) -> Result<OnlinePage, EngineError>;
     /// Number of online users.
-    fn online_count(&self) -> usize;
-    /// Ends every session whose deadline has passed; returns how many users went offline.
-    async fn expire_due(&self) -> Result<usize, EngineError>;
-    /// Runs deadline expiry until `shutdown` is cancelled.
-    async fn run_expiry(&self, shutdown: CancellationToken);
-    /// Takes the state changed since the last call, clearing its dirty marks.
-    async fn take_dirty(&self) -> Vec<PresenceWrite>;
-    /// Marks users dirty again after a failed write, so the next flush retries them.
-    async fn mark_dirty(&self, users: &[UserId]);
-    /// Drops users the store now holds and that have no live session, bounding memory.
-    async fn evict_persisted(&self, users: &[UserId]);
-    /// Loads state saved before a restart; sessions keep their remaining time.
-    async fn restore(&self, users: Vec<RestoredUser>);
+    async fn online_count(&self) -> Result<usize, EngineError>;
+    /// Whether the backend can serve (readiness).
+    async fn ready(&self) -> Result<(), EngineError>;
     /// A receiver of every transition from now on.
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent>;
+}
+
+/// What the server's background tasks do with presence.
+#[async_trait]
+pub trait Maintenance: Send + Sync + 'static {
+    /// Ends every session whose deadline has passed; returns how many users went offline.
+    async fn expire_due(&self) -> Result<usize, EngineError>;
+    /// Runs the backend's background work (expiry, and for a shared backend its feed, lease and
+    /// sweeps) until `shutdown` is cancelled.
+    async fn run(&self, shutdown: CancellationToken);
+    /// Takes the state changed since the last call.
+    async fn take_dirty(&self) -> Vec<PresenceWrite>;
+    /// Gives back a batch the store could not write, so the next flush retries it (newer
+    /// changes of the same users win).
+    async fn mark_dirty(&self, batch: Vec<PresenceWrite>);
+    /// Drops state of users the store now holds and that have no live session, bounding
+    /// memory (the store's copy is then current).
+    async fn evict_persisted(&self, batch: &[PresenceWrite]);
+    /// Whether this node should restore state from the store now: always at the start of a
+    /// single node; for a shared backend only the first node to find its state empty. A
+    /// `true` must be followed by [`Maintenance::restore`] and [`Maintenance::restored`].
+    async fn claim_restore(&self) -> Result<bool, EngineError>;
+    /// Loads state saved before a restart; sessions keep their remaining time. Users the
+    /// backend already holds keep their state and gain the sessions they lack.
+    async fn restore(&self, users: Vec<RestoredUser>) -> Result<(), EngineError>;
+    /// Marks the restore claimed with [`Maintenance::claim_restore`] as done.
+    async fn restored(&self) -> Result<(), EngineError>;
+    /// Changes when the backend lost its state (a shared Redis came back empty): the persister
+    /// then restores again.
+    fn lost_state(&self) -> watch::Receiver<u64>;
 }
 
 /// Cheap, cloneable handle to the presence backend chosen at start-up.
 #[derive(Clone)]
 pub struct PresenceEngine {
     backend: Arc<dyn PresenceBackend>,
+    maintenance: Arc<dyn Maintenance>,
 }
 
 impl PresenceEngine {
-    /// Wraps a backend.
-    pub fn new(backend: Arc<dyn PresenceBackend>) -> Self {
-        Self { backend }
+    /// Wraps a backend that offers both interfaces.
+    pub fn new<B: PresenceBackend + Maintenance>(backend: Arc<B>) -> Self {
+        Self {
+            backend: backend.clone(),
+            maintenance: backend,
+        }
+    }
+
+    /// The backend's operations port, for the server's background tasks.
+    pub fn maintenance(&self) -> &dyn Maintenance {
+        self.maintenance.as_ref()
     }
 }
 
-/// The handle exposes the backend's operations directly; it adds no behaviour of its own.
+/// The handle exposes the backend's request operations directly; it adds no behaviour.
 impl std::ops::Deref for PresenceEngine {
     type Target = dyn PresenceBackend;
 

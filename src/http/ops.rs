@@ -53,7 +53,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    metrics::gauge!("lastseen_online_users").set(state.engine.online_count() as f64);
+    if let Ok(online) = state.engine.online_count().await {
+        metrics::gauge!("lastseen_online_users").set(online as f64);
+    }
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -400,16 +400,16 @@ mod tests {
         let (server, client) = socket();
         let served = tokio::spawn(serve(server, realtime.clone(), Some(alice)));
         tokio::task::yield_now().await;
-        let online = realtime.engine.presence(user).await.unwrap().unwrap();
-        assert!(online.status.is_online());
+        let online = realtime.engine.presence(&[user]).await.unwrap();
+        assert!(online[0].1.status.is_online());
 
         drop(client);
         served.await.unwrap();
         realtime.connections.close();
         realtime.connections.wait().await;
         tokio::time::advance(realtime.config.disconnect_grace + Duration::from_secs(1)).await;
-        realtime.engine.expire_due().await.unwrap();
-        let offline = realtime.engine.presence(user).await.unwrap().unwrap();
-        assert!(!offline.status.is_online(), "ended after the grace");
+        realtime.engine.maintenance().expire_due().await.unwrap();
+        let offline = realtime.engine.presence(&[user]).await.unwrap();
+        assert!(!offline[0].1.status.is_online(), "ended after the grace");
     }
 }
