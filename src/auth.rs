@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+use crate::bus::{Bus, BusMessage};
 use crate::domain::{Password, SessionId, UserId, Username, Viewer};
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
@@ -220,6 +222,8 @@ pub struct Authenticator {
     max_sessions: usize,
     /// Announces revoked sessions (their connections close).
     revoked: broadcast::Sender<SessionId>,
+    /// Tells other nodes about revocations, and hears theirs.
+    bus: Bus,
 }
 
 impl Authenticator {
@@ -227,7 +231,7 @@ impl Authenticator {
     ///
     /// # Errors
     /// [`AuthError::Hashing`] if the timing-equaliser hash cannot be computed.
-    pub fn new(store: Arc<dyn Store>, max_sessions: usize) -> Result<Self, AuthError> {
+    pub fn new(store: Arc<dyn Store>, max_sessions: usize, bus: Bus) -> Result<Self, AuthError> {
         let dummy =
             Password::parse(&random_secret(16)).map_err(|e| AuthError::Hashing(e.to_string()))?;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -238,6 +242,7 @@ impl Authenticator {
             hashing: Arc::new(Semaphore::new(cores)),
             max_sessions: max_sessions.max(1),
             revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
+            bus,
         })
     }
 
@@ -357,12 +362,57 @@ impl Authenticator {
     /// Storage failures (the session then stays valid; the client may retry).
     pub async fn revoke(&self, session: SessionId) -> Result<(), AuthError> {
         let deleted = self.store.delete_session(session).await?;
-        if let Some(hash) = deleted.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()) {
+        let hash = deleted.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        if let Some(hash) = hash {
             self.forget(TokenHash(hash));
         }
         // No receivers is fine: nothing is connected.
         let _ = self.revoked.send(session);
+        if let Some(token_hash) = hash {
+            let message = BusMessage::Revoked {
+                session,
+                token_hash,
+            };
+            if let Err(error) = self.bus.publish(&message).await {
+                // The other nodes flush their caches when their feed comes back.
+                tracing::warn!(%error, "could not tell the other nodes about a revocation");
+            }
+        }
         Ok(())
+    }
+
+    /// Applies revocations made on other nodes until `shutdown`: their tokens are forgotten
+    /// and their connections here closed. When messages may have been lost, every cached token
+    /// is forgotten (each is checked against the store again on its next use).
+    pub async fn listen(self, shutdown: CancellationToken) {
+        use broadcast::error::RecvError;
+        let mut bus = self.bus.subscribe();
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = bus.recv() => message,
+            };
+            match message {
+                Ok(BusMessage::Revoked {
+                    session,
+                    token_hash,
+                }) => {
+                    self.forget(TokenHash(token_hash));
+                    let _ = self.revoked.send(session);
+                }
+                Ok(BusMessage::Resync) | Err(RecvError::Lagged(_)) => self.forget_all(),
+                Ok(_) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn forget_all(&self) {
+        for shard in self.cache.all() {
+            let mut shard = lock(shard);
+            shard.sessions.clear();
+            shard.revocations += 1;
+        }
     }
 
     /// `user`'s sessions beyond the per-user limit, least recently active first: the ones a

@@ -17,6 +17,8 @@ use crate::domain::{PrivacyChanged, SessionId, UserId};
 
 /// The pub/sub channel of bus messages.
 pub const CHANNEL: &str = "bus";
+/// Key (per slot group) of the newest privacy data version of each user.
+const PRIVACY_VERSIONS: &str = "pv";
 /// Capacity of the in-process channel.
 const CAPACITY: usize = 4096;
 
@@ -164,6 +166,75 @@ impl Bus {
         redis.publish(CHANNEL, &text).await
     }
 
+    /// Records the version of `user`'s privacy data that a change just wrote, before the change
+    /// is acknowledged, so another node can tell at once that its copy is older (the
+    /// message that tells it so may still be on its way). A single node has no one to tell.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn set_privacy_version(
+        &self,
+        user: UserId,
+        version: u64,
+    ) -> Result<(), ClusterError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(());
+        };
+        let key = redis.key(Redis::group_of(user.0), PRIVACY_VERSIONS);
+        redis
+            .run(|mut conn| async move {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(user.0)
+                    .arg(version)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+    }
+
+    /// The newest privacy data versions any node wrote for `users` (users without one are left
+    /// out; a single node knows no other versions than its own).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn privacy_versions(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, u64)>, ClusterError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(Vec::new());
+        };
+        let mut by_group: std::collections::HashMap<u16, Vec<UserId>> = Default::default();
+        for &user in users {
+            by_group
+                .entry(Redis::group_of(user.0))
+                .or_default()
+                .push(user);
+        }
+        let calls = by_group.into_iter().map(|(group, ids)| {
+            let key = redis.key(group, PRIVACY_VERSIONS);
+            async move {
+                let fields: Vec<i64> = ids.iter().map(|id| id.0).collect();
+                let versions: Vec<Option<u64>> = redis
+                    .run(|mut conn| async move {
+                        redis::cmd("HMGET")
+                            .arg(&key)
+                            .arg(&fields)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
+                Ok::<_, ClusterError>(ids.into_iter().zip(versions).collect::<Vec<_>>())
+            }
+        });
+        let mut found = Vec::new();
+        for result in futures_util::future::join_all(calls).await {
+            found.extend(result?.into_iter().filter_map(|(id, v)| Some((id, v?))));
+        }
+        Ok(found)
+    }
+
     /// A receiver of what other nodes publish from now on (and `Resync`).
     pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.inner.received.subscribe()
@@ -195,7 +266,15 @@ mod tests {
             assert_eq!(BusMessage::decode(&text), Some((99, message)));
         }
         assert_eq!(BusMessage::Resync.encode(1), None);
-        for garbage in ["", "1", "1 rv", "1 rv x y", "1 zz 1 2", "x ty 1 2", "1 rv 4 abcd"] {
+        for garbage in [
+            "",
+            "1",
+            "1 rv",
+            "1 rv x y",
+            "1 zz 1 2",
+            "x ty 1 2",
+            "1 rv 4 abcd",
+        ] {
             assert_eq!(BusMessage::decode(garbage), None, "{garbage:?}");
         }
     }

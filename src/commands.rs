@@ -8,7 +8,10 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 
 use crate::auth::{self, Authenticator};
+use crate::bus::Bus;
 use crate::domain::{Password, Username};
+use crate::engine::Maintenance;
+use crate::engine::redis::RedisBackend;
 use crate::settings::Settings;
 use crate::store::{self, Liveness, Store};
 
@@ -54,7 +57,7 @@ pub async fn create_user(
     };
     let shown = generated.then(|| String::from_utf8_lossy(password.expose()).into_owned());
     let store = open(settings).await?;
-    let authenticator = Authenticator::new(store, settings.max_sessions_per_user)?;
+    let authenticator = Authenticator::new(store, settings.max_sessions_per_user, Bus::local())?;
     let user = match authenticator.register(&username, password, admin).await {
         Ok(user) => user,
         Err(auth::AuthError::Store(store::StoreError::Conflict(_))) => {
@@ -71,17 +74,51 @@ pub async fn create_user(
 }
 
 /// `lastseen check-offline-users`: marks offline the users stored as online whose sessions have
-/// all ended (no activity within the timeout, or a closed socket's grace is over).
+/// all ended (no activity within the timeout, or a closed socket's grace is over), and ends
+/// their stored sessions so a restart keeps them offline. With `redis_url` set it first lets the
+/// shared presence end what is due (as any node's sweep would, once) and stores the result.
 ///
 /// # Errors
-/// Database failures.
+/// Database or Redis failures.
 pub async fn check_offline_users(settings: &Settings, dry_run: bool) -> anyhow::Result<String> {
     let store = open(settings).await?;
+    let mut count = 0;
+    if let (Some(url), false) = (settings.redis_url(), dry_run) {
+        count += sweep_shared_presence(settings, url, store.as_ref()).await?;
+    }
     let live = Liveness::at(Utc::now(), settings.inactivity_timeout);
-    let count = store.mark_inactive_offline(live, dry_run).await?;
+    count += store.mark_inactive_offline(live, dry_run).await?;
     Ok(if dry_run {
         format!("Would mark {count} users offline")
     } else {
         format!("Marked {count} users offline")
     })
+}
+
+/// Runs one sweep of the shared presence in Redis and writes what it changed; returns how many
+/// users went offline.
+async fn sweep_shared_presence(
+    settings: &Settings,
+    url: &str,
+    store: &dyn Store,
+) -> anyhow::Result<u64> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let backend = RedisBackend::connect(
+        url,
+        &settings.redis_key_prefix,
+        settings.inactivity_timeout,
+        settings.disconnect_grace,
+        settings.node_lease,
+        stop.clone(),
+    )
+    .await
+    .context("while connecting to Redis (redis_url)")?;
+    let offline = backend.expire_due().await.context("while sweeping Redis")?;
+    let changed = backend.take_dirty().await;
+    store
+        .write_presence(&changed)
+        .await
+        .context("while storing what the sweep changed")?;
+    stop.cancel();
+    Ok(u64::try_from(offline).unwrap_or(u64::MAX))
 }

@@ -21,7 +21,9 @@
 //! Only what the binary, the tests and the benchmarks use is public.
 
 mod auth;
+mod bus;
 pub mod cli;
+mod cluster;
 pub mod commands;
 pub mod domain;
 pub mod engine;

@@ -12,7 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
+use crate::bus::{Bus, BusMessage};
 use crate::domain::{
     MAX_LIST_LEN, PresenceView, PrivacyChange, PrivacyChanged, Relationship, StoredPrivacy, UserId,
     UserPrivacy, Viewer, Visibility, VisiblePresence, decide,
@@ -84,6 +86,8 @@ struct Shared {
     /// or swap one entry: never across `.await`, never two shards at once.
     shards: Sharded<RwLock<HashMap<UserId, Entry>>>,
     changes: broadcast::Sender<PrivacyChanged>,
+    /// Tells other nodes about changes, and hears theirs.
+    bus: Bus,
     /// The `last_seen_approx` setting.
     approx: bool,
 }
@@ -96,13 +100,14 @@ struct Entry {
 
 impl Privacy {
     /// An empty cache over `store`; `last_seen_approx` enables the coarse `last_seen`.
-    pub fn new(store: Arc<dyn Store>, last_seen_approx: bool) -> Self {
+    pub fn new(store: Arc<dyn Store>, last_seen_approx: bool, bus: Bus) -> Self {
         let shards = Sharded::new(SHARDS, RwLock::default);
         Self {
             shared: Arc::new(Shared {
                 store,
                 shards,
                 changes: broadcast::channel(CHANGES_CAPACITY).0,
+                bus,
                 approx: last_seen_approx,
             }),
         }
@@ -117,16 +122,30 @@ impl Privacy {
         read(self.shard(user)).get(&user).map(|e| e.data.clone())
     }
 
-    /// Loads the users among `users` that are not cached yet, in one store call. Ids of users
-    /// that do not exist are ignored (and stay unloaded).
+    /// Loads the users among `users` that are not cached yet, or whose copy is older than what
+    /// another node wrote (multi-node), in one store call. Ids of users that do not exist are
+    /// ignored (and stay unloaded).
     ///
     /// # Errors
     /// [`PrivacyError::Store`] if the store fails.
     pub async fn ensure_loaded(&self, users: &[UserId]) -> Result<(), PrivacyError> {
+        // Another node may have written newer data than this node's copy, and its message
+        // saying so may not have arrived yet: the versions it recorded tell at once.
+        let newer = match self.shared.bus.privacy_versions(users).await {
+            Ok(versions) => versions,
+            Err(error) => {
+                tracing::debug!(%error, "privacy versions of other nodes unknown");
+                Vec::new()
+            }
+        };
+        let stale = |user: &UserId| {
+            let cached = read(self.shard(*user)).get(user).map(|e| e.version);
+            cached.is_none_or(|have| newer.iter().any(|(u, v)| u == user && *v > have))
+        };
         let missing: Vec<UserId> = users
             .iter()
             .copied()
-            .filter(|u| !read(self.shard(*u)).contains_key(u))
+            .filter(stale)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -247,18 +266,74 @@ impl Privacy {
         let before = self.load(owner).await?;
         self.validate(owner, &change, &before).await?;
         let stored = self.shared.store.change_privacy(owner, &change, at).await?;
+        let version = stored.version;
         let cached = self.install(stored);
+        if let Err(error) = self.shared.bus.set_privacy_version(owner, version).await {
+            tracing::warn!(%error, "could not record the privacy version for the other nodes");
+        }
         if *cached != *before {
             metrics::counter!("lastseen_privacy_changes_total").increment(1);
         }
         // Published after every write, even one that seems to change nothing: `before` may be
         // stale when two writes of the same user race, and a subscriber re-filters cheaply
         // and sends only what really changed.
-        let _ = self.shared.changes.send(PrivacyChanged {
+        let changed = PrivacyChanged {
             user: owner,
             own_view_changed: matches!(change, PrivacyChange::Settings(_)),
-        });
+        };
+        let _ = self.shared.changes.send(changed);
+        if let Err(error) = self.shared.bus.publish(&BusMessage::Privacy(changed)).await {
+            // The other nodes reload everything when their feed comes back.
+            tracing::warn!(%error, "could not tell the other nodes about a privacy change");
+        }
         Ok(cached)
+    }
+
+    /// Applies privacy changes made on other nodes until `shutdown`: the user's data is read
+    /// again and the change announced here as if it were local.
+    pub async fn listen(self, shutdown: CancellationToken) {
+        use broadcast::error::RecvError;
+        let mut bus = self.shared.bus.subscribe();
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = bus.recv() => message,
+            };
+            match message {
+                Ok(BusMessage::Privacy(changed)) => {
+                    match self.shared.store.privacy_of(&[changed.user]).await {
+                        Ok(stored) => stored.into_iter().for_each(|s| {
+                            self.install(s);
+                        }),
+                        Err(error) => tracing::warn!(%error, "could not reload privacy data"),
+                    }
+                    let _ = self.shared.changes.send(changed);
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Reads every cached user's data again (after changes from other nodes may have been
+    /// missed).
+    ///
+    /// # Errors
+    /// The store's error; entries not yet read keep their data.
+    pub async fn reload_all(&self) -> Result<(), PrivacyError> {
+        let users: Vec<UserId> = self
+            .shared
+            .shards
+            .all()
+            .iter()
+            .flat_map(|shard| read(shard).keys().copied().collect::<Vec<_>>())
+            .collect();
+        for chunk in users.chunks(1000) {
+            for stored in self.shared.store.privacy_of(chunk).await? {
+                self.install(stored);
+            }
+        }
+        Ok(())
     }
 
     async fn validate(
@@ -336,7 +411,7 @@ mod tests {
                 .unwrap();
             ids.push(user.id);
         }
-        (Privacy::new(store, false), ids)
+        (Privacy::new(store, false, Bus::local()), ids)
     }
 
     fn online() -> PresenceView {

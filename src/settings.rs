@@ -31,8 +31,16 @@ pub struct Settings {
     /// Database (default `sqlite://lastseen.db`, created if missing; or
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`).
     pub database_url: String,
-    /// Redis for multi-node presence (unset = in-process engine).
+    /// Redis for multi-node presence: `redis://`, `rediss://` or
+    /// `redis-cluster://HOST:PORT[,HOST:PORT...]` (unset = the in-process engine).
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so deployments can share a Redis (default
+    /// `lastseen`).
+    pub redis_key_prefix: String,
+    /// How long a node's hold on its sockets' sessions lasts without a refresh (default `15s`):
+    /// when a node dies, its sockets' sessions end at most this plus `disconnect_grace` later.
+    #[serde(with = "humantime_serde")]
+    pub node_lease: Duration,
     /// Silence after which a session ends (default `5m`).
     #[serde(with = "humantime_serde")]
     pub inactivity_timeout: Duration,
@@ -83,6 +91,8 @@ impl Default for Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             database_url: "sqlite://lastseen.db".into(),
             redis_url: None,
+            redis_key_prefix: "lastseen".into(),
+            node_lease: Duration::from_secs(15),
             inactivity_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(10),
@@ -115,6 +125,8 @@ pub enum Kind {
     Bool,
     /// A whole number.
     Count,
+    /// Any text.
+    Text,
 }
 
 impl Kind {
@@ -126,6 +138,7 @@ impl Kind {
             Self::Duration => "DURATION",
             Self::Bool => "BOOL",
             Self::Count => "N",
+            Self::Text => "TEXT",
         }
     }
 
@@ -137,6 +150,7 @@ impl Kind {
             Self::Duration => "a duration such as 500ms, 30s, 5m or 1h 30m",
             Self::Bool => "true or false",
             Self::Count => "a whole number such as 100",
+            Self::Text => "some text",
         }
     }
 }
@@ -205,7 +219,20 @@ pub const SPECS: &[Spec] = &[
         "redis_url",
         Kind::Url,
         Scope::Presence,
-        "Redis for multi-node presence (unset: the in-process engine)",
+        "Redis for multi-node presence: redis://, rediss:// or \
+         redis-cluster://HOST:PORT[,HOST:PORT...] (unset: the in-process engine)",
+    ),
+    spec(
+        "redis_key_prefix",
+        Kind::Text,
+        Scope::Presence,
+        "Prefix of every Redis key and channel",
+    ),
+    spec(
+        "node_lease",
+        Kind::Duration,
+        Scope::Serve,
+        "How long a node's hold on its sockets' sessions lasts without a refresh",
     ),
     spec(
         "inactivity_timeout",
@@ -385,6 +412,11 @@ impl Overrides {
 }
 
 impl Settings {
+    /// The Redis URL, if one is set (an empty value counts as unset).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|url| !url.is_empty())
+    }
+
     /// Merges the layers: defaults, then the TOML file at `config` (if any), then the
     /// environment, then flags, and validates the result.
     ///
@@ -447,12 +479,30 @@ impl Settings {
                 return Err((key, format!("must be at least {min}")));
             }
         }
-        if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
+        if self.node_lease < Duration::from_secs(1) {
+            return Err(("node_lease", "must be at least 1s, e.g. 15s".into()));
+        }
+        if let Some(url) = self.redis_url() {
+            if let Err(error) = crate::cluster::Target::parse(url) {
+                return Err(("redis_url", format!("is not usable: {error}")));
+            }
+            if !self
+                .database_url
+                .to_ascii_lowercase()
+                .starts_with("postgres")
+            {
+                return Err((
+                    "redis_url",
+                    "needs a PostgreSQL database_url: nodes that share presence in Redis must \
+                     share one database (postgres://USER@HOST/DB), not each a SQLite file"
+                        .into(),
+                ));
+            }
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return Err((
-                "redis_url",
-                "cannot be used yet: this build has no Redis presence backend; leave it unset \
-                 to use the in-process engine"
-                    .into(),
+                "redis_key_prefix",
+                "must be non-empty, without spaces or braces, e.g. lastseen".into(),
             ));
         }
         Ok(())
@@ -463,7 +513,9 @@ impl Settings {
 /// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
     match spec_of(key).map(|s| s.kind) {
-        Some(Kind::Address | Kind::Url | Kind::Duration) => Value::from(raw.to_owned()),
+        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text) => {
+            Value::from(raw.to_owned())
+        }
         _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::ServiceExt;
@@ -14,9 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::cluster::{Feed, Redis};
 use crate::domain::{PresenceEvent, PrivacyChanged};
 use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
+use crate::engine::redis::RedisBackend;
 use crate::http::{self, AppState};
 use crate::persister;
 use crate::presence::PresenceReader;
@@ -64,6 +68,8 @@ impl Handle {
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    /// Stops the tasks started while building (the Redis feed and bus), after the others.
+    background: CancellationToken,
 }
 
 impl App {
@@ -76,11 +82,12 @@ impl App {
             .await
             .context("while opening the database")?;
         store.migrate().await.context("while applying migrations")?;
-        let engine = PresenceEngine::new(Arc::new(LocalBackend::new(settings.inactivity_timeout)));
+        let background = CancellationToken::new();
+        let (engine, bus) = presence(&settings, &background).await?;
         persister::restore(&engine, store.as_ref(), settings.inactivity_timeout).await?;
-        let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user)
+        let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user, bus.clone())
             .context("while preparing authentication")?;
-        let privacy = Privacy::new(store.clone(), settings.last_seen_approx);
+        let privacy = Privacy::new(store.clone(), settings.last_seen_approx, bus.clone());
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("while binding {}", settings.bind))?;
@@ -91,7 +98,7 @@ impl App {
         };
         let reader = PresenceReader::new(engine.clone(), store.clone());
         let realtime = Realtime {
-            hub: Hub::new(limits, privacy.clone()),
+            hub: Hub::new(limits, privacy.clone(), bus),
             engine: engine.clone(),
             reader: reader.clone(),
             privacy: privacy.clone(),
@@ -115,7 +122,11 @@ impl App {
             realtime,
             metrics: crate::telemetry::metrics_handle(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            background,
+        })
     }
 
     /// The address the server listens on (the real port when bound to port 0).
@@ -139,7 +150,11 @@ impl App {
     /// # Errors
     /// If serving fails.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            background,
+        } = self;
         let tasks = TaskTracker::new();
         let stop_tasks = CancellationToken::new();
         let engine = state.engine.clone();
@@ -152,6 +167,8 @@ impl App {
             state.auth.revocations(),
             stop_tasks.clone(),
         ));
+        tasks.spawn(state.auth.clone().listen(stop_tasks.clone()));
+        tasks.spawn(state.privacy.clone().listen(stop_tasks.clone()));
         tasks.spawn(persister::run(
             state.engine.clone(),
             state.store.clone(),
@@ -188,8 +205,39 @@ impl App {
         }
         stop_tasks.cancel();
         tasks.wait().await;
+        background.cancel();
         served
     }
+}
+
+/// The presence backend and the bus the settings ask for: in-process, or shared in Redis.
+async fn presence(
+    settings: &Settings,
+    background: &CancellationToken,
+) -> anyhow::Result<(PresenceEngine, Bus)> {
+    let Some(url) = settings.redis_url() else {
+        let backend = LocalBackend::new(settings.inactivity_timeout);
+        return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local()));
+    };
+    let redis = Redis::connect(url, &settings.redis_key_prefix)
+        .await
+        .context("while connecting to Redis (redis_url)")?;
+    let channels = [crate::engine::redis::EVENTS, crate::bus::CHANNEL];
+    let feed = Feed::start(redis.clone(), &channels, background.clone());
+    let bus = Bus::redis(redis.clone(), &feed, background.clone());
+    let backend = RedisBackend::new(
+        redis,
+        feed,
+        settings.inactivity_timeout,
+        settings.disconnect_grace,
+        settings.node_lease,
+    )
+    .await
+    .context("while joining the presence state in Redis")?;
+    if !backend.subscribed(Duration::from_secs(5)).await {
+        anyhow::bail!("cannot subscribe to Redis for presence events (redis_url)");
+    }
+    Ok((PresenceEngine::new(Arc::new(backend)), bus))
 }
 
 /// `lastseen serve`: builds the app, prints `listening on http://ADDR` as the first line of

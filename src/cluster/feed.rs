@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,17 +44,34 @@ pub enum FeedItem {
 #[derive(Clone)]
 pub struct Feed {
     items: broadcast::Sender<FeedItem>,
+    /// How many times the feed has subscribed so far.
+    subscriptions: watch::Receiver<u64>,
 }
 
 impl Feed {
     /// Starts subscribing to `channels` (names without the prefix) until `shutdown`.
     pub fn start(redis: Redis, channels: &[&'static str], shutdown: CancellationToken) -> Self {
         let items = broadcast::channel(CAPACITY).0;
+        let (subscribed, subscriptions) = watch::channel(0);
         let feed = Self {
             items: items.clone(),
+            subscriptions,
         };
-        tokio::spawn(run(redis, channels.to_vec(), items, shutdown));
+        tokio::spawn(run(redis, channels.to_vec(), items, subscribed, shutdown));
         feed
+    }
+
+    /// How many times the feed has subscribed so far (more than once: it had to resubscribe).
+    pub fn subscriptions(&self) -> u64 {
+        *self.subscriptions.borrow()
+    }
+
+    /// Waits (at most `within`) until the feed has subscribed once; `false` if it has not.
+    pub async fn subscribed(&self, within: Duration) -> bool {
+        let mut subscriptions = self.subscriptions.clone();
+        tokio::time::timeout(within, subscriptions.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A receiver of everything from now on.
@@ -67,6 +84,7 @@ async fn run(
     redis: Redis,
     channels: Vec<&'static str>,
     items: broadcast::Sender<FeedItem>,
+    subscribed: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -83,6 +101,7 @@ async fn run(
             Ok(pubsub) => {
                 backoff = Duration::from_millis(100);
                 metrics::counter!("lastseen_redis_feed_subscriptions_total").increment(1);
+                subscribed.send_modify(|n| *n += 1);
                 let _ = items.send(FeedItem::Resubscribed);
                 listen(&redis, pubsub, &channels, &items, &shutdown).await;
                 if shutdown.is_cancelled() {

@@ -174,10 +174,9 @@ impl Redis {
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(COMMAND_TIMEOUT)
                     .build()?;
-                let conn =
-                    tokio::time::timeout(COMMAND_TIMEOUT * 3, client.get_async_connection())
-                        .await
-                        .map_err(|_| ClusterError::Timeout)??;
+                let conn = tokio::time::timeout(COMMAND_TIMEOUT * 3, client.get_async_connection())
+                    .await
+                    .map_err(|_| ClusterError::Timeout)??;
                 Conn::Cluster(conn)
             }
         };
@@ -278,7 +277,10 @@ mod tests {
         );
         for bad in ["http://x:1", "redis-cluster://", "secret-password"] {
             let error = Target::parse(bad).unwrap_err().to_string();
-            assert!(!error.contains("secret-password") && !error.contains("x:1"), "{error}");
+            assert!(
+                !error.contains("secret-password") && !error.contains("x:1"),
+                "{error}"
+            );
         }
     }
 

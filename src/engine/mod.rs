@@ -17,6 +17,7 @@
 
 pub mod deadlines;
 pub mod local;
+pub mod redis;
 pub mod state;
 
 use std::sync::Arc;

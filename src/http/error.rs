@@ -72,9 +72,12 @@ pub enum ApiError {
     /// 429: a per-user limit was reached.
     #[error("{0}")]
     TooManyRequests(String),
-    /// 503: the database (or another backend) is unreachable.
+    /// 503: the database is unreachable or cannot take writes.
     #[error("Service temporarily unavailable.")]
     Unavailable(#[source] anyhow::Error),
+    /// 503: presence cannot be read or changed now (the shared Redis is unreachable).
+    #[error("Presence is temporarily unavailable; retry shortly.")]
+    PresenceUnavailable(#[source] anyhow::Error),
     /// 500: a bug or an unexpected failure; details are logged, not returned.
     #[error("Internal server error.")]
     Internal(#[source] anyhow::Error),
@@ -106,6 +109,9 @@ impl ApiError {
             }
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::PresenceUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -127,7 +133,9 @@ impl IntoResponse for ApiError {
             code: code.to_owned(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Self::Internal(cause) | Self::Unavailable(cause) = self {
+        if let Self::Internal(cause) | Self::Unavailable(cause) | Self::PresenceUnavailable(cause) =
+            self
+        {
             response
                 .extensions_mut()
                 .insert(LoggedCause(Arc::new(cause)));
@@ -175,7 +183,10 @@ impl From<StoreError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        Self::Unavailable(e.into())
+        match e {
+            EngineError::Unavailable(_) => Self::PresenceUnavailable(e.into()),
+            EngineError::SessionEnded => Self::InvalidToken,
+        }
     }
 }
 

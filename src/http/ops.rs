@@ -38,14 +38,15 @@ pub async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok" })
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers and takes writes, and presence is reachable.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "Ready", body = HealthResponse),
-        (status = 503, description = "Database unreachable", body = ErrorBody),
+        (status = 503, description = "Database or presence backend unreachable", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
     state.store.ping().await?;
+    state.engine.ready().await?;
     Ok(Json(HealthResponse { status: "ok" }))
 }
 

@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::RealtimeError;
 use super::outbox::{CloseReason, Outbox, Outgoing, Seen};
 use super::protocol::{CLOSE_UNAUTHORIZED, ServerMessage, TYPING_TTL_MS};
+use crate::bus::{Bus, BusMessage};
 use crate::domain::{PresenceEvent, PresenceView};
 use crate::domain::{PrivacyChanged, Viewer};
 use crate::domain::{SessionId, UserId};
@@ -78,6 +80,8 @@ struct HubInner {
     limits: Limits,
     /// Decides what each viewer may see.
     privacy: Privacy,
+    /// Carries typing to other nodes and their typing here; says when to resync.
+    bus: Bus,
 }
 
 /// Cheap, cloneable handle to the fan-out hub.
@@ -88,13 +92,14 @@ pub struct Hub {
 
 impl Hub {
     /// An empty hub enforcing `limits` and filtering through `privacy`.
-    pub fn new(limits: Limits, privacy: Privacy) -> Self {
+    pub fn new(limits: Limits, privacy: Privacy, bus: Bus) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 watchers: Sharded::new(SHARDS, Mutex::default),
                 registry: Mutex::default(),
                 limits,
                 privacy,
+                bus,
             }),
         }
     }
@@ -171,12 +176,30 @@ impl Hub {
         metrics::counter!("lastseen_push_events_total").increment(outboxes.len() as u64);
     }
 
-    /// Delivers "`from` is typing" to `to`'s connections that watch `from`, unless either
-    /// blocked the other; returns how many connections got it.
-    pub fn typing(&self, from: UserId, to: UserId) -> usize {
+    /// Delivers "`from` is typing" to `to`'s connections that watch `from` (here and, through
+    /// the bus, on every other node), unless either blocked the other; returns how many
+    /// connections of this node got it.
+    pub async fn typing(&self, from: UserId, to: UserId) -> usize {
+        // The recipient may watch from another node: this one may not have their data yet.
+        // A failed load leaves it unloaded, which refuses the message (fail closed).
+        if let Err(error) = self.inner.privacy.ensure_loaded(&[from, to]).await {
+            tracing::debug!(%error, "privacy data for a typing message not loaded");
+        }
         if !self.inner.privacy.typing_allowed(from, to) {
             return 0;
         }
+        if let Err(error) = self
+            .inner
+            .bus
+            .publish(&BusMessage::Typing { from, to })
+            .await
+        {
+            tracing::debug!(%error, "typing not sent to the other nodes");
+        }
+        self.deliver_typing(from, to)
+    }
+
+    fn deliver_typing(&self, from: UserId, to: UserId) -> usize {
         let outboxes = self.outboxes_watching(from);
         let mut delivered = 0;
         for outbox in outboxes.iter().filter(|o| o.viewer.id == to) {
@@ -187,6 +210,31 @@ impl Hub {
             delivered += 1;
         }
         delivered
+    }
+
+    /// What the bus brought from another node.
+    async fn apply_bus(
+        &self,
+        message: BusMessage,
+        reader: &PresenceReader,
+    ) -> Result<(), RealtimeError> {
+        match message {
+            BusMessage::Typing { from, to } => {
+                // The sender's node checked blocks with its data; check with ours too.
+                if self.inner.privacy.typing_allowed(from, to) {
+                    self.deliver_typing(from, to);
+                }
+                Ok(())
+            }
+            BusMessage::Resync => {
+                tracing::info!("re-reading privacy data and presence after a feed interruption");
+                self.inner.privacy.reload_all().await?;
+                Ok(self.resend(&self.all_watched(), reader).await?)
+            }
+            // Revocations arrive through the authenticator; privacy changes through the
+            // privacy service (once it has read the new data).
+            BusMessage::Revoked { .. } | BusMessage::Privacy(_) => Ok(()),
+        }
     }
 
     /// Closes every connection of `session` (its token was revoked).
@@ -223,6 +271,7 @@ impl Hub {
     ) {
         use broadcast::error::RecvError;
         let mut changes = self.inner.privacy.subscribe();
+        let mut bus = self.inner.bus.subscribe();
         loop {
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -233,13 +282,20 @@ impl Hub {
                     }
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "push fan-out fell behind; re-sending current state");
-                        self.resend(&self.all_watched(), &reader).await
+                        self.resend(&self.all_watched(), &reader).await.map_err(Into::into)
                     }
                     Err(RecvError::Closed) => return,
                 },
                 changed = changes.recv() => match changed {
-                    Ok(change) => self.privacy_changed(change, &reader).await,
-                    Err(RecvError::Lagged(_)) => self.resend(&self.all_watched(), &reader).await,
+                    Ok(change) => self.privacy_changed(change, &reader).await.map_err(Into::into),
+                    Err(RecvError::Lagged(_)) => {
+                        self.resend(&self.all_watched(), &reader).await.map_err(Into::into)
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                message = bus.recv() => match message {
+                    Ok(message) => self.apply_bus(message, &reader).await,
+                    Err(RecvError::Lagged(_)) => self.apply_bus(BusMessage::Resync, &reader).await,
                     Err(RecvError::Closed) => return,
                 },
                 revoked = revocations.recv() => match revoked {
@@ -256,6 +312,7 @@ impl Hub {
                 },
             };
             if let Err(error) = result {
+                let error: RealtimeError = error;
                 tracing::error!(%error, "re-sending presence failed");
             }
         }
@@ -399,7 +456,7 @@ mod tests {
             let name = Username::parse(&format!("user{i}")).unwrap();
             store.create_user(&name, "unused", false).await.unwrap();
         }
-        let privacy = Privacy::new(store, false);
+        let privacy = Privacy::new(store, false, Bus::local());
         privacy
             .ensure_loaded(&(1..=9).map(UserId).collect::<Vec<_>>())
             .await
@@ -409,7 +466,7 @@ mod tests {
             max_connections_per_user: 2,
             send_queue,
         };
-        Hub::new(limits, privacy)
+        Hub::new(limits, privacy, Bus::local())
     }
 
     /// Subscribes as a connection does: subscribe, then the (here empty) snapshot.
@@ -543,7 +600,7 @@ mod tests {
         let not_watching = hub.connect(viewer(2), SessionId(4)).unwrap();
         watch(&mut recipient, &[UserId(1)]);
         watch(&mut bystander, &[UserId(1)]);
-        assert_eq!(hub.typing(UserId(1), UserId(2)), 1);
+        assert_eq!(hub.typing(UserId(1), UserId(2)).await, 1);
         assert_eq!(recipient.outbox().drain().0.len(), 1);
         assert!(bystander.outbox().drain().0.is_empty());
         assert!(not_watching.outbox().drain().0.is_empty());

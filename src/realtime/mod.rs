@@ -235,6 +235,7 @@ pub(crate) mod testing {
     use super::hub::{Hub, Limits};
     use super::{Realtime, RealtimeConfig};
     use crate::auth::{Authenticator, Session, TokenHash};
+    use crate::bus::Bus;
     use crate::domain::Username;
     use crate::engine::PresenceEngine;
     use crate::engine::local::LocalBackend;
@@ -247,18 +248,18 @@ pub(crate) mod testing {
         let store = store::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
         let engine = PresenceEngine::new(Arc::new(LocalBackend::new(Duration::from_secs(300))));
-        let privacy = Privacy::new(store.clone(), false);
+        let privacy = Privacy::new(store.clone(), false, Bus::local());
         let limits = Limits {
             max_subscriptions: 100,
             max_connections_per_user: 4,
             send_queue: 64,
         };
         let realtime = Realtime {
-            hub: Hub::new(limits, privacy.clone()),
+            hub: Hub::new(limits, privacy.clone(), Bus::local()),
             engine: engine.clone(),
             reader: PresenceReader::new(engine, store.clone()),
             privacy,
-            auth: Authenticator::new(store.clone(), 10).unwrap(),
+            auth: Authenticator::new(store.clone(), 10, Bus::local()).unwrap(),
             connections: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             config: RealtimeConfig {

@@ -242,7 +242,7 @@ impl SocketLoop<'_> {
                     ));
                 }
                 let from = self.connection.outbox().viewer().id;
-                self.realtime.hub.typing(from, UserId(to));
+                self.realtime.hub.typing(from, UserId(to)).await;
             }
         }
     }

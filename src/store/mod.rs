@@ -237,8 +237,9 @@ pub trait Store: Send + Sync + 'static {
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
     /// Loads users with at least one session live at `live.now`, with those sessions.
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError>;
-    /// Marks offline every user stored as online who has no session live at `live.now`;
-    /// `last_seen` is kept. With `dry_run`, only counts them.
+    /// Marks offline every user stored as online who has no session live at `live.now`, and
+    /// ends those users' stored sessions, so that no later start (with a longer timeout, say)
+    /// brings them back; `last_seen` is kept. With `dry_run`, only counts them.
     async fn mark_inactive_offline(&self, live: Liveness, dry_run: bool)
     -> Result<u64, StoreError>;
     /// Privacy data of those of `users` that exist (defaults, version 0, for a user who never

@@ -323,9 +323,14 @@ impl Store for PostgresStore {
         let columns = PresenceColumns::of(batch);
         let written = async {
             let mut tx = self.pool.begin().await.map_err(other)?;
+            // Several nodes may write the same user (each what its own requests changed): the
+            // status of the newest transition wins, and `last_seen` only moves forward.
             sqlx::query(
-                "update users u set online_status = b.status, last_seen = b.last_seen, \
-                 presence_seq = b.seq \
+                "update users u set \
+                 online_status = case when b.seq >= u.presence_seq then b.status \
+                 else u.online_status end, \
+                 last_seen = greatest(u.last_seen, b.last_seen), \
+                 presence_seq = greatest(u.presence_seq, b.seq) \
                  from unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bigint[]) \
                  as b (user_id, status, last_seen, seq) \
                  where u.user_id = b.user_id",
@@ -401,14 +406,25 @@ impl Store for PostgresStore {
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
-            .bind(live.now)
-            .bind(live.inactive_before)
-            .bind(seq_to_db(next_seq(0, Utc::now())))
-            .execute(&self.pool)
-            .await
-            .map_err(other);
-        Ok(self.health.observe(done)?.rows_affected())
+        let marked = async {
+            let mut tx = self.pool.begin().await.map_err(other)?;
+            sqlx::query(sqlx::AssertSqlSafe(sql::end_sessions_of_inactive_users()))
+                .bind(live.now)
+                .bind(live.inactive_before)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
+                .bind(live.now)
+                .bind(live.inactive_before)
+                .bind(seq_to_db(next_seq(0, Utc::now())))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            tx.commit().await.map_err(other)?;
+            Ok(done.rows_affected())
+        };
+        self.health.observe(marked.await)
     }
 
     async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError> {

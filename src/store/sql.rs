@@ -33,6 +33,18 @@ pub(super) fn inactive_users() -> String {
     )
 }
 
+/// Ends the stored sessions of [`inactive_users`] (binds as [`LIVE_SESSION`]): their
+/// `expires_at` becomes `$1`, so no later restart brings them back, whatever its timeout.
+/// Runs before [`mark_offline`], in the same transaction.
+pub(super) fn end_sessions_of_inactive_users() -> String {
+    format!(
+        "update sessions set expires_at = $1 \
+         where (expires_at is null or expires_at > $1) \
+         and user_id in (select user_id from users where {})",
+        inactive_users()
+    )
+}
+
 /// Marks [`inactive_users`] offline, their `presence_seq` moved past `$3` (the transition's
 /// sequence number), keeping `last_seen`.
 pub(super) fn mark_offline() -> String {

@@ -405,14 +405,25 @@ impl Store for SqliteStore {
             .map_err(other)?;
             return Ok(u64::try_from(count).unwrap_or(0));
         }
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
-            .bind(ts(live.now))
-            .bind(ts(live.inactive_before))
-            .bind(seq_to_db(next_seq(0, Utc::now())))
-            .execute(&self.pool)
-            .await
-            .map_err(other);
-        Ok(self.health.observe(done)?.rows_affected())
+        let marked = async {
+            let mut tx = self.pool.begin().await.map_err(other)?;
+            sqlx::query(sqlx::AssertSqlSafe(sql::end_sessions_of_inactive_users()))
+                .bind(ts(live.now))
+                .bind(ts(live.inactive_before))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql::mark_offline()))
+                .bind(ts(live.now))
+                .bind(ts(live.inactive_before))
+                .bind(seq_to_db(next_seq(0, Utc::now())))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            tx.commit().await.map_err(other)?;
+            Ok(done.rows_affected())
+        };
+        self.health.observe(marked.await)
     }
 
     async fn privacy_of(&self, users: &[UserId]) -> Result<Vec<StoredPrivacy>, StoreError> {

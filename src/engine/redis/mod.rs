@@ -1,0 +1,893 @@
+//! The shared presence backend: sessions, deadlines, status, `last_seen` and `seq` live in
+//! Redis, so any number of nodes see one presence state.
+//!
+//! Every change of a user is one server-side script (`apply.lua`) over the keys of the user's
+//! slot group: it changes the state, says whether the status changed, and announces the
+//! transition on the `ev` channel in the same atomic step, so no two nodes ever announce the
+//! same transition and every node's feed hears each one once, in order per user. Deadlines
+//! are per-group sets of users by 250 ms slot; every node sweeps every group every slot
+//! (`sweep.lua`), and popping a slot is atomic, so each expiry happens once, within about half a
+//! second of its deadline, with `last_seen` = the last activity.
+//!
+//! A socket holds its session through this node: the session records how many sockets each
+//! node holds, and the node keeps a lease in every group, refreshed every `node_lease / 3`. A
+//! node that dies stops refreshing; the first sweep after its lease ran out ends its sessions'
+//! holds, and those sessions end a grace later. When this node's feed had to resubscribe (Redis
+//! restarted, or failed over) the node takes a new id and registers its open sockets again, so
+//! nothing it held is lost and nothing it no longer holds stays held; if Redis came back empty,
+//! it also asks the persister to restore from the store.
+//!
+//! Times are this node's wall clock (microseconds), so nodes should keep their clocks in sync
+//! (NTP); a skew shifts deadlines by that much. The node keeps in memory only what it changed
+//! since the last flush (for the persister) and the sockets it holds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::future::join_all;
+use redis::Script;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{EngineError, Maintenance, OnlinePage, PresenceBackend};
+use crate::cluster::{ClusterError, Feed, FeedItem, GROUPS, Redis};
+use crate::domain::{
+    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, SessionId,
+    StoredSession, UserId,
+};
+use crate::shards::{Sharded, lock};
+
+/// The channel transitions are announced on.
+pub const EVENTS: &str = "ev";
+/// Width of a deadline slot (as in `prelude.lua`) and the period of the sweep.
+const SLOT: Duration = Duration::from_millis(250);
+/// Most slots one sweep pops per group (bounds one script's run after a long pause).
+const MAX_SLOTS_PER_SWEEP: u32 = 240;
+/// Users per restore or evict call (bounds one script's run and argument list).
+const BATCH: usize = 500;
+/// Shards of the node's in-memory maps.
+const SHARDS: usize = 64;
+/// Capacity of the event channel.
+const EVENT_CAPACITY: usize = 65_536;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("prelude.lua")))
+}
+
+struct Scripts {
+    apply: Script,
+    sweep: Script,
+    read: Script,
+    page: Script,
+    restore: Script,
+    evict: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            apply: script(include_str!("apply.lua")),
+            sweep: script(include_str!("sweep.lua")),
+            read: script(include_str!("read.lua")),
+            page: script(include_str!("page.lua")),
+            restore: script(include_str!("restore.lua")),
+            evict: script(include_str!("evict.lua")),
+        }
+    }
+}
+
+/// The keys every script of a group gets, in `prelude.lua`'s order.
+fn group_keys(redis: &Redis, group: u16) -> [String; 6] {
+    ["u", "sw", "on", "n", "nodes", "rv"].map(|name| redis.key(group, name))
+}
+
+fn unavailable(error: ClusterError) -> EngineError {
+    EngineError::Unavailable(error.to_string())
+}
+
+/// Microseconds since the epoch as a timestamp (`None` for 0, "never").
+fn from_micros(us: i64) -> Option<DateTime<Utc>> {
+    (us > 0)
+        .then(|| DateTime::from_timestamp_micros(us))
+        .flatten()
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A user's state as a script replied: `changed, status, last_seen, seq` and per session
+/// `id, last_activity, expires_ms, held`.
+#[derive(Debug, Clone, PartialEq)]
+struct Reply {
+    changed: bool,
+    view: PresenceView,
+    sessions: Vec<(SessionId, i64, i64, bool)>,
+}
+
+impl Reply {
+    fn parse(values: &[i64]) -> Option<Self> {
+        let [changed, status, last_seen, seq, rest @ ..] = values else {
+            return None;
+        };
+        let sessions = rest
+            .chunks_exact(4)
+            .map(|s| (SessionId(s[0]), s[1], s[2], s[3] != 0))
+            .collect();
+        Some(Self {
+            changed: *changed == 1,
+            view: PresenceView {
+                status: if *status == 1 {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                },
+                last_seen: from_micros(*last_seen),
+                seq: u64::try_from(*seq).unwrap_or(0),
+            },
+            sessions,
+        })
+    }
+
+    /// What the persister writes for this state. A session a socket holds is stored as if its
+    /// last activity were HTTP activity, so a restart without Redis treats it like one.
+    fn write(&self, user: UserId, timeout: Duration) -> PresenceWrite {
+        let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        PresenceWrite {
+            user_id: user,
+            status: self.view.status,
+            last_seen: self.view.last_seen,
+            seq: self.view.seq,
+            sessions: self
+                .sessions
+                .iter()
+                .filter_map(|&(id, activity, expires_ms, held)| {
+                    let last_activity = from_micros(activity)?;
+                    let expires_at = if held {
+                        last_activity + timeout
+                    } else {
+                        DateTime::from_timestamp_millis(expires_ms)?
+                    };
+                    Some(StoredSession {
+                        id,
+                        last_activity,
+                        expires_at,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The view of a user the backend holds nothing for.
+fn never_active() -> PresenceView {
+    PresenceView {
+        status: PresenceStatus::Offline,
+        last_seen: None,
+        seq: 0,
+    }
+}
+
+/// Presence in a shared Redis. See the module docs.
+pub struct RedisBackend {
+    redis: Redis,
+    scripts: Scripts,
+    /// Keys of each group, by group number.
+    keys: Vec<[String; 6]>,
+    /// How long a session stays live after its last activity.
+    timeout: Duration,
+    /// How long a lease of this node lasts without a refresh.
+    lease: Duration,
+    /// How long the sessions of a dead node's sockets survive its lease (the reconnect grace).
+    grace: Duration,
+    /// This node's id in Redis; a new one after every resubscription.
+    node: AtomicU64,
+    /// Transitions heard on the feed.
+    events: broadcast::Sender<PresenceEvent>,
+    /// What this node changed since the last flush, by user (the newest state wins).
+    dirty: Sharded<Mutex<HashMap<UserId, PresenceWrite>>>,
+    /// Sockets this node holds open, by user and session.
+    held: Sharded<Mutex<HashMap<(UserId, SessionId), u32>>>,
+    /// The pub/sub subscriber.
+    feed: Feed,
+    /// Bumped when Redis came back without our state.
+    lost: watch::Sender<u64>,
+}
+
+impl RedisBackend {
+    /// A backend over `redis`, hearing transitions through `feed` (which must subscribe to
+    /// [`EVENTS`]); sessions end `timeout` after their last activity, this node's lease on the
+    /// sockets it holds lasts `lease`, and the sessions of a dead node's sockets end `grace`
+    /// after its lease.
+    ///
+    /// # Errors
+    /// If Redis cannot give this node an id.
+    pub async fn new(
+        redis: Redis,
+        feed: Feed,
+        timeout: Duration,
+        grace: Duration,
+        lease: Duration,
+    ) -> Result<Self, EngineError> {
+        let backend = Self {
+            keys: (0..GROUPS).map(|g| group_keys(&redis, g)).collect(),
+            redis,
+            scripts: Scripts::new(),
+            timeout,
+            lease,
+            grace,
+            node: AtomicU64::new(0),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            dirty: Sharded::new(SHARDS, Mutex::default),
+            held: Sharded::new(SHARDS, Mutex::default),
+            feed,
+            lost: watch::channel(0).0,
+        };
+        backend.take_node_id().await?;
+        Ok(backend)
+    }
+
+    /// Connects to `redis_url` with its own feed (running until `shutdown`): a backend for one-shot
+    /// commands and tests, which need no bus. Keys and channels start with `prefix`.
+    ///
+    /// # Errors
+    /// A bad URL, or Redis unreachable.
+    pub async fn connect(
+        redis_url: &str,
+        prefix: &str,
+        timeout: Duration,
+        grace: Duration,
+        lease: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EngineError> {
+        let redis = Redis::connect(redis_url, prefix)
+            .await
+            .map_err(unavailable)?;
+        let feed = Feed::start(redis.clone(), &[EVENTS], shutdown);
+        Self::new(redis, feed, timeout, grace, lease).await
+    }
+
+    /// Waits (at most `within`) until this node hears transitions; `false` if it does not.
+    pub async fn subscribed(&self, within: Duration) -> bool {
+        self.feed.subscribed(within).await
+    }
+
+    async fn take_node_id(&self) -> Result<u64, EngineError> {
+        let key = self.redis.global_key("node-seq");
+        let id: u64 = self
+            .redis
+            .run(
+                |mut conn| async move { redis::cmd("INCR").arg(&key).query_async(&mut conn).await },
+            )
+            .await
+            .map_err(unavailable)?;
+        self.node.store(id, Ordering::Relaxed);
+        self.refresh_lease().await;
+        Ok(id)
+    }
+
+    fn node(&self) -> u64 {
+        self.node.load(Ordering::Relaxed)
+    }
+
+    fn keys_of(&self, user: UserId) -> &[String; 6] {
+        &self.keys[usize::from(Redis::group_of(user.0))]
+    }
+
+    /// Runs `apply.lua`.
+    async fn apply(
+        &self,
+        op: &str,
+        user: UserId,
+        session: SessionId,
+        grace: Duration,
+    ) -> Result<Option<Reply>, EngineError> {
+        let mut invocation = self.scripts.apply.prepare_invoke();
+        for key in self.keys_of(user) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(op)
+            .arg(user.0)
+            .arg(session.0)
+            .arg(micros(wall_now()))
+            .arg(millis(self.timeout))
+            .arg(millis(grace))
+            .arg(self.node())
+            .arg(GROUPS)
+            .arg(self.redis.channel(EVENTS));
+        let values: Vec<i64> = self
+            .redis
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+            .map_err(unavailable)?;
+        match values.first() {
+            Some(-1) => Err(EngineError::SessionEnded),
+            Some(-2) => Ok(None),
+            _ => {
+                let reply = Reply::parse(&values).ok_or_else(|| {
+                    EngineError::Unavailable(format!("unexpected script reply {values:?}"))
+                })?;
+                self.record(user, &reply);
+                Ok(Some(reply))
+            }
+        }
+    }
+
+    /// Keeps what a script changed for the persister, and counts transitions.
+    fn record(&self, user: UserId, reply: &Reply) {
+        if reply.changed {
+            metrics::counter!("lastseen_presence_transitions_total", "to" => reply.view.status.as_str())
+                .increment(1);
+        }
+        let write = reply.write(user, self.timeout);
+        lock(self.dirty.get(&user)).insert(user, write);
+    }
+
+    fn hold(&self, user: UserId, session: SessionId, delta: i32) {
+        let mut held = lock(self.held.get(&user));
+        let count = held.entry((user, session)).or_default();
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            held.remove(&(user, session));
+        }
+    }
+
+    /// Refreshes this node's lease in every group.
+    async fn refresh_lease(&self) {
+        let expiry = Utc::now().timestamp_millis() + millis(self.lease);
+        let node = self.node();
+        let calls = (0..GROUPS).map(|g| {
+            let key = self.redis.key(g, "nodes");
+            self.redis.run(move |mut conn| async move {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(node)
+                    .arg(expiry)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+        });
+        for result in join_all(calls).await {
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not refresh this node's lease");
+                return;
+            }
+        }
+    }
+
+    /// Sweeps every group once; returns how many users went offline.
+    async fn sweep(&self) -> Result<usize, EngineError> {
+        let now = micros(wall_now());
+        let channel = self.redis.channel(EVENTS);
+        let calls = self.keys.iter().map(|keys| {
+            let mut invocation = self.scripts.sweep.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(now)
+                .arg(GROUPS)
+                .arg(&channel)
+                .arg(millis(self.grace))
+                .arg(MAX_SLOTS_PER_SWEEP);
+            self.redis.run(move |mut conn| async move {
+                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            })
+        });
+        let mut offline = 0;
+        for result in join_all(calls).await {
+            let values = result.map_err(unavailable)?;
+            let mut rest = values.as_slice();
+            while let [len, tail @ ..] = rest {
+                let len = usize::try_from(*len).unwrap_or(0);
+                let Some((entry, after)) = (len <= tail.len()).then(|| tail.split_at(len)) else {
+                    break;
+                };
+                rest = after;
+                let [user, reply @ ..] = entry else { continue };
+                if let Some(reply) = Reply::parse(reply) {
+                    offline += usize::from(reply.changed && !reply.view.status.is_online());
+                    self.record(UserId(*user), &reply);
+                }
+            }
+        }
+        Ok(offline)
+    }
+
+    /// After the feed resubscribed: take a new node id and register the sockets this node
+    /// holds again under it (the old id's holds end when its lease runs out, by then
+    /// superseded), and ask for a restore if Redis lost our state.
+    async fn rejoin(&self) {
+        let restored = self.redis.global_key("restored");
+        let present: Result<bool, _> = self
+            .redis
+            .run(|mut conn| async move {
+                redis::cmd("EXISTS")
+                    .arg(&restored)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        if matches!(present, Ok(false)) {
+            tracing::warn!("Redis holds no presence state; restoring from the database");
+            self.lost.send_modify(|n| *n += 1);
+        }
+        if let Err(error) = self.take_node_id().await {
+            tracing::warn!(%error, "could not rejoin Redis");
+            return;
+        }
+        let held: Vec<((UserId, SessionId), u32)> = self
+            .held
+            .all()
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for ((user, session), count) in held {
+            for _ in 0..count {
+                if let Err(error) = self.apply("open", user, session, Duration::ZERO).await {
+                    tracing::warn!(%error, "could not register an open socket again");
+                }
+            }
+        }
+        tracing::info!(node = self.node(), "rejoined Redis");
+    }
+
+    /// Forwards transitions from the feed to local subscribers; rejoins after a resubscription.
+    async fn listen(&self, shutdown: &CancellationToken) {
+        use broadcast::error::RecvError;
+        let mut items = self.feed.subscribe();
+        loop {
+            let item = tokio::select! {
+                () = shutdown.cancelled() => return,
+                item = items.recv() => item,
+            };
+            match item {
+                Ok(FeedItem::Message { channel, payload }) if channel == EVENTS => {
+                    match parse_event(&payload) {
+                        Some(event) => {
+                            let _ = self.events.send(event);
+                        }
+                        None => tracing::warn!(payload, "malformed presence event"),
+                    }
+                }
+                Ok(FeedItem::Message { .. }) => {}
+                // The first subscription is the node joining, not a loss.
+                Ok(FeedItem::Resubscribed) if self.feed.subscriptions() > 1 => self.rejoin().await,
+                Ok(FeedItem::Resubscribed) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "presence feed fell behind");
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Re-records activity of the sessions this node's sockets hold, twice per timeout, so
+    /// their stored copy stays live (a restart without Redis then restores them).
+    async fn refresh_held(&self) {
+        let held: Vec<(UserId, SessionId)> = self
+            .held
+            .all()
+            .iter()
+            .flat_map(|shard| lock(shard).keys().copied().collect::<Vec<_>>())
+            .collect();
+        for (user, session) in held {
+            if let Err(error) = self.apply("touch", user, session, Duration::ZERO).await {
+                tracing::debug!(%error, "could not refresh a held session");
+            }
+        }
+    }
+}
+
+fn parse_event(payload: &str) -> Option<PresenceEvent> {
+    let mut parts = payload.split(' ').map(str::parse::<i64>);
+    let user = parts.next()?.ok()?;
+    let status = parts.next()?.ok()?;
+    let last_seen = parts.next()?.ok()?;
+    let seq = parts.next()?.ok()?;
+    Some(PresenceEvent {
+        user_id: UserId(user),
+        status: if status == 1 {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        },
+        last_seen: from_micros(last_seen)?,
+        seq: u64::try_from(seq).ok()?,
+    })
+}
+
+/// The wall clock at the microsecond precision timestamps are stored with.
+fn wall_now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+#[async_trait]
+impl PresenceBackend for RedisBackend {
+    async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
+        metrics::counter!("lastseen_activity_total").increment(1);
+        let reply = self.apply("touch", user, session, Duration::ZERO).await?;
+        Ok(reply.map_or_else(never_active, |r| r.view))
+    }
+
+    async fn open_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError> {
+        let reply = self.apply("open", user, session, Duration::ZERO).await?;
+        self.hold(user, session, 1);
+        Ok(reply.map_or_else(never_active, |r| r.view))
+    }
+
+    async fn close_socket(
+        &self,
+        user: UserId,
+        session: SessionId,
+        grace: Duration,
+    ) -> Result<(), EngineError> {
+        // Forgotten locally first: if Redis is down now, a rejoin must not hold it again.
+        self.hold(user, session, -1);
+        self.apply("close", user, session, grace).await.map(drop)
+    }
+
+    async fn end_session(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError> {
+        let reply = self.apply("end", user, session, Duration::ZERO).await?;
+        Ok(reply.map_or_else(never_active, |r| r.view))
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError> {
+        let mut by_group: HashMap<u16, Vec<UserId>> = HashMap::new();
+        for &user in users {
+            by_group
+                .entry(Redis::group_of(user.0))
+                .or_default()
+                .push(user);
+        }
+        let calls = by_group.into_iter().map(|(group, ids)| {
+            let mut invocation = self.scripts.read.prepare_invoke();
+            for key in &self.keys[usize::from(group)] {
+                invocation.key(key);
+            }
+            for id in &ids {
+                invocation.arg(id.0);
+            }
+            async move {
+                let values: Vec<i64> = self
+                    .redis
+                    .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                    .await?;
+                Ok::<_, ClusterError>((ids, values))
+            }
+        });
+        let mut found = Vec::with_capacity(users.len());
+        for result in join_all(calls).await {
+            let (ids, values) = result.map_err(unavailable)?;
+            for (id, state) in ids.into_iter().zip(values.chunks_exact(4)) {
+                if let [1, status, last_seen, seq] = *state {
+                    let reply = Reply::parse(&[0, status, last_seen, seq]);
+                    if let Some(reply) = reply {
+                        found.push((id, reply.view));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn online_page(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<OnlinePage, EngineError> {
+        let groups = i64::from(GROUPS);
+        let calls = (0..GROUPS).map(|g| {
+            let group = i64::from(g);
+            // The first bit b whose user b * GROUPS + g is above `after`.
+            let first = after.map_or(0, |a| {
+                let over = a.0 - group;
+                if over < 0 { 0 } else { over / groups + 1 }
+            });
+            let mut invocation = self.scripts.page.prepare_invoke();
+            for key in &self.keys[usize::from(g)] {
+                invocation.key(key);
+            }
+            invocation.arg(first).arg(limit).arg(groups).arg(group);
+            self.redis.run(move |mut conn| async move {
+                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+            })
+        });
+        let mut ids: Vec<UserId> = Vec::new();
+        for result in join_all(calls).await {
+            ids.extend(result.map_err(unavailable)?.into_iter().map(UserId));
+        }
+        ids.sort_unstable();
+        ids.truncate(limit);
+        let mut users = self.presence(&ids).await?;
+        users.sort_unstable_by_key(|(id, _)| *id);
+        Ok(OnlinePage {
+            users,
+            total: self.online_count().await?,
+        })
+    }
+
+    async fn online_count(&self) -> Result<usize, EngineError> {
+        let calls = (0..GROUPS).map(|g| {
+            let key = self.redis.key(g, "n");
+            self.redis.run(move |mut conn| async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<i64>>(&mut conn)
+                    .await
+            })
+        });
+        let mut total = 0_i64;
+        for result in join_all(calls).await {
+            total += result.map_err(unavailable)?.unwrap_or(0);
+        }
+        Ok(usize::try_from(total).unwrap_or(0))
+    }
+
+    async fn ready(&self) -> Result<(), EngineError> {
+        self.redis.ping().await.map_err(unavailable)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[async_trait]
+impl Maintenance for RedisBackend {
+    async fn expire_due(&self) -> Result<usize, EngineError> {
+        self.sweep().await
+    }
+
+    async fn run(&self, shutdown: CancellationToken) {
+        let sweeps = async {
+            let mut ticker = tokio::time::interval(SLOT);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(error) = self.sweep().await {
+                    tracing::debug!(%error, "presence sweep failed");
+                }
+            }
+        };
+        let leases = async {
+            let mut ticker = tokio::time::interval(self.lease / 3);
+            loop {
+                ticker.tick().await;
+                self.refresh_lease().await;
+            }
+        };
+        let holds = async {
+            let mut ticker = tokio::time::interval(self.timeout / 2);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                self.refresh_held().await;
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.listen(&shutdown) => {}
+            () = sweeps => {}
+            () = leases => {}
+            () = holds => {}
+        }
+    }
+
+    async fn take_dirty(&self) -> Vec<PresenceWrite> {
+        self.dirty
+            .all()
+            .iter()
+            .flat_map(|shard| std::mem::take(&mut *lock(shard)).into_values())
+            .collect()
+    }
+
+    async fn mark_dirty(&self, batch: Vec<PresenceWrite>) {
+        for write in batch {
+            let mut shard = lock(self.dirty.get(&write.user_id));
+            // A newer state recorded meanwhile wins; it includes everything the old one had.
+            shard.entry(write.user_id).or_insert(write);
+        }
+    }
+
+    async fn evict_persisted(&self, batch: &[PresenceWrite]) {
+        let mut by_group: HashMap<u16, Vec<&PresenceWrite>> = HashMap::new();
+        for write in batch
+            .iter()
+            .filter(|w| !w.status.is_online() && w.sessions.is_empty())
+        {
+            by_group
+                .entry(Redis::group_of(write.user_id.0))
+                .or_default()
+                .push(write);
+        }
+        for (group, writes) in by_group {
+            for chunk in writes.chunks(BATCH) {
+                let mut invocation = self.scripts.evict.prepare_invoke();
+                for key in &self.keys[usize::from(group)] {
+                    invocation.key(key);
+                }
+                for write in chunk {
+                    invocation
+                        .arg(write.user_id.0)
+                        .arg(i64::try_from(write.seq).unwrap_or(i64::MAX));
+                }
+                let evicted: Result<i64, _> = self
+                    .redis
+                    .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                    .await;
+                if let Err(error) = evicted {
+                    tracing::debug!(%error, "could not evict persisted users");
+                }
+            }
+        }
+    }
+
+    async fn claim_restore(&self) -> Result<bool, EngineError> {
+        let restored = self.redis.global_key("restored");
+        let restoring = self.redis.global_key("restoring");
+        let node = self.node();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let (restored, restoring) = (restored.clone(), restoring.clone());
+            let (done, claimed): (bool, bool) = self
+                .redis
+                .run(|mut conn| async move {
+                    let done: bool = redis::cmd("EXISTS")
+                        .arg(&restored)
+                        .query_async(&mut conn)
+                        .await?;
+                    if done {
+                        return Ok((true, false));
+                    }
+                    let claimed: Option<String> = redis::cmd("SET")
+                        .arg(&restoring)
+                        .arg(node)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(120_000)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok((false, claimed.is_some()))
+                })
+                .await
+                .map_err(unavailable)?;
+            if done {
+                return Ok(false);
+            }
+            if claimed {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(EngineError::Unavailable(
+                    "another node's restore did not finish".into(),
+                ));
+            }
+            // Another node is restoring: wait for it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn restore(&self, users: Vec<RestoredUser>) -> Result<(), EngineError> {
+        let mut by_group: HashMap<u16, Vec<RestoredUser>> = HashMap::new();
+        for user in users {
+            by_group
+                .entry(Redis::group_of(user.user_id.0))
+                .or_default()
+                .push(user);
+        }
+        let now = micros(wall_now());
+        for (group, users) in by_group {
+            for chunk in users.chunks(BATCH) {
+                let mut invocation = self.scripts.restore.prepare_invoke();
+                for key in &self.keys[usize::from(group)] {
+                    invocation.key(key);
+                }
+                invocation.arg(now).arg(GROUPS);
+                for user in chunk {
+                    invocation
+                        .arg(user.user_id.0)
+                        .arg(i64::try_from(user.seq).unwrap_or(i64::MAX))
+                        .arg(user.last_seen.map_or(0, micros))
+                        .arg(user.sessions.len());
+                    for session in &user.sessions {
+                        invocation
+                            .arg(session.id.0)
+                            .arg(micros(session.last_activity))
+                            .arg(session.expires_at.timestamp_millis());
+                    }
+                }
+                self.redis
+                    .run(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restored(&self) -> Result<(), EngineError> {
+        let restored = self.redis.global_key("restored");
+        let restoring = self.redis.global_key("restoring");
+        // Two commands, not a pipeline: on a cluster the keys live in different slots.
+        self.redis
+            .run(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&restored)
+                    .arg(1)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                redis::cmd("DEL")
+                    .arg(&restoring)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    fn lost_state(&self) -> watch::Receiver<u64> {
+        self.lost.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_and_events_parse() {
+        let reply = Reply::parse(&[
+            1,
+            1,
+            1_700_000_000_000_000,
+            42,
+            7,
+            1_700_000_000_000_000,
+            1_700_000_300_000,
+            1,
+        ])
+        .unwrap();
+        assert!(reply.changed);
+        assert_eq!(reply.view.status, PresenceStatus::Online);
+        assert_eq!(reply.view.seq, 42);
+        assert_eq!(
+            reply.sessions,
+            vec![(SessionId(7), 1_700_000_000_000_000, 1_700_000_300_000, true)]
+        );
+        let write = reply.write(UserId(3), Duration::from_secs(300));
+        assert_eq!(
+            write.sessions[0].expires_at - write.sessions[0].last_activity,
+            chrono::Duration::seconds(300)
+        );
+        assert_eq!(Reply::parse(&[1, 2]), None);
+
+        let event = parse_event("5 0 1700000000123456 1700000000999999").unwrap();
+        assert_eq!(event.user_id, UserId(5));
+        assert_eq!(event.status, PresenceStatus::Offline);
+        assert_eq!(event.last_seen.timestamp_micros(), 1_700_000_000_123_456);
+        assert_eq!(parse_event("5 0 x 1"), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! The engine contract: what every presence backend does, as one suite of cases run against
+//! the in-process backend and the Redis backend (standalone and Cluster). Time is real (Redis
+//! keeps its own), so timeouts are short: sessions end 1.5 s after their last activity and a
+//! closed socket's session 400 ms after the close.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lastseen::domain::{
+    PresenceEvent, PresenceStatus, RestoredUser, SessionId, StoredSession, UserId,
+};
+use lastseen::engine::PresenceEngine;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Sessions end this long after their last activity.
+pub const TIMEOUT: Duration = Duration::from_millis(1500);
+/// A closed socket's session ends this long after the close.
+pub const GRACE: Duration = Duration::from_millis(400);
+/// How late an expiry may be: the documented bound is one second.
+pub const LATE: Duration = Duration::from_secs(1);
+
+/// A backend under test, with its background work running.
+pub struct Harness {
+    pub engine: PresenceEngine,
+    /// Users get ids from here up, so cases sharing a Redis never share a user.
+    pub first_user: i64,
+}
+
+impl Harness {
+    pub fn user(&self, n: i64) -> UserId {
+        UserId(self.first_user + n)
+    }
+
+    pub fn session(&self, user: UserId, n: i64) -> SessionId {
+        SessionId(user.0 * 10 + n)
+    }
+
+    async fn status(&self, user: UserId) -> PresenceStatus {
+        let found = self.engine.presence(&[user]).await.unwrap();
+        found
+            .first()
+            .map_or(PresenceStatus::Offline, |(_, v)| v.status)
+    }
+}
+
+/// The next event of `user` within `within`, skipping other users'.
+async fn event_of(
+    events: &mut broadcast::Receiver<PresenceEvent>,
+    user: UserId,
+    within: Duration,
+) -> Option<PresenceEvent> {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(event)) if event.user_id == user => return Some(event),
+            Ok(Ok(_)) => continue,
+            Ok(Err(error)) => panic!("event channel: {error}"),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Asserts no event of `user` arrives within `within`.
+async fn silence_of(
+    events: &mut broadcast::Receiver<PresenceEvent>,
+    user: UserId,
+    within: Duration,
+) {
+    if let Some(event) = event_of(events, user, within).await {
+        panic!("expected no event of {user}, got {event:?}");
+    }
+}
+
+pub async fn first_activity_goes_online_with_one_event_and_more_activity_announces_nothing(
+    h: Harness,
+) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    let view = h.engine.touch(user, session).await.unwrap();
+    assert_eq!(view.status, PresenceStatus::Online);
+    let online = event_of(&mut events, user, LATE)
+        .await
+        .expect("online event");
+    assert_eq!(online.status, PresenceStatus::Online);
+    assert_eq!(Some(online.last_seen), view.last_seen);
+    assert_eq!(online.seq, view.seq);
+    let again = h.engine.touch(user, session).await.unwrap();
+    assert!(again.last_seen >= view.last_seen);
+    assert_eq!(again.seq, view.seq, "activity is not a transition");
+    silence_of(&mut events, user, Duration::from_millis(300)).await;
+    assert_eq!(h.status(user).await, PresenceStatus::Online);
+}
+
+pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the_last_activity(
+    h: Harness,
+) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    h.engine.touch(user, session).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    tokio::time::sleep(TIMEOUT / 3).await;
+    let last = h.engine.touch(user, session).await.unwrap();
+    let touched = Instant::now();
+    let offline = event_of(&mut events, user, TIMEOUT + LATE * 2)
+        .await
+        .expect("offline event");
+    let waited = touched.elapsed();
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    assert!(
+        waited >= TIMEOUT - Duration::from_millis(50),
+        "not early: {waited:?}"
+    );
+    assert!(
+        waited < TIMEOUT + LATE,
+        "within a second of the deadline: {waited:?}"
+    );
+    assert_eq!(
+        Some(offline.last_seen),
+        last.last_seen,
+        "last_seen is the last activity"
+    );
+    assert!(offline.seq > last.seq);
+    silence_of(&mut events, user, Duration::from_millis(600)).await;
+    assert_eq!(h.status(user).await, PresenceStatus::Offline);
+}
+
+pub async fn a_user_stays_online_while_any_session_is_live(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    h.engine.touch(user, h.session(user, 1)).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    tokio::time::sleep(TIMEOUT / 2).await;
+    h.engine.touch(user, h.session(user, 2)).await.unwrap();
+    // Session 1 ends; session 2 is live for another half timeout.
+    tokio::time::sleep(TIMEOUT * 3 / 4).await;
+    assert_eq!(
+        h.status(user).await,
+        PresenceStatus::Online,
+        "session 2 is live"
+    );
+    silence_of(&mut events, user, Duration::from_millis(50)).await;
+    let offline = event_of(&mut events, user, TIMEOUT + LATE)
+        .await
+        .expect("offline");
+    assert_eq!(offline.status, PresenceStatus::Offline);
+}
+
+pub async fn an_open_socket_holds_its_session_and_its_close_starts_the_grace(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    h.engine.open_socket(user, session).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    tokio::time::sleep(TIMEOUT + LATE).await;
+    assert_eq!(
+        h.status(user).await,
+        PresenceStatus::Online,
+        "held past the timeout"
+    );
+    h.engine.close_socket(user, session, GRACE).await.unwrap();
+    let closed = Instant::now();
+    let offline = event_of(&mut events, user, GRACE + LATE * 2)
+        .await
+        .expect("offline");
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    let waited = closed.elapsed();
+    assert!(
+        waited >= GRACE - Duration::from_millis(50) && waited < GRACE + LATE,
+        "{waited:?}"
+    );
+}
+
+pub async fn a_reconnect_inside_the_grace_announces_nothing(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    h.engine.open_socket(user, session).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    h.engine.close_socket(user, session, GRACE).await.unwrap();
+    tokio::time::sleep(GRACE / 4).await;
+    h.engine.open_socket(user, session).await.unwrap();
+    silence_of(&mut events, user, GRACE + LATE).await;
+    assert_eq!(h.status(user).await, PresenceStatus::Online);
+}
+
+pub async fn ending_a_session_goes_offline_at_once_unless_another_is_live(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let (phone, laptop) = (h.session(user, 1), h.session(user, 2));
+    h.engine.touch(user, phone).await.unwrap();
+    h.engine.touch(user, laptop).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    let view = h.engine.end_session(user, phone).await.unwrap();
+    assert_eq!(view.status, PresenceStatus::Online, "the laptop is live");
+    let view = h.engine.end_session(user, laptop).await.unwrap();
+    assert_eq!(view.status, PresenceStatus::Offline);
+    let offline = event_of(&mut events, user, LATE).await.expect("offline");
+    assert_eq!(offline.status, PresenceStatus::Offline);
+    assert_eq!(offline.seq, view.seq);
+    let unknown = h
+        .engine
+        .end_session(h.user(9), h.session(h.user(9), 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.status,
+        PresenceStatus::Offline,
+        "ending an unknown session is harmless"
+    );
+}
+
+pub async fn seq_grows_per_user_across_transitions(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let mut seqs = Vec::new();
+    for n in 1..=3 {
+        let session = h.session(user, n);
+        h.engine.touch(user, session).await.unwrap();
+        seqs.push(event_of(&mut events, user, LATE).await.expect("online").seq);
+        h.engine.end_session(user, session).await.unwrap();
+        seqs.push(
+            event_of(&mut events, user, LATE)
+                .await
+                .expect("offline")
+                .seq,
+        );
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+pub async fn online_pages_are_ordered_by_id_with_the_total(h: Harness) {
+    let ids: Vec<UserId> = (1..=40).map(|n| h.user(n)).collect();
+    for &user in ids.iter().rev() {
+        h.engine.touch(user, h.session(user, 1)).await.unwrap();
+    }
+    let before = Some(UserId(h.first_user));
+    let page = h.engine.online_page(before, 15).await.unwrap();
+    assert!(
+        page.total >= 40,
+        "total counts everyone online: {}",
+        page.total
+    );
+    let got: Vec<UserId> = page.users.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got, ids[..15].to_vec());
+    let next = h.engine.online_page(Some(ids[14]), 100).await.unwrap();
+    let rest: Vec<UserId> = next
+        .users
+        .iter()
+        .map(|(id, _)| *id)
+        .take_while(|id| id.0 <= h.first_user + 40)
+        .collect();
+    assert_eq!(rest, ids[15..].to_vec());
+    assert!(
+        next.users
+            .iter()
+            .all(|(_, v)| v.status == PresenceStatus::Online)
+    );
+}
+
+pub async fn changed_state_is_handed_to_the_persister_and_given_back_on_failure(h: Harness) {
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    let view = h.engine.touch(user, session).await.unwrap();
+    let maintenance = h.engine.maintenance();
+    let writes: Vec<_> = maintenance
+        .take_dirty()
+        .await
+        .into_iter()
+        .filter(|w| w.user_id == user)
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].status, PresenceStatus::Online);
+    assert_eq!(writes[0].seq, view.seq);
+    assert_eq!(writes[0].sessions.len(), 1);
+    assert_eq!(writes[0].sessions[0].id, session);
+    assert!(
+        maintenance
+            .take_dirty()
+            .await
+            .iter()
+            .all(|w| w.user_id != user),
+        "taken once"
+    );
+    maintenance.mark_dirty(writes).await;
+    let again = maintenance.take_dirty().await;
+    assert!(
+        again.iter().any(|w| w.user_id == user),
+        "given back for the next flush"
+    );
+}
+
+pub async fn restored_users_are_online_for_their_remaining_time_without_events(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let now: DateTime<Utc> = Utc::now();
+    let activity = now - chrono::Duration::milliseconds(500);
+    let restored = RestoredUser {
+        user_id: user,
+        seq: 42,
+        last_seen: Some(activity),
+        sessions: vec![StoredSession {
+            id: h.session(user, 1),
+            last_activity: activity,
+            expires_at: activity + chrono::Duration::from_std(TIMEOUT).unwrap(),
+        }],
+    };
+    h.engine
+        .maintenance()
+        .restore(vec![restored])
+        .await
+        .unwrap();
+    let found = h.engine.presence(&[user]).await.unwrap();
+    let (_, view) = found.first().expect("restored");
+    assert_eq!(view.status, PresenceStatus::Online);
+    assert_eq!(view.seq, 42);
+    let restored_at = Instant::now();
+    let offline = event_of(&mut events, user, TIMEOUT + LATE)
+        .await
+        .expect("offline");
+    assert_eq!(
+        offline.status,
+        PresenceStatus::Offline,
+        "restoring announced nothing"
+    );
+    assert!(
+        restored_at.elapsed() < TIMEOUT,
+        "the remaining time, not a whole timeout"
+    );
+    assert_eq!(
+        offline.last_seen.timestamp_micros(),
+        activity.timestamp_micros()
+    );
+    assert!(offline.seq > 42);
+}
