@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use lastseen::domain::{SessionId, UserId};
+use lastseen::domain::{Activity, SessionId, SessionRef, UserId};
 use lastseen::engine::local::LocalBackend;
 use lastseen::engine::{Maintenance, PresenceBackend};
 
@@ -33,9 +33,14 @@ fn ready<F: Future>(future: F) -> F::Output {
 /// An engine with `n` online users, user `i` having session `i`, their dirty marks taken as
 /// the persister would.
 fn populated(n: i64) -> LocalBackend {
-    let engine = LocalBackend::new(TIMEOUT);
+    let engine = LocalBackend::new(TIMEOUT, None);
     for i in 0..n {
-        ready(engine.touch(UserId(i), SessionId(i))).expect("in-process touch never fails");
+        ready(engine.touch(
+            UserId(i),
+            SessionRef::web(SessionId(i)),
+            Activity::Keepalive,
+        ))
+        .expect("in-process touch never fails");
     }
     drop(ready(engine.take_dirty()));
     engine
@@ -51,7 +56,11 @@ fn heartbeat(c: &mut Criterion) {
             b.iter(|| {
                 // Rotate through users, as heartbeats from many clients do.
                 i = (i + 1) % n;
-                black_box(ready(engine.touch(UserId(i), SessionId(i))))
+                black_box(ready(engine.touch(
+                    UserId(i),
+                    SessionRef::web(SessionId(i)),
+                    Activity::Keepalive,
+                )))
             });
         });
     }
@@ -68,7 +77,14 @@ fn new_session(c: &mut Criterion) {
             let start = std::time::Instant::now();
             for k in 0..iters {
                 let id = BASE + i64::try_from(k).expect("iteration count fits i64");
-                black_box(ready(engine.touch(UserId(id), SessionId(id))).ok());
+                black_box(
+                    ready(engine.touch(
+                        UserId(id),
+                        SessionRef::web(SessionId(id)),
+                        Activity::Keepalive,
+                    ))
+                    .ok(),
+                );
             }
             start.elapsed()
         });

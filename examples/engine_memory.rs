@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lastseen::domain::{SessionId, UserId};
+use lastseen::domain::{Activity, SessionId, SessionRef, UserId};
 use lastseen::engine::local::LocalBackend;
 use lastseen::engine::{Maintenance, PresenceBackend};
 
@@ -72,12 +72,26 @@ async fn main() {
         .nth(1)
         .map_or(Ok(1_000_000), |a| a.parse())
         .expect("SESSIONS must be a number");
-    let engine = LocalBackend::new(Duration::from_secs(300));
+    let engine = LocalBackend::new(Duration::from_secs(300), None);
     // One touch first, so lazily created statics are not counted.
-    engine.touch(UserId(-1), SessionId(-1)).await.ok();
+    engine
+        .touch(
+            UserId(-1),
+            SessionRef::web(SessionId(-1)),
+            Activity::Keepalive,
+        )
+        .await
+        .ok();
     let base = (rss_bytes(), LIVE.load(Ordering::Relaxed));
     for i in 0..i64::try_from(sessions).expect("SESSIONS fits i64") {
-        engine.touch(UserId(i), SessionId(i)).await.ok();
+        engine
+            .touch(
+                UserId(i),
+                SessionRef::web(SessionId(i)),
+                Activity::Keepalive,
+            )
+            .await
+            .ok();
     }
     let online = engine.online_count().await.unwrap_or(1);
     println!("online sessions: {}", online - 1);

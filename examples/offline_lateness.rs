@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lastseen::domain::{PresenceStatus, SessionId, UserId};
+use lastseen::domain::{Activity, PresenceStatus, SessionId, SessionRef, UserId};
 use lastseen::engine::local::LocalBackend;
 use lastseen::engine::{Maintenance, PresenceBackend};
 use tokio::sync::broadcast::error::RecvError;
@@ -22,7 +22,7 @@ async fn main() {
         .nth(1)
         .map_or(Ok(10_000), |a| a.parse())
         .expect("USERS must be a number");
-    let engine = Arc::new(LocalBackend::new(TIMEOUT));
+    let engine = Arc::new(LocalBackend::new(TIMEOUT, None));
     let stop = CancellationToken::new();
     let expiry = tokio::spawn({
         let (engine, stop) = (engine.clone(), stop.clone());
@@ -53,7 +53,14 @@ async fn main() {
             // lateness below is, if anything, overstated.
             deadlines[id] = Instant::now() + TIMEOUT;
             let id = i64::try_from(id).expect("user index fits i64");
-            engine.touch(UserId(id), SessionId(id)).await.ok();
+            engine
+                .touch(
+                    UserId(id),
+                    SessionRef::web(SessionId(id)),
+                    Activity::Keepalive,
+                )
+                .await
+                .ok();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -20,7 +20,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use crate::bus::{Bus, BusMessage};
-use crate::domain::{Password, SessionId, UserId, Username, Viewer};
+use crate::domain::{Device, Password, Platform, SessionId, SessionRef, UserId, Username, Viewer};
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
@@ -85,9 +85,19 @@ pub struct Session {
     pub username: String,
     /// May use the admin endpoints.
     pub is_admin: bool,
+    /// The session's device platform.
+    pub platform: Platform,
 }
 
 impl Session {
+    /// The session as the presence engine needs it.
+    pub fn reference(&self) -> SessionRef {
+        SessionRef {
+            id: self.session_id,
+            platform: self.platform,
+        }
+    }
+
     /// The session's user as a viewer of others' presence.
     pub fn viewer(&self) -> Viewer {
         Viewer {
@@ -104,6 +114,7 @@ impl From<SessionRecord> for Session {
             user_id: r.user_id,
             username: r.username,
             is_admin: r.is_admin,
+            platform: r.platform,
         }
     }
 }
@@ -287,7 +298,12 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::BadCredentials`] for an unknown user or a wrong password alike;
     /// [`AuthError::Busy`] when too many hashes are waiting.
-    pub async fn login(&self, username: &str, password: &str) -> Result<Login, AuthError> {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device: &Device,
+    ) -> Result<Login, AuthError> {
         let user = self.store.user_by_username(username).await?;
         let stored = user
             .as_ref()
@@ -302,13 +318,14 @@ impl Authenticator {
         let hash = TokenHash::of(&token);
         let session_id = self
             .store
-            .create_session(user.id, hash.as_bytes(), Utc::now())
+            .create_device_session(user.id, hash.as_bytes(), Utc::now(), device)
             .await?;
         let session = Session {
             session_id,
             user_id: user.id,
             username: user.username,
             is_admin: user.is_admin,
+            platform: device.platform,
         };
         self.cache_shard(&hash)
             .sessions

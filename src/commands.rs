@@ -106,9 +106,7 @@ async fn sweep_shared_presence(
     let backend = RedisBackend::connect(
         url,
         &settings.redis_key_prefix,
-        settings.inactivity_timeout,
-        settings.disconnect_grace,
-        settings.node_lease,
+        crate::startup::redis_timing(settings),
         stop.clone(),
     )
     .await

@@ -13,7 +13,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
-use crate::domain::{LastSeenApprox, PresenceStatus, PresenceView, UserId, VisiblePresence};
+use crate::domain::{
+    Availability, LastSeenApprox, Platform, Platforms, PresenceStatus, PresenceView, UserId,
+    VisiblePresence,
+};
 use crate::engine::{EngineError, PresenceEngine};
 use crate::store::{Store, StoreError, UserRecord};
 
@@ -48,11 +51,7 @@ pub struct PresenceReader {
 
 /// The view of a stored user the engine holds nothing for.
 fn stored_view(user: &UserRecord) -> PresenceView {
-    PresenceView {
-        status: PresenceStatus::Offline,
-        last_seen: user.last_seen,
-        seq: user.presence_seq,
-    }
+    PresenceView::offline(user.last_seen, user.presence_seq, user.manual.clone())
 }
 
 impl PresenceReader {
@@ -83,6 +82,37 @@ impl PresenceReader {
                 Some(Known {
                     id: *id,
                     username: user.username.clone(),
+                    view,
+                })
+            })
+            .collect())
+    }
+
+    /// Those of `ids` that are online now, with their names; order unspecified. Only the
+    /// engine is asked for presence (a user it holds nothing for is offline), so the store is
+    /// read for the names of the online ones alone.
+    ///
+    /// # Errors
+    /// Engine or store failures.
+    pub async fn online(&self, ids: &[UserId]) -> Result<Vec<Known>, ReadError> {
+        let mut online: HashMap<UserId, PresenceView> = self
+            .engine_views(ids)
+            .await?
+            .into_iter()
+            .filter(|(_, view)| view.status.is_online())
+            .collect();
+        let wanted: Vec<UserId> = online.keys().copied().collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let users = self.store.users_by_ids(&wanted).await?;
+        Ok(users
+            .into_iter()
+            .filter_map(|user| {
+                let view = online.remove(&user.id)?;
+                Some(Known {
+                    id: user.id,
+                    username: user.username,
                     view,
                 })
             })
@@ -137,6 +167,14 @@ pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
     }
 }
 
+/// [`rfc3339`] for a timestamp that is always there.
+///
+/// # Errors
+/// Those of the serializer.
+pub fn rfc3339_at<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
 /// A user's presence as one viewer sees it: the seed's JSON shape, used by HTTP reads, the
 /// admin endpoints and push snapshots alike. A field the owner's privacy settings hide from the
 /// viewer is `null`; nothing is hidden on the caller's own account or from admins.
@@ -157,13 +195,26 @@ pub struct UserPresence {
     pub is_online: Option<bool>,
     /// Coarse last seen, present only when the exact one is hidden and the server enables
     /// `last_seen_approx`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_approx: Option<LastSeenApprox>,
+    /// `active`, `idle` or `dnd`; null when offline or hidden.
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    /// The custom status text; null when unset or hidden.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// The custom status emoji; null when unset or hidden.
+    #[serde(default)]
+    pub status_emoji: Option<String>,
+    /// The sorted distinct platforms of the live sessions (`[]` when offline); null when
+    /// hidden.
+    #[serde(default)]
+    pub platforms: Option<Vec<Platform>>,
 }
 
 impl UserPresence {
     /// A user's whole presence (for themself, or an admin).
-    pub fn full(id: UserId, username: String, view: PresenceView) -> Self {
+    pub fn full(id: UserId, username: String, view: &PresenceView) -> Self {
         Self::visible(id, username, VisiblePresence::full(view))
     }
 
@@ -176,6 +227,10 @@ impl UserPresence {
             last_seen: visible.last_seen,
             is_online: visible.status.map(PresenceStatus::is_online),
             last_seen_approx: visible.last_seen_approx,
+            availability: visible.availability,
+            status_text: visible.status_text.as_deref().map(str::to_owned),
+            status_emoji: visible.status_emoji.as_deref().map(str::to_owned),
+            platforms: visible.platforms.map(Platforms::to_vec),
         }
     }
 }

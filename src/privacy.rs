@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusMessage};
 use crate::domain::{
-    MAX_LIST_LEN, PresenceView, PrivacyChange, PrivacyChanged, Relationship, StoredPrivacy, UserId,
-    UserPrivacy, Viewer, Visibility, VisiblePresence, decide,
+    MAX_LIST_LEN, PresenceView, PrivacyChange, PrivacyChanged, Relationship, SettingsUpdate,
+    StoredPrivacy, UserId, UserPrivacy, Viewer, Visibility, VisiblePresence, decide,
 };
 use crate::shards::{Sharded, read, write};
 use crate::store::{Missing, Store, StoreError};
@@ -192,7 +192,7 @@ impl Privacy {
     /// What `viewer` may see of `owner`, whose real presence is `raw`. Synchronous and
     /// memory-only; both users must have been loaded ([`Privacy::ensure_loaded`]), otherwise
     /// everything is hidden.
-    pub fn filter(&self, viewer: Viewer, owner: UserId, raw: PresenceView) -> VisiblePresence {
+    pub fn filter(&self, viewer: Viewer, owner: UserId, raw: &PresenceView) -> VisiblePresence {
         self.filter_at(viewer, owner, raw, Utc::now())
     }
 
@@ -201,7 +201,7 @@ impl Privacy {
         &self,
         viewer: Viewer,
         owner: UserId,
-        raw: PresenceView,
+        raw: &PresenceView,
         now: DateTime<Utc>,
     ) -> VisiblePresence {
         if viewer.id == owner || viewer.is_admin {
@@ -355,7 +355,10 @@ impl Privacy {
             PrivacyChange::Block(_) if current.blocked.len() >= MAX_LIST_LEN => Err(
                 PrivacyError::ListFull("Your block list is full (10000 users)."),
             ),
-            PrivacyChange::Settings(update) => self.validate_except(owner, &update.except).await,
+            PrivacyChange::Settings(SettingsUpdate {
+                except: Some(except),
+                ..
+            }) => self.validate_except(owner, except).await,
             _ => Ok(()),
         }
     }
@@ -396,7 +399,8 @@ impl Privacy {
 mod tests {
     use super::*;
     use crate::domain::{
-        LastSeenAudience, OnlineAudience, PresenceStatus, PrivacySettings, SettingsUpdate, Username,
+        Availability, LastSeenAudience, ManualStatus, OnlineAudience, PresenceStatus,
+        PrivacySettings, SettingsUpdate, Username,
     };
     use crate::store;
 
@@ -417,8 +421,9 @@ mod tests {
     fn online() -> PresenceView {
         PresenceView {
             status: PresenceStatus::Online,
-            last_seen: Some(Utc::now()),
             seq: 1,
+            availability: Some(Availability::Active),
+            ..PresenceView::offline(Some(Utc::now()), 0, ManualStatus::default())
         }
     }
 
@@ -430,12 +435,12 @@ mod tests {
     }
 
     fn nobody() -> PrivacyChange {
-        PrivacyChange::Settings(SettingsUpdate {
-            last_seen: LastSeenAudience::Nobody,
-            online: OnlineAudience::Everyone,
-            invisible: false,
-            except: BTreeSet::new(),
-        })
+        PrivacyChange::Settings(SettingsUpdate::replace(
+            LastSeenAudience::Nobody,
+            OnlineAudience::Everyone,
+            false,
+            BTreeSet::new(),
+        ))
     }
 
     #[tokio::test]
@@ -443,12 +448,12 @@ mod tests {
         let (privacy, ids) = setup(&["owner", "viewer"]).await;
         let (owner, other) = (ids[0], ids[1]);
         let raw = online();
-        let hidden = privacy.filter(viewer(other), owner, raw);
+        let hidden = privacy.filter(viewer(other), owner, &raw);
         assert_eq!((hidden.status, hidden.last_seen), (None, None));
         assert!(privacy.has_blocked(owner, other), "fails closed");
         assert_eq!(
-            privacy.filter(viewer(owner), owner, raw),
-            VisiblePresence::full(raw),
+            privacy.filter(viewer(owner), owner, &raw),
+            VisiblePresence::full(&raw),
             "self needs no cached data"
         );
 
@@ -457,8 +462,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            privacy.filter(viewer(other), owner, raw),
-            VisiblePresence::full(raw)
+            privacy.filter(viewer(other), owner, &raw),
+            VisiblePresence::full(&raw)
         );
         assert!(!privacy.has_blocked(owner, other));
         assert!(
@@ -476,7 +481,7 @@ mod tests {
 
         privacy.change(owner, nobody(), Utc::now()).await.unwrap();
         assert_eq!(
-            privacy.filter(viewer(other), owner, online()).last_seen,
+            privacy.filter(viewer(other), owner, &online()).last_seen,
             None
         );
         let event = changes.try_recv().unwrap();
@@ -499,7 +504,7 @@ mod tests {
             .change(owner, PrivacyChange::Block(other), Utc::now())
             .await
             .unwrap();
-        assert_eq!(privacy.filter(viewer(other), owner, online()).status, None);
+        assert_eq!(privacy.filter(viewer(other), owner, &online()).status, None);
         assert!(!privacy.typing_allowed(other, owner));
         assert!(!privacy.typing_allowed(owner, other));
         let event = changes.try_recv().unwrap();
@@ -543,12 +548,12 @@ mod tests {
             matches!(err, PrivacyError::Store(StoreError::NotFound(_))),
             "{err:?}"
         );
-        let update = SettingsUpdate {
-            last_seen: LastSeenAudience::ContactsExcept,
-            online: OnlineAudience::Everyone,
-            invisible: false,
-            except: [friend, UserId(998), UserId(999)].into(),
-        };
+        let update = SettingsUpdate::replace(
+            LastSeenAudience::ContactsExcept,
+            OnlineAudience::Everyone,
+            false,
+            [friend, UserId(998), UserId(999)].into(),
+        );
         let err = privacy
             .change(owner, PrivacyChange::Settings(update), Utc::now())
             .await
@@ -587,12 +592,12 @@ mod tests {
         let (privacy, ids) = setup(&["owner"]).await;
         let owner = ids[0];
         let invisible = |on| {
-            PrivacyChange::Settings(SettingsUpdate {
-                last_seen: LastSeenAudience::Everyone,
-                online: OnlineAudience::Everyone,
-                invisible: on,
-                except: BTreeSet::new(),
-            })
+            PrivacyChange::Settings(SettingsUpdate::replace(
+                LastSeenAudience::Everyone,
+                OnlineAudience::Everyone,
+                on,
+                BTreeSet::new(),
+            ))
         };
         let first = Utc::now() - chrono::Duration::minutes(5);
         let data = privacy.change(owner, invisible(true), first).await.unwrap();

@@ -5,7 +5,7 @@
 //! presence.
 
 use crate::auth::{AuthError, Authenticator, Login};
-use crate::domain::{PresenceView, SessionId, UserId};
+use crate::domain::{Activity, Device, PresenceView, SessionId, UserId};
 use crate::engine::{EngineError, PresenceEngine};
 
 /// Why a session could not be started or ended.
@@ -43,13 +43,17 @@ impl Sessions {
         &self,
         username: &str,
         password: &str,
+        device: &Device,
     ) -> Result<(Login, PresenceView), SessionError> {
-        let login = self.auth.login(username, password).await?;
+        let login = self.auth.login(username, password, device).await?;
         let user = login.session.user_id;
         for old in self.auth.sessions_over_limit(user).await? {
             self.end(user, old).await?;
         }
-        let view = self.engine.touch(user, login.session.session_id).await?;
+        let view = self
+            .engine
+            .touch(user, login.session.reference(), Activity::Active)
+            .await?;
         Ok((login, view))
     }
 

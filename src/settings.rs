@@ -44,6 +44,11 @@ pub struct Settings {
     /// Silence after which a session ends (default `5m`).
     #[serde(with = "humantime_serde")]
     pub inactivity_timeout: Duration,
+    /// Time without real activity (any request but a plain heartbeat, or an explicit
+    /// `active`) after which an online user shows as `idle` (default `10m`; `0s` turns
+    /// automatic idle off, leaving only explicit `idle` reports).
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
     /// Heartbeat period suggested to clients (default `30s`).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -94,6 +99,7 @@ impl Default for Settings {
             redis_key_prefix: "lastseen".into(),
             node_lease: Duration::from_secs(15),
             inactivity_timeout: Duration::from_secs(300),
+            idle_after: Duration::from_secs(600),
             heartbeat_interval: Duration::from_secs(30),
             disconnect_grace: Duration::from_secs(10),
             persist_interval: Duration::from_secs(1),
@@ -239,6 +245,12 @@ pub const SPECS: &[Spec] = &[
         Kind::Duration,
         Scope::Presence,
         "Silence after which a session ends",
+    ),
+    spec(
+        "idle_after",
+        Kind::Duration,
+        Scope::Presence,
+        "Time without real activity after which an online user shows as idle (0s: never)",
     ),
     spec(
         "heartbeat_interval",
@@ -415,6 +427,11 @@ impl Settings {
     /// The Redis URL, if one is set (an empty value counts as unset).
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|url| !url.is_empty())
+    }
+
+    /// When an online user turns idle without real activity (`None`: never).
+    pub fn idle_after(&self) -> Option<Duration> {
+        Some(self.idle_after).filter(|after| !after.is_zero())
     }
 
     /// Merges the layers: defaults, then the TOML file at `config` (if any), then the

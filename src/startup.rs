@@ -20,7 +20,7 @@ use crate::cluster::{Feed, Redis};
 use crate::domain::{PresenceEvent, PrivacyChanged};
 use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
-use crate::engine::redis::RedisBackend;
+use crate::engine::redis::{RedisBackend, RedisTiming};
 use crate::http::{self, AppState};
 use crate::persister;
 use crate::presence::PresenceReader;
@@ -210,13 +210,23 @@ impl App {
     }
 }
 
+/// The timing of the shared presence in Redis, from the settings.
+pub(crate) fn redis_timing(settings: &Settings) -> RedisTiming {
+    RedisTiming {
+        timeout: settings.inactivity_timeout,
+        idle_after: settings.idle_after(),
+        grace: settings.disconnect_grace,
+        lease: settings.node_lease,
+    }
+}
+
 /// The presence backend and the bus the settings ask for: in-process, or shared in Redis.
 async fn presence(
     settings: &Settings,
     background: &CancellationToken,
 ) -> anyhow::Result<(PresenceEngine, Bus)> {
     let Some(url) = settings.redis_url() else {
-        let backend = LocalBackend::new(settings.inactivity_timeout);
+        let backend = LocalBackend::new(settings.inactivity_timeout, settings.idle_after());
         return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local()));
     };
     let redis = Redis::connect(url, &settings.redis_key_prefix)
@@ -225,15 +235,9 @@ async fn presence(
     let channels = [crate::engine::redis::EVENTS, crate::bus::CHANNEL];
     let feed = Feed::start(redis.clone(), &channels, background.clone());
     let bus = Bus::redis(redis.clone(), &feed, background.clone());
-    let backend = RedisBackend::new(
-        redis,
-        feed,
-        settings.inactivity_timeout,
-        settings.disconnect_grace,
-        settings.node_lease,
-    )
-    .await
-    .context("while joining the presence state in Redis")?;
+    let backend = RedisBackend::new(redis, feed, redis_timing(settings))
+        .await
+        .context("while joining the presence state in Redis")?;
     if !backend.subscribed(Duration::from_secs(5)).await {
         anyhow::bail!("cannot subscribe to Redis for presence events (redis_url)");
     }

@@ -19,6 +19,18 @@ pub enum DomainError {
     /// The password is longer than [`Password::MAX_LEN`] bytes (a hashing-cost guard).
     #[error("password must be at most {max} bytes", max = Password::MAX_LEN)]
     PasswordTooLong,
+    /// A status text is blank or longer than 100 characters.
+    #[error("text must be 1-100 characters")]
+    StatusText,
+    /// A status emoji is not exactly one emoji.
+    #[error("emoji must be exactly one emoji, e.g. 📅")]
+    StatusEmoji,
+    /// A status expiry is not in the future.
+    #[error("expires_at must be in the future")]
+    StatusExpiry,
+    /// A device name is blank or longer than 64 characters.
+    #[error("device name must be 1-64 characters")]
+    DeviceName,
 }
 
 /// A username following Django's default rules: 1–150 characters of `[A-Za-z0-9_.@+-]`.

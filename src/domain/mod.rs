@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use account::{DomainError, Password, Username};
 pub use presence::{
-    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, StoredSession,
-    next_seq,
+    Activity, ActivityState, Availability, ManualStatus, Platform, Platforms, PresenceEvent,
+    PresenceStatus, PresenceView, PresenceWrite, RestoredUser, StatusMode, StoredSession, next_seq,
 };
 pub use privacy::{
     LastSeenAudience, MAX_LIST_LEN, OnlineAudience, PrivacyChange, PrivacyChanged, PrivacySettings,
@@ -38,3 +38,52 @@ impl fmt::Display for UserId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SessionId(pub i64);
+
+/// A session as the presence engine needs it: which one, and on what kind of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionRef {
+    /// The session.
+    pub id: SessionId,
+    /// Its device platform.
+    pub platform: Platform,
+}
+
+impl SessionRef {
+    /// A session on the default platform, `web`.
+    pub fn web(id: SessionId) -> Self {
+        Self {
+            id,
+            platform: Platform::Web,
+        }
+    }
+}
+
+/// The device a session runs on, as a login names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    /// Its platform (`web` unless said).
+    pub platform: Platform,
+    /// A name the client chose ("Ahmad's iPhone"), 1-64 characters.
+    pub name: Option<String>,
+}
+
+impl Device {
+    /// Longest device name, in characters.
+    pub const MAX_NAME: usize = 64;
+
+    /// Validates a device.
+    ///
+    /// # Errors
+    /// [`DomainError::DeviceName`] for a blank name or one over 64 characters.
+    pub fn parse(platform: Platform, name: Option<&str>) -> Result<Self, DomainError> {
+        match name {
+            Some(name) if name.trim().is_empty() || name.chars().count() > Self::MAX_NAME => {
+                Err(DomainError::DeviceName)
+            }
+            name => Ok(Self {
+                platform,
+                name: name.map(str::to_owned),
+            }),
+        }
+    }
+}

@@ -116,17 +116,35 @@ pub struct StoredPrivacy {
     pub data: UserPrivacy,
 }
 
-/// New settings, as `PUT /api/users/me/privacy/` gives them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// New settings: all of them (`PUT /api/users/me/privacy/`) or some (`PATCH`); a field left
+/// `None` keeps its stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SettingsUpdate {
     /// Who sees `last_seen`.
-    pub last_seen: LastSeenAudience,
+    pub last_seen: Option<LastSeenAudience>,
     /// Who sees online status.
-    pub online: OnlineAudience,
+    pub online: Option<OnlineAudience>,
     /// Invisible mode. Turning it on records the write's time; keeping it on keeps that time.
-    pub invisible: bool,
+    pub invisible: Option<bool>,
     /// The `contacts_except` list (replaces the old one).
-    pub except: BTreeSet<UserId>,
+    pub except: Option<BTreeSet<UserId>>,
+}
+
+impl SettingsUpdate {
+    /// An update replacing every setting.
+    pub fn replace(
+        last_seen: LastSeenAudience,
+        online: OnlineAudience,
+        invisible: bool,
+        except: BTreeSet<UserId>,
+    ) -> Self {
+        Self {
+            last_seen: Some(last_seen),
+            online: Some(online),
+            invisible: Some(invisible),
+            except: Some(except),
+        }
+    }
 }
 
 /// One change of a user's privacy data, applied by the store in one transaction.

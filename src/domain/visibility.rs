@@ -10,7 +10,12 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{LastSeenAudience, OnlineAudience, PresenceStatus, PresenceView, PrivacySettings};
+use std::sync::Arc;
+
+use super::{
+    Availability, LastSeenAudience, OnlineAudience, Platforms, PresenceStatus, PresenceView,
+    PrivacySettings,
+};
 
 /// What the viewer is to the owner. Facts can overlap; [`decide`] gives them this precedence:
 /// self, then admin, then blocked, then the contact facts.
@@ -93,30 +98,46 @@ impl Visibility {
     };
 
     /// The values the viewer receives from the owner's real presence. `invisible_since` is the
-    /// owner's setting; `approx_enabled` the server's `last_seen_approx`.
+    /// owner's setting; `approx_enabled` the server's `last_seen_approx`. Availability,
+    /// platforms and the status text and emoji follow the online status: hidden exactly when
+    /// it is, and an invisible owner shows none of them (platforms empty, as for anyone
+    /// offline).
     pub fn apply(
         self,
-        raw: PresenceView,
+        raw: &PresenceView,
         invisible_since: Option<DateTime<Utc>>,
         approx_enabled: bool,
         now: DateTime<Utc>,
     ) -> VisiblePresence {
-        let (status, last_seen) = match invisible_since {
-            Some(since) if self.masked => (PresenceStatus::Offline, Some(since)),
-            _ => (raw.status, raw.last_seen),
+        let masked = invisible_since.filter(|_| self.masked);
+        let (status, last_seen) = match masked {
+            Some(since) => (PresenceStatus::Offline, Some(since)),
+            None => (raw.status, raw.last_seen),
         };
+        let shown = self.online && masked.is_none();
         VisiblePresence {
             status: self.online.then_some(status),
             last_seen: if self.last_seen { last_seen } else { None },
             last_seen_approx: (self.approx && approx_enabled)
                 .then(|| LastSeenApprox::of(last_seen, now)),
+            availability: raw.availability.filter(|_| shown),
+            platforms: self.online.then(|| {
+                if shown {
+                    raw.platforms
+                } else {
+                    Platforms::default()
+                }
+            }),
+            status_text: raw.manual.text.clone().filter(|_| shown),
+            status_emoji: raw.manual.emoji.clone().filter(|_| shown),
         }
     }
 }
 
 /// An owner's presence as one viewer may see it. `None` means hidden (JSON `null`), except that
-/// `last_seen` is also `None` for a user who was never active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `last_seen` is also `None` for a user who was never active, `availability` for a user
+/// offline, and the status text and emoji for a user who set none.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VisiblePresence {
     /// `online`/`offline`, or `None` when hidden.
     pub status: Option<PresenceStatus>,
@@ -125,15 +146,27 @@ pub struct VisiblePresence {
     /// Coarse `last_seen`, only when the exact one is hidden, the viewer is not blocked and the
     /// server enables it.
     pub last_seen_approx: Option<LastSeenApprox>,
+    /// `active`/`idle`/`dnd`, or `None` when offline or hidden.
+    pub availability: Option<Availability>,
+    /// The platforms of the live sessions (empty when offline), or `None` when hidden.
+    pub platforms: Option<Platforms>,
+    /// The status text, or `None` when unset or hidden.
+    pub status_text: Option<Arc<str>>,
+    /// The status emoji, or `None` when unset or hidden.
+    pub status_emoji: Option<Arc<str>>,
 }
 
 impl VisiblePresence {
     /// The whole presence, unfiltered.
-    pub fn full(raw: PresenceView) -> Self {
+    pub fn full(raw: &PresenceView) -> Self {
         Self {
             status: Some(raw.status),
             last_seen: raw.last_seen,
             last_seen_approx: None,
+            availability: raw.availability,
+            platforms: Some(raw.platforms),
+            status_text: raw.manual.text.clone(),
+            status_emoji: raw.manual.emoji.clone(),
         }
     }
 }
@@ -180,6 +213,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ManualStatus;
     use LastSeenAudience::{Contacts, ContactsExcept, Everyone, Nobody};
     use OnlineAudience::SameAsLastSeen;
 
@@ -298,8 +332,9 @@ mod tests {
     fn view(status: PresenceStatus, last_seen: DateTime<Utc>) -> PresenceView {
         PresenceView {
             status,
-            last_seen: Some(last_seen),
             seq: 7,
+            availability: status.is_online().then_some(Availability::Active),
+            ..PresenceView::offline(Some(last_seen), 0, ManualStatus::default())
         }
     }
 
@@ -313,22 +348,29 @@ mod tests {
             ..PrivacySettings::default()
         };
         let visibility = decide(&owner, NON_CONTACT, Everyone);
-        let plain = visibility.apply(raw, None, false, now);
+        let plain = visibility.apply(&raw, None, false, now);
         assert_eq!(plain.status, Some(PresenceStatus::Online));
         assert_eq!((plain.last_seen, plain.last_seen_approx), (None, None));
-        let coarse = visibility.apply(raw, None, true, now);
+        let coarse = visibility.apply(&raw, None, true, now);
         assert_eq!(coarse.last_seen_approx, Some(LastSeenApprox::Recently));
-        let blocked = decide(&owner, BLOCKED, Everyone).apply(raw, None, true, now);
+        let blocked = decide(&owner, BLOCKED, Everyone).apply(&raw, None, true, now);
         assert_eq!(
             blocked,
             VisiblePresence {
                 status: None,
                 last_seen: None,
-                last_seen_approx: None
+                last_seen_approx: None,
+                availability: None,
+                platforms: None,
+                status_text: None,
+                status_emoji: None,
             }
         );
         let full = decide(&PrivacySettings::default(), NON_CONTACT, Everyone);
-        assert_eq!(full.apply(raw, None, true, now), VisiblePresence::full(raw));
+        assert_eq!(
+            full.apply(&raw, None, true, now),
+            VisiblePresence::full(&raw)
+        );
     }
 
     #[test]
@@ -340,13 +382,14 @@ mod tests {
             invisible_since: Some(since),
             ..PrivacySettings::default()
         };
-        let other = decide(&owner, CONTACT, Everyone).apply(raw, owner.invisible_since, false, now);
+        let other =
+            decide(&owner, CONTACT, Everyone).apply(&raw, owner.invisible_since, false, now);
         assert_eq!(other.status, Some(PresenceStatus::Offline));
         assert_eq!(other.last_seen, Some(since));
         for viewer in [SELF, ADMIN] {
             let seen =
-                decide(&owner, viewer, Everyone).apply(raw, owner.invisible_since, true, now);
-            assert_eq!(seen, VisiblePresence::full(raw));
+                decide(&owner, viewer, Everyone).apply(&raw, owner.invisible_since, true, now);
+            assert_eq!(seen, VisiblePresence::full(&raw));
         }
         // The coarse form is computed from the mask too.
         let hidden = PrivacySettings {
@@ -355,7 +398,7 @@ mod tests {
         };
         let long_ago = view(PresenceStatus::Online, now);
         let coarse = decide(&hidden, CONTACT, Everyone).apply(
-            long_ago,
+            &long_ago,
             Some(now - Duration::days(40)),
             true,
             now,

@@ -1,8 +1,9 @@
-//! Deadline index of one shard: session deadlines bucketed into fixed-width slots.
+//! Deadline index of one shard: users' next deadlines bucketed into fixed-width slots.
 //!
-//! Each live session has exactly one entry, armed when the session starts. A heartbeat does not
-//! touch the index at all (it only moves the session's `last_activity`); when the slot fires,
-//! the engine re-checks the session and re-arms it once at its true deadline. So a heartbeat is
+//! Each user with something pending (a session that may end, turn idle, or a manual status
+//! that resets itself) has exactly one entry, at its earliest deadline. A heartbeat does not
+//! touch the index at all (it only moves the session's end later); when the slot fires, the
+//! engine re-checks the user and re-arms it once at its true next deadline. So a heartbeat is
 //! O(1), a tick is O(entries due), and nothing accumulates. Entries are never early: a slot
 //! fires at or after every deadline it holds, and at most one slot width late.
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 
 use tokio::time::{Duration, Instant};
 
-use crate::domain::{SessionId, UserId};
+use crate::domain::UserId;
 
 /// Width of one slot: the most an offline event can be late, on top of task scheduling.
 pub const SLOT: Duration = Duration::from_millis(100);
@@ -27,8 +28,8 @@ pub fn slot_of(origin: Instant, deadline: Instant) -> u64 {
 pub struct DeadlineIndex {
     /// Slot 0 starts here; shared by all shards of an engine.
     origin: Instant,
-    /// Slot number -> sessions armed in it.
-    slots: BTreeMap<u64, Vec<(UserId, SessionId)>>,
+    /// Slot number -> users armed in it.
+    slots: BTreeMap<u64, Vec<UserId>>,
 }
 
 impl DeadlineIndex {
@@ -51,10 +52,10 @@ impl DeadlineIndex {
         self.origin + Duration::from_nanos(nanos.saturating_mul(slot))
     }
 
-    /// Arms `session` at `deadline`; returns the slot, which the session must remember.
-    pub fn arm(&mut self, deadline: Instant, user: UserId, session: SessionId) -> u64 {
+    /// Arms `user` at `deadline`; returns the slot, which the user must remember.
+    pub fn arm(&mut self, deadline: Instant, user: UserId) -> u64 {
         let slot = self.slot_of(deadline);
-        self.slots.entry(slot).or_default().push((user, session));
+        self.slots.entry(slot).or_default().push(user);
         slot
     }
 
@@ -64,7 +65,7 @@ impl DeadlineIndex {
     }
 
     /// Removes and returns every slot that has fired by `now`, as `(slot, entries)`.
-    pub fn take_due(&mut self, now: Instant) -> Vec<(u64, Vec<(UserId, SessionId)>)> {
+    pub fn take_due(&mut self, now: Instant) -> Vec<(u64, Vec<UserId>)> {
         let mut due = Vec::new();
         // The last slot whose start is at or before `now`.
         let elapsed = now.saturating_duration_since(self.origin).as_nanos() / SLOT.as_nanos();
@@ -98,7 +99,7 @@ mod tests {
         let origin = Instant::now();
         let mut index = DeadlineIndex::new(origin);
         let deadline = origin + Duration::from_millis(250);
-        let slot = index.arm(deadline, UserId(1), SessionId(1));
+        let slot = index.arm(deadline, UserId(1));
         assert!(index.slot_start(slot) >= deadline);
         assert!(index.slot_start(slot) < deadline + SLOT);
         assert!(
@@ -115,15 +116,11 @@ mod tests {
         let origin = Instant::now();
         let mut index = DeadlineIndex::new(origin);
         for ms in [900, 100, 500] {
-            index.arm(
-                origin + Duration::from_millis(ms),
-                UserId(ms as i64),
-                SessionId(1),
-            );
+            index.arm(origin + Duration::from_millis(ms), UserId(ms as i64));
         }
         assert_eq!(index.next_due(), Some(origin + Duration::from_millis(100)));
         let due = index.take_due(origin + Duration::from_millis(600));
-        let users: Vec<_> = due.iter().map(|(_, e)| e[0].0).collect();
+        let users: Vec<_> = due.iter().map(|(_, e)| e[0]).collect();
         assert_eq!(users, vec![UserId(100), UserId(500)]);
         assert_eq!(index.len(), 1);
     }

@@ -15,11 +15,11 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::deadlines::{DeadlineIndex, slot_of};
-use super::state::{Expiry, Transition, UserState};
-use super::{EngineError, Maintenance, OnlinePage, PresenceBackend};
+use super::state::{Change, Timing, UserState};
+use super::{EngineError, LastKnown, Maintenance, OnlinePage, PresenceBackend};
 use crate::domain::{
-    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, SessionId,
-    StoredSession, UserId,
+    Activity, ManualStatus, PresenceEvent, PresenceStatus, PresenceView, PresenceWrite,
+    RestoredUser, SessionId, SessionRef, StoredSession, UserId,
 };
 use crate::shards::{Sharded, lock};
 
@@ -34,9 +34,9 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 /// The users of one shard. Guarded by the shard's mutex.
 #[derive(Debug)]
 struct Shard {
-    /// Users with live sessions, and offline users not yet written or evicted.
+    /// Users with live sessions or a manual status, and offline users not yet written.
     users: HashMap<UserId, UserState>,
-    /// One entry per live session of this shard's users.
+    /// One entry per user with a pending deadline.
     deadlines: DeadlineIndex,
     /// Ids of this shard's online users, ordered for paging.
     online: BTreeSet<UserId>,
@@ -48,11 +48,11 @@ struct Shard {
 pub struct LocalBackend {
     /// Shard `i` holds users whose id hashes to `i`.
     shards: Sharded<Mutex<Shard>>,
-    /// How long a session stays live after its last activity.
-    timeout: Duration,
+    /// Session timeout, automatic idle and the socket re-check period.
+    timing: Timing,
     /// Number of online users, kept in step with the shards' `online` sets.
     online: AtomicUsize,
-    /// Transitions are published here after the shard lock is released.
+    /// Changes are published here after the shard lock is released.
     events: broadcast::Sender<PresenceEvent>,
     /// Wakes the expiry task when a deadline earlier than its planned wake-up is armed.
     wake: Notify,
@@ -65,8 +65,9 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
-    /// An empty engine whose sessions expire `timeout` after their last activity.
-    pub fn new(timeout: Duration) -> Self {
+    /// An empty engine whose sessions expire `timeout` after their last activity and turn idle
+    /// after `idle_after` without real activity (`None`: never automatically).
+    pub fn new(timeout: Duration, idle_after: Option<Duration>) -> Self {
         let origin = Instant::now();
         let shards = Sharded::new(SHARDS, || {
             Mutex::new(Shard {
@@ -78,7 +79,13 @@ impl LocalBackend {
         });
         Self {
             shards,
-            timeout,
+            // Sockets are re-checked (and their activity recorded) twice per timeout, so the
+            // stored `last_activity` of a socket-held session is never older than the timeout.
+            timing: Timing {
+                timeout,
+                idle_after,
+                hold: timeout / 2,
+            },
             online: AtomicUsize::new(0),
             events: broadcast::channel(EVENT_CAPACITY).0,
             wake: Notify::new(),
@@ -92,16 +99,21 @@ impl LocalBackend {
         lock(self.shards.get(&user))
     }
 
-    /// Arms `session`'s deadline check at `at` and wakes the expiry task if it sleeps past it.
-    fn arm(&self, shard: &mut Shard, user: UserId, session: SessionId, at: Instant) {
+    /// Arms `user` at its next deadline if that is earlier than the entry it has (entries
+    /// for later deadlines are re-armed lazily when they fire), and wakes the expiry task if it
+    /// sleeps past it.
+    fn rearm(&self, shard: &mut Shard, user: UserId) {
         let Some(state) = shard.users.get_mut(&user) else {
             return;
         };
-        let Some(s) = state.sessions.iter_mut().find(|s| s.id == session) else {
+        let Some(deadline) = state.next_deadline(&self.timing) else {
             return;
         };
-        let slot = shard.deadlines.arm(at, user, session);
-        s.armed_slot = slot;
+        let slot = slot_of(self.origin, deadline);
+        if state.armed_slot != 0 && state.armed_slot <= slot {
+            return;
+        }
+        state.armed_slot = shard.deadlines.arm(deadline, user);
         if slot < self.wake_slot.load(Ordering::Acquire) {
             // `notify_one` never blocks and never runs the woken task inline, so calling it
             // under the shard lock costs no more than the store of a permit.
@@ -109,51 +121,50 @@ impl LocalBackend {
         }
     }
 
-    fn publish(&self, user_id: UserId, transition: Option<Transition>) {
-        let Some(t) = transition else { return };
-        metrics::counter!("lastseen_presence_transitions_total", "to" => t.status.as_str())
+    fn publish(&self, user_id: UserId, change: Change) {
+        let Some(view) = change else { return };
+        if view.status.is_online() != (view.availability.is_some()) {
+            tracing::error!(%user_id, "BUG: availability out of step with status");
+        }
+        metrics::counter!("lastseen_presence_transitions_total", "to" => view.status.as_str())
             .increment(1);
         // No receivers is not an error: nobody subscribed yet.
         let _ = self.events.send(PresenceEvent {
             user_id,
-            status: t.status,
-            last_seen: t.last_seen,
-            seq: t.seq,
+            status: view.status,
+            last_seen: view.last_seen.unwrap_or_else(wall_now),
+            seq: view.seq,
+            availability: view.availability,
+            platforms: view.platforms,
+            manual: view.manual,
         });
     }
 
-    /// Runs `f` on `user`'s state (created offline if absent and `create`; else `None` is
-    /// returned for an absent user), then keeps the shard's bookkeeping in step (dirty list,
-    /// online set, the deadline `f` asks for) and publishes the transition after unlocking.
+    /// Runs `f` on `user`'s state (created as `initial` if absent and `initial` is given; else
+    /// `None` is returned for an absent user), then keeps the shard's bookkeeping in step
+    /// (dirty list, online set, the deadline) and publishes the change after unlocking.
     fn apply(
         &self,
         user: UserId,
-        session: SessionId,
-        create: bool,
+        initial: Option<fn() -> UserState>,
         f: impl FnOnce(&mut UserState) -> Change,
     ) -> Option<PresenceView> {
-        let (transition, result) = {
+        let (change, result) = {
             let mut guard = self.shard(user);
             let shard = &mut *guard;
-            let state = if create {
-                shard
-                    .users
-                    .entry(user)
-                    .or_insert_with(|| UserState::offline(0, None))
-            } else {
-                shard.users.get_mut(&user)?
+            let state = match initial {
+                Some(initial) => shard.users.entry(user).or_insert_with(initial),
+                None => shard.users.get_mut(&user)?,
             };
             let was_dirty = state.dirty;
             let change = f(state);
-            let (result, is_dirty) = (view(state), state.dirty);
+            let (result, is_dirty) = (state.view(), state.dirty);
             note_dirty(shard, user, was_dirty, is_dirty);
-            update_online_set(shard, &self.online, user, change.transition.as_ref());
-            if let Some(at) = change.arm {
-                self.arm(shard, user, session, at);
-            }
-            (change.transition, result)
+            update_online_set(shard, &self.online, user, change.as_ref());
+            self.rearm(shard, user);
+            (change, result)
         };
-        self.publish(user, transition);
+        self.publish(user, change);
         Some(result)
     }
 
@@ -164,6 +175,11 @@ impl LocalBackend {
             .iter()
             .filter_map(|s| lock(s).deadlines.next_due())
             .min()
+    }
+
+    /// Tokio's instant of a wall-clock time, given both clocks now.
+    fn instant_of(now: Instant, wall: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
+        now + (at - wall).to_std().unwrap_or_default()
     }
 }
 
@@ -177,29 +193,13 @@ fn wall_now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn view(state: &UserState) -> PresenceView {
-    PresenceView {
-        status: state.status,
-        last_seen: state.last_seen,
-        seq: state.seq,
-    }
-}
-
-/// What a mutation of one user's state did, for [`LocalBackend::apply`].
-struct Change {
-    /// The user's transition, to publish.
-    transition: Option<Transition>,
-    /// A deadline to arm for the session.
-    arm: Option<Instant>,
+fn new_user() -> UserState {
+    UserState::offline(0, None, ManualStatus::default())
 }
 
 /// The view of a user the engine holds nothing for, as a fallback answer.
 fn never_active() -> PresenceView {
-    PresenceView {
-        status: PresenceStatus::Offline,
-        last_seen: None,
-        seq: 0,
-    }
+    PresenceView::offline(None, 0, ManualStatus::default())
 }
 
 /// Records the user in its shard's dirty list if it just became dirty.
@@ -209,15 +209,15 @@ fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool, is_dirty: bool) 
     }
 }
 
-/// Keeps the shard's online set and the global count in step with a transition; called under
-/// the shard lock, so the count never runs ahead of the sets.
+/// Keeps the shard's online set and the global count in step with a change; called under the
+/// shard lock, so the count never runs ahead of the sets.
 fn update_online_set(
     shard: &mut Shard,
     count: &AtomicUsize,
     user: UserId,
-    transition: Option<&Transition>,
+    change: Option<&PresenceView>,
 ) {
-    match transition.map(|t| t.status) {
+    match change.map(|c| c.status) {
         Some(PresenceStatus::Online) if shard.online.insert(user) => {
             count.fetch_add(1, Ordering::Relaxed);
         }
@@ -230,14 +230,18 @@ fn update_online_set(
 
 #[async_trait]
 impl PresenceBackend for LocalBackend {
-    async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
+    async fn touch(
+        &self,
+        user: UserId,
+        session: SessionRef,
+        activity: Activity,
+    ) -> Result<PresenceView, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        let view = self.apply(user, session, true, |state| {
-            let (transition, is_new) = state.touch(session, now, wall, self.timeout);
-            Change {
-                transition,
-                arm: is_new.then_some(now + self.timeout),
-            }
+        let view = self.apply(user, Some(new_user), |state| {
+            let timing = &self.timing;
+            state
+                .touch(session.id, session.platform, activity, now, wall, timing)
+                .0
         });
         metrics::counter!("lastseen_activity_total").increment(1);
         Ok(view.unwrap_or_else(never_active))
@@ -246,18 +250,16 @@ impl PresenceBackend for LocalBackend {
     async fn open_socket(
         &self,
         user: UserId,
-        session: SessionId,
+        session: SessionRef,
     ) -> Result<PresenceView, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        let view = self.apply(user, session, true, |state| {
-            let (transition, is_new, flap) = state.open_socket(session, now, wall, self.timeout);
+        let view = self.apply(user, Some(new_user), |state| {
+            let (change, _, flap) =
+                state.open_socket(session.id, session.platform, now, wall, &self.timing);
             if flap {
                 metrics::counter!("lastseen_flaps_suppressed_total").increment(1);
             }
-            Change {
-                transition,
-                arm: is_new.then_some(now + self.timeout),
-            }
+            change
         });
         Ok(view.unwrap_or_else(never_active))
     }
@@ -269,9 +271,9 @@ impl PresenceBackend for LocalBackend {
         grace: Duration,
     ) -> Result<(), EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        self.apply(user, session, false, |state| Change {
-            transition: None,
-            arm: state.close_socket(session, now, wall, grace),
+        self.apply(user, None, |state| {
+            state.close_socket(session, now, wall, grace);
+            None
         });
         Ok(())
     }
@@ -282,17 +284,39 @@ impl PresenceBackend for LocalBackend {
         session: SessionId,
     ) -> Result<PresenceView, EngineError> {
         let wall = wall_now();
-        let view = self.apply(user, session, false, |state| Change {
-            transition: state.end_session(session, wall),
-            arm: None,
-        });
+        let view = self.apply(user, None, |state| state.end_session(session, wall));
         Ok(view.unwrap_or_else(never_active))
+    }
+
+    async fn set_status(
+        &self,
+        user: UserId,
+        manual: ManualStatus,
+        last: LastKnown,
+    ) -> Result<PresenceView, EngineError> {
+        let (now, wall) = (Instant::now(), wall_now());
+        let expires = manual.expires_at.map(|at| Self::instant_of(now, wall, at));
+        {
+            // A user the engine holds nothing for starts from what the store knows.
+            let mut shard = self.shard(user);
+            shard.users.entry(user).or_insert_with(|| {
+                UserState::offline(last.seq, last.last_seen, ManualStatus::default())
+            });
+        }
+        let view = self.apply(user, None, |state| state.set_manual(manual, expires, wall));
+        Ok(view.unwrap_or_else(never_active))
+    }
+
+    async fn live_sessions(&self, user: UserId) -> Result<Vec<SessionId>, EngineError> {
+        let shard = self.shard(user);
+        let sessions = shard.users.get(&user).map(|s| &s.sessions);
+        Ok(sessions.map_or_else(Vec::new, |s| s.iter().map(|s| s.id).collect()))
     }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError> {
         Ok(users
             .iter()
-            .filter_map(|&user| self.shard(user).users.get(&user).map(|s| (user, view(s))))
+            .filter_map(|&user| self.shard(user).users.get(&user).map(|s| (user, s.view())))
             .collect())
     }
 
@@ -306,7 +330,7 @@ impl PresenceBackend for LocalBackend {
         for shard in self.shards.all() {
             let shard = lock(shard);
             let ids = shard.online.range(UserId(start)..).take(limit);
-            users.extend(ids.filter_map(|id| shard.users.get(id).map(|s| (*id, view(s)))));
+            users.extend(ids.filter_map(|id| shard.users.get(id).map(|s| (*id, s.view()))));
         }
         users.sort_unstable_by_key(|(id, _)| *id);
         users.truncate(limit);
@@ -333,40 +357,36 @@ impl PresenceBackend for LocalBackend {
 impl Maintenance for LocalBackend {
     async fn expire_due(&self) -> Result<usize, EngineError> {
         let (now, wall) = (Instant::now(), wall_now());
-        // Sockets are re-checked (and their activity recorded) twice per timeout, so the
-        // stored `last_activity` of a socket-held session is never older than the timeout.
-        let hold = self.timeout / 2;
         let mut offline = 0;
         for shard in self.shards.all() {
-            let mut transitions = Vec::new();
+            let mut changes = Vec::new();
             {
                 let mut guard = lock(shard);
                 let shard = &mut *guard;
-                for (slot, entries) in shard.deadlines.take_due(now) {
-                    for (user, session) in entries {
+                for (slot, users) in shard.deadlines.take_due(now) {
+                    for user in users {
                         let Some(state) = shard.users.get_mut(&user) else {
                             continue;
                         };
+                        if state.armed_slot != slot {
+                            continue; // stale: the user is armed elsewhere
+                        }
+                        state.armed_slot = 0;
                         let was_dirty = state.dirty;
-                        match state.expire(session, slot, now, wall, hold) {
-                            Expiry::Stale => continue,
-                            Expiry::Rearm(at) => {
-                                let is_dirty = state.dirty;
-                                note_dirty(shard, user, was_dirty, is_dirty);
-                                self.arm(shard, user, session, at);
-                            }
-                            Expiry::Expired(transition) => {
-                                note_dirty(shard, user, was_dirty, true);
-                                update_online_set(shard, &self.online, user, transition.as_ref());
-                                transitions.push((user, transition));
-                            }
+                        let change = state.check(now, wall, &self.timing);
+                        let is_dirty = state.dirty;
+                        note_dirty(shard, user, was_dirty, is_dirty);
+                        update_online_set(shard, &self.online, user, change.as_ref());
+                        self.rearm(shard, user);
+                        if change.is_some() {
+                            changes.push((user, change));
                         }
                     }
                 }
             }
-            for (user, transition) in transitions {
-                offline += usize::from(transition.is_some());
-                self.publish(user, transition);
+            for (user, change) in changes {
+                offline += usize::from(change.as_ref().is_some_and(|c| !c.status.is_online()));
+                self.publish(user, change);
             }
         }
         Ok(offline)
@@ -399,7 +419,7 @@ impl Maintenance for LocalBackend {
 
     async fn take_dirty(&self) -> Vec<PresenceWrite> {
         let (now, wall) = (Instant::now(), wall_now());
-        let timeout = chrono_duration(self.timeout);
+        let timeout = chrono_duration(self.timing.timeout);
         let mut writes = Vec::new();
         for shard in self.shards.all() {
             let mut guard = lock(shard);
@@ -414,11 +434,13 @@ impl Maintenance for LocalBackend {
                     status: state.status,
                     last_seen: state.last_seen,
                     seq: state.seq,
+                    expired_status: state.expired_status.take(),
                     sessions: state
                         .sessions
                         .iter()
                         .map(|s| StoredSession {
                             id: s.id,
+                            platform: s.platform,
                             last_activity: s.last_activity_wall,
                             // A socket-held session lasts while it is refreshed; after a crash
                             // it is treated like HTTP activity.
@@ -442,6 +464,7 @@ impl Maintenance for LocalBackend {
             let mut shard = self.shard(user);
             if let Some(state) = shard.users.get_mut(&user) {
                 let was_dirty = std::mem::replace(&mut state.dirty, true);
+                state.expired_status = state.expired_status.or(write.expired_status);
                 note_dirty(&mut shard, user, was_dirty, true);
             }
         }
@@ -451,10 +474,12 @@ impl Maintenance for LocalBackend {
         for write in batch {
             let user = write.user_id;
             let mut shard = self.shard(user);
+            // A user with a manual status stays: its reset is a deadline, and availability
+            // needs it when the user comes back.
             let idle = shard
                 .users
                 .get(&user)
-                .is_some_and(|s| s.sessions.is_empty() && !s.dirty);
+                .is_some_and(|s| s.sessions.is_empty() && !s.dirty && s.manual.is_default());
             if idle {
                 shard.users.remove(&user);
             }
@@ -474,32 +499,39 @@ impl Maintenance for LocalBackend {
     }
 
     async fn restore(&self, users: Vec<RestoredUser>) -> Result<(), EngineError> {
-        let (now, wall) = (Instant::now(), Utc::now());
+        let (now, wall) = (Instant::now(), wall_now());
         for restored in users {
             let user = restored.user_id;
-            let mut state = UserState::offline(restored.seq, restored.last_seen);
-            let mut shard = self.shard(user);
-            for session in restored.sessions {
+            let mut state =
+                UserState::offline(restored.seq, restored.last_seen, restored.manual.clone());
+            state.manual_expires = restored
+                .manual
+                .expires_at
+                .map(|at| Self::instant_of(now, wall, at));
+            for session in &restored.sessions {
                 let remaining = (session.expires_at - wall).to_std().unwrap_or_default();
-                let lifetime = remaining.min(self.timeout);
-                state.touch(session.id, now, session.last_activity, lifetime);
+                let timing = Timing {
+                    timeout: remaining.min(self.timing.timeout),
+                    ..self.timing
+                };
+                state.touch(
+                    session.id,
+                    session.platform,
+                    Activity::Keepalive,
+                    now,
+                    session.last_activity,
+                    &timing,
+                );
             }
             // Restored state is already stored: keep its seq and last_seen, publish nothing.
             state.seq = restored.seq;
             state.last_seen = restored.last_seen.max(state.last_seen);
             state.dirty = false;
             let online = state.status.is_online();
-            let sessions: Vec<_> = state
-                .sessions
-                .iter()
-                .map(|s| (s.id, s.expires_at))
-                .collect();
+            let mut shard = self.shard(user);
             shard.users.insert(user, state);
-            for (session, expires_at) in sessions {
-                self.arm(&mut shard, user, session, expires_at);
-            }
-            if online {
-                shard.online.insert(user);
+            self.rearm(&mut shard, user);
+            if online && shard.online.insert(user) {
                 self.online.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -510,6 +542,7 @@ impl Maintenance for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Platform;
 
     const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -531,11 +564,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn default_timeout_fires_within_a_second_after_the_deadline_and_not_before() {
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let mut events = engine.subscribe();
         let stop = spawn_expiry(&engine);
         let start = Instant::now();
-        engine.touch(UserId(1), SessionId(10)).await.unwrap();
+        engine
+            .touch(
+                UserId(1),
+                SessionRef::web(SessionId(10)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         assert_eq!(
             events.try_recv().ok().unwrap().status,
             PresenceStatus::Online
@@ -558,15 +598,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_push_the_deadline_and_last_seen_is_the_last_activity() {
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let mut events = engine.subscribe();
         let stop = spawn_expiry(&engine);
         let start = Instant::now();
-        engine.touch(UserId(1), SessionId(1)).await.unwrap();
+        engine
+            .touch(
+                UserId(1),
+                SessionRef::web(SessionId(1)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         events.recv().await.unwrap();
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            let view = engine.touch(UserId(1), SessionId(1)).await.unwrap();
+            let view = engine
+                .touch(
+                    UserId(1),
+                    SessionRef::web(SessionId(1)),
+                    Activity::Keepalive,
+                )
+                .await
+                .unwrap();
             assert_eq!(view.status, PresenceStatus::Online);
         }
         let last_heartbeat = presence_of(&engine, UserId(1)).await.unwrap().last_seen;
@@ -582,10 +636,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_socket_keeps_the_session_past_the_timeout_and_its_close_starts_the_grace() {
         let grace = Duration::from_secs(10);
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let mut events = engine.subscribe();
         let stop = spawn_expiry(&engine);
-        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        engine
+            .open_socket(UserId(1), SessionRef::web(SessionId(1)))
+            .await
+            .unwrap();
         assert_eq!(events.recv().await.unwrap().status, PresenceStatus::Online);
         tokio::time::sleep(TIMEOUT * 3).await;
         assert_eq!(
@@ -599,7 +656,10 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(grace / 2).await;
-        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        engine
+            .open_socket(UserId(1), SessionRef::web(SessionId(1)))
+            .await
+            .unwrap();
         engine
             .close_socket(UserId(1), SessionId(1), grace)
             .await
@@ -622,9 +682,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_socket_held_session_keeps_its_stored_activity_fresh() {
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let stop = spawn_expiry(&engine);
-        engine.open_socket(UserId(1), SessionId(1)).await.unwrap();
+        engine
+            .open_socket(UserId(1), SessionRef::web(SessionId(1)))
+            .await
+            .unwrap();
         engine.take_dirty().await;
         tokio::time::sleep(TIMEOUT * 2).await;
         let writes = engine.take_dirty().await;
@@ -636,9 +699,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn logout_with_another_live_session_keeps_the_user_online() {
-        let engine = LocalBackend::new(TIMEOUT);
-        engine.touch(UserId(7), SessionId(1)).await.unwrap();
-        engine.touch(UserId(7), SessionId(2)).await.unwrap();
+        let engine = LocalBackend::new(TIMEOUT, None);
+        engine
+            .touch(
+                UserId(7),
+                SessionRef::web(SessionId(1)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
+        engine
+            .touch(
+                UserId(7),
+                SessionRef::web(SessionId(2)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         let view = engine.end_session(UserId(7), SessionId(1)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Online);
         let view = engine.end_session(UserId(7), SessionId(2)).await.unwrap();
@@ -648,11 +725,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_user_stays_online_while_any_session_is_live() {
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let stop = spawn_expiry(&engine);
-        engine.touch(UserId(3), SessionId(1)).await.unwrap();
+        engine
+            .touch(
+                UserId(3),
+                SessionRef::web(SessionId(1)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(200)).await;
-        engine.touch(UserId(3), SessionId(2)).await.unwrap();
+        engine
+            .touch(
+                UserId(3),
+                SessionRef::web(SessionId(2)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(150)).await;
         let view = presence_of(&engine, UserId(3)).await.unwrap();
         assert_eq!(view.status, PresenceStatus::Online, "session 2 is live");
@@ -664,10 +755,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn seq_increases_per_user_across_transitions() {
-        let engine = LocalBackend::new(TIMEOUT);
+        let engine = LocalBackend::new(TIMEOUT, None);
         let mut events = engine.subscribe();
         for _ in 0..3 {
-            engine.touch(UserId(1), SessionId(1)).await.unwrap();
+            engine
+                .touch(
+                    UserId(1),
+                    SessionRef::web(SessionId(1)),
+                    Activity::Keepalive,
+                )
+                .await
+                .unwrap();
             engine.end_session(UserId(1), SessionId(1)).await.unwrap();
         }
         let mut seqs = Vec::new();
@@ -680,15 +778,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_that_change_nothing_publish_nothing_and_tick_expires_only_due() {
-        let engine = LocalBackend::new(TIMEOUT);
+        let engine = LocalBackend::new(TIMEOUT, None);
         let mut events = engine.subscribe();
         for id in 0..1000 {
-            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+            engine
+                .touch(
+                    UserId(id),
+                    SessionRef::web(SessionId(id)),
+                    Activity::Keepalive,
+                )
+                .await
+                .unwrap();
         }
         assert_eq!(events.len(), 1000);
         while events.try_recv().is_ok() {}
         for id in 0..1000 {
-            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+            engine
+                .touch(
+                    UserId(id),
+                    SessionRef::web(SessionId(id)),
+                    Activity::Keepalive,
+                )
+                .await
+                .unwrap();
         }
         assert!(events.try_recv().is_err(), "no events for plain heartbeats");
         assert_eq!(engine.expire_due().await.unwrap(), 0);
@@ -699,7 +811,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restore_keeps_the_remaining_time_and_the_stored_seq() {
-        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT));
+        let engine = std::sync::Arc::new(LocalBackend::new(TIMEOUT, None));
         let stop = spawn_expiry(&engine);
         let mut events = engine.subscribe();
         let (now, wall) = (Instant::now(), wall_now());
@@ -713,7 +825,9 @@ mod tests {
                     id: SessionId(9),
                     last_activity: two_minutes_ago,
                     expires_at: two_minutes_ago + chrono::Duration::seconds(300),
+                    platform: Platform::Web,
                 }],
+                manual: ManualStatus::default(),
             }])
             .await
             .unwrap();
@@ -732,9 +846,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dirty_state_is_taken_once_and_offline_users_are_evicted_after_writing() {
-        let engine = LocalBackend::new(TIMEOUT);
-        engine.touch(UserId(1), SessionId(1)).await.unwrap();
-        engine.touch(UserId(1), SessionId(1)).await.unwrap();
+        let engine = LocalBackend::new(TIMEOUT, None);
+        engine
+            .touch(
+                UserId(1),
+                SessionRef::web(SessionId(1)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
+        engine
+            .touch(
+                UserId(1),
+                SessionRef::web(SessionId(1)),
+                Activity::Keepalive,
+            )
+            .await
+            .unwrap();
         let writes = engine.take_dirty().await;
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].status, PresenceStatus::Online);
@@ -750,9 +878,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn online_pages_are_ordered_and_count_the_total() {
-        let engine = LocalBackend::new(TIMEOUT);
+        let engine = LocalBackend::new(TIMEOUT, None);
         for id in (1..=250).rev() {
-            engine.touch(UserId(id), SessionId(id)).await.unwrap();
+            engine
+                .touch(
+                    UserId(id),
+                    SessionRef::web(SessionId(id)),
+                    Activity::Keepalive,
+                )
+                .await
+                .unwrap();
         }
         let page = engine.online_page(None, 100).await.unwrap();
         assert_eq!(page.total, 250);
@@ -827,7 +962,7 @@ mod properties {
     }
 
     async fn run(ops: Vec<Op>) {
-        let engine = LocalBackend::new(TIMEOUT);
+        let engine = LocalBackend::new(TIMEOUT, None);
         let mut events = engine.subscribe();
         let mut models: HashMap<(i64, i64), Model> = HashMap::new();
         let mut last_status: HashMap<i64, PresenceStatus> = HashMap::new();
@@ -836,7 +971,14 @@ mod properties {
             let now = Instant::now();
             match op {
                 Op::Touch(u, s) => {
-                    engine.touch(UserId(u), session_id(u, s)).await.unwrap();
+                    engine
+                        .touch(
+                            UserId(u),
+                            SessionRef::web(session_id(u, s)),
+                            Activity::Keepalive,
+                        )
+                        .await
+                        .unwrap();
                     let model = models.entry((u, s)).or_insert(Model {
                         sockets: 0,
                         ends_at: now,
@@ -845,7 +987,7 @@ mod properties {
                 }
                 Op::Open(u, s) => {
                     engine
-                        .open_socket(UserId(u), session_id(u, s))
+                        .open_socket(UserId(u), SessionRef::web(session_id(u, s)))
                         .await
                         .unwrap();
                     let model = models.entry((u, s)).or_insert(Model {

@@ -26,7 +26,10 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{PresenceEvent, PresenceView, PresenceWrite, RestoredUser, SessionId, UserId};
+use crate::domain::{
+    Activity, ManualStatus, PresenceEvent, PresenceView, PresenceWrite, RestoredUser, SessionId,
+    SessionRef, UserId,
+};
 
 /// A page of online users, ordered by id.
 #[derive(Debug, Clone, Default)]
@@ -51,13 +54,19 @@ pub enum EngineError {
 /// What requests ask of presence. Times are read by the backend itself.
 #[async_trait]
 pub trait PresenceBackend: Send + Sync + 'static {
-    /// Records activity of `session`; the user is online afterwards.
-    async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError>;
+    /// Records activity of `session`; the user is online afterwards. `activity` says whether
+    /// the user is at the device (a plain heartbeat says nothing).
+    async fn touch(
+        &self,
+        user: UserId,
+        session: SessionRef,
+        activity: Activity,
+    ) -> Result<PresenceView, EngineError>;
     /// A socket of `session` opened: the session stays live until its last socket closes.
     async fn open_socket(
         &self,
         user: UserId,
-        session: SessionId,
+        session: SessionRef,
     ) -> Result<PresenceView, EngineError>;
     /// A socket of `session` closed: when it was the last, the session ends after `grace`
     /// unless a socket of the same session reopens (silently) or it has activity.
@@ -73,8 +82,17 @@ pub trait PresenceBackend: Send + Sync + 'static {
         user: UserId,
         session: SessionId,
     ) -> Result<PresenceView, EngineError>;
+    /// Sets `user`'s manual status (already stored); it resets itself at its `expires_at`.
+    async fn set_status(
+        &self,
+        user: UserId,
+        manual: ManualStatus,
+        last: LastKnown,
+    ) -> Result<PresenceView, EngineError>;
+    /// The ids of `user`'s live sessions.
+    async fn live_sessions(&self, user: UserId) -> Result<Vec<SessionId>, EngineError>;
     /// Current presence of those of `users` the engine holds state for. A user left out is
-    /// offline and the stored `last_seen` is current.
+    /// offline and the stored state is current.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError>;
     /// Online users with ids above `after`, at most `limit`, ordered by id.
     async fn online_page(
@@ -86,8 +104,18 @@ pub trait PresenceBackend: Send + Sync + 'static {
     async fn online_count(&self) -> Result<usize, EngineError>;
     /// Whether the backend can serve (readiness).
     async fn ready(&self) -> Result<(), EngineError>;
-    /// A receiver of every transition from now on.
+    /// A receiver of every visible change from now on.
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent>;
+}
+
+/// What the store knows of a user the engine may hold nothing for: with it, setting a status
+/// on such a user keeps their `last_seen` and `seq` (the engine then holds the user).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastKnown {
+    /// Stored `last_seen`.
+    pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stored `presence_seq`.
+    pub seq: u64,
 }
 
 /// What the server's background tasks do with presence.

@@ -58,7 +58,7 @@ pub async fn online_users(
         .into_iter()
         .filter_map(|(id, view)| {
             let name = names.get(&id)?.clone();
-            Some(UserPresence::full(id, name, view))
+            Some(UserPresence::full(id, name, &view))
         })
         .collect();
     Ok(Json(OnlineUsersResponse {

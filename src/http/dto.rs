@@ -6,8 +6,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::{LastSeenAudience, OnlineAudience, PresenceStatus, UserPrivacy};
-use crate::presence::{Known, UserPresence, rfc3339};
+use crate::domain::{
+    ActivityState, Availability, LastSeenAudience, ManualStatus, OnlineAudience, Platform,
+    PresenceStatus, StatusMode, UserPrivacy,
+};
+use crate::presence::{Known, UserPresence, rfc3339, rfc3339_at};
 use crate::store::UserRecord;
 
 /// `POST /api/users/register/` body.
@@ -45,6 +48,100 @@ pub struct LoginRequest {
     pub username: String,
     /// Password.
     pub password: String,
+    /// The device this session runs on (default: platform `web`, no name).
+    #[serde(default)]
+    pub device: Option<DeviceRequest>,
+}
+
+/// The device of a login.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequest {
+    /// `web` (default), `mobile` or `desktop`.
+    #[serde(default)]
+    pub platform: Platform,
+    /// A name for the device, 1-64 characters ("Ahmad's phone").
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /api/users/heartbeat/` body (optional: no body is a plain heartbeat that keeps the
+/// session live and says nothing about the user).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// `active`: the user is at the device; `idle`: they are away from it.
+    #[serde(default)]
+    pub state: Option<ActivityState>,
+}
+
+/// `PUT /api/users/me/status/` body, and the `GET` response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    /// `auto` (availability follows activity), `away` (always `idle`) or `dnd`.
+    pub mode: StatusMode,
+    /// Custom status text, at most 100 characters.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// One emoji.
+    #[serde(default)]
+    pub emoji: Option<String>,
+    /// When the server resets the status to `auto` with no text or emoji (RFC 3339, in the
+    /// future); null: never.
+    #[serde(default, serialize_with = "rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ManualStatus> for StatusBody {
+    fn from(status: &ManualStatus) -> Self {
+        Self {
+            mode: status.mode,
+            text: status.text.as_deref().map(str::to_owned),
+            emoji: status.emoji.as_deref().map(str::to_owned),
+            expires_at: status.expires_at,
+        }
+    }
+}
+
+/// One of the caller's sessions (logins, devices).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionResponse {
+    /// Session id (for `DELETE /api/users/me/sessions/<id>/`).
+    pub id: i64,
+    /// `web`, `mobile` or `desktop`.
+    pub platform: Platform,
+    /// The device name given at login, or null.
+    pub name: Option<String>,
+    /// When the session was created (the login).
+    #[serde(serialize_with = "rfc3339_at")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    /// Its last activity (as stored, within `persist_interval`, for sessions of other nodes).
+    #[serde(serialize_with = "rfc3339_at")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_activity: DateTime<Utc>,
+    /// Whether the session is live (counts toward online) now.
+    pub live: bool,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+/// `GET /api/users/me/sessions/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsResponse {
+    /// The caller's sessions, newest first.
+    pub sessions: Vec<SessionResponse>,
+}
+
+/// `GET /api/users/me/contacts/online/` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactsOnlineResponse {
+    /// The caller's contacts the caller can see online now, ordered by username.
+    pub online: Vec<UserPresence>,
+    /// How many there are.
+    pub online_count: usize,
 }
 
 /// `POST /api/users/login/` response.
@@ -120,16 +217,29 @@ pub struct UserStatusResponse {
     pub last_seen: Option<DateTime<Utc>>,
     /// `online_status == "online"`.
     pub is_online: bool,
+    /// `active`, `idle` or `dnd`; null when offline.
+    pub availability: Option<Availability>,
+    /// The custom status text, or null.
+    pub status_text: Option<String>,
+    /// The custom status emoji, or null.
+    pub status_emoji: Option<String>,
+    /// The sorted distinct platforms of the live sessions (`[]` when offline).
+    pub platforms: Vec<Platform>,
 }
 
 impl From<Known> for UserStatusResponse {
     fn from(user: Known) -> Self {
+        let view = user.view;
         Self {
             user_id: user.id.0,
             username: user.username,
-            online_status: user.view.status,
-            last_seen: user.view.last_seen,
-            is_online: user.view.status.is_online(),
+            online_status: view.status,
+            last_seen: view.last_seen,
+            is_online: view.status.is_online(),
+            availability: view.availability,
+            status_text: view.manual.text.as_deref().map(str::to_owned),
+            status_emoji: view.manual.emoji.as_deref().map(str::to_owned),
+            platforms: view.platforms.to_vec(),
         }
     }
 }
@@ -194,6 +304,24 @@ pub struct ContactsResponse {
 pub struct BlockedResponse {
     /// The users the caller blocked, ordered by id.
     pub blocked: Vec<UserSummary>,
+}
+
+/// `PATCH /api/users/me/privacy/` body: only the fields given change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyPatch {
+    /// Who sees your last seen.
+    #[serde(default)]
+    pub last_seen: Option<LastSeenAudience>,
+    /// Users hidden from by `contacts_except` (replaces the stored list).
+    #[serde(default)]
+    pub except: Option<Vec<i64>>,
+    /// Who sees whether you are online.
+    #[serde(default)]
+    pub online: Option<OnlineAudience>,
+    /// Appear offline to everyone else, with last seen frozen at the moment you turn it on.
+    #[serde(default)]
+    pub invisible: Option<bool>,
 }
 
 /// `PUT /api/users/me/privacy/` body. Every field but `except` is required, so a client can

@@ -1,9 +1,10 @@
 //! Request extractors: our JSON/path/query wrappers (so bad input gets our 400 body) and the
 //! authentication extractors that also record activity, like the seed's middleware.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::Session;
-use crate::domain::PresenceView;
+use crate::domain::{Activity, PresenceView};
 
 /// `Json<T>` whose rejections are [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
@@ -86,7 +87,56 @@ where
     }
 }
 
-/// An authenticated request. Extracting it records activity for the session (without a
+/// An authenticated caller, with no activity recorded yet: for the heartbeat, whose body says
+/// what activity it reports.
+pub struct Caller {
+    /// Who is calling.
+    pub session: Session,
+    token: String,
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer_from_headers(&parts.headers)?;
+        let session = state.auth.authenticate(&token).await?;
+        Ok(Self { session, token })
+    }
+}
+
+impl Caller {
+    /// Records `activity` for the caller's session (without a database write); returns the
+    /// caller's presence after it.
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidToken`] if the session was logged out meanwhile; engine failures.
+    pub async fn record(
+        self,
+        state: &AppState,
+        activity: Activity,
+    ) -> Result<Authenticated, ApiError> {
+        let session = self.session;
+        let presence = state
+            .engine
+            .touch(session.user_id, session.reference(), activity)
+            .await?;
+        if !state.auth.is_cached(&self.token) {
+            // The session was logged out while this request ran: undo its activity.
+            let (user, session) = (session.user_id, session.session_id);
+            state.sessions.end(user, session).await?;
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(Authenticated { session, presence })
+    }
+}
+
+/// An authenticated request. Extracting it records real activity for the session (without a
 /// database write), which is what makes every authenticated request count as presence.
 pub struct Authenticated {
     /// Who is calling.
@@ -103,21 +153,57 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let token = bearer_from_headers(&parts.headers)?;
-        let session = state.auth.authenticate(&token).await?;
-        let presence = state
-            .engine
-            .touch(session.user_id, session.session_id)
-            .await?;
-        if !state.auth.is_cached(&token) {
-            // The session was logged out while this request ran: undo its activity.
-            let (user, session) = (session.user_id, session.session_id);
-            state.sessions.end(user, session).await?;
-            return Err(ApiError::InvalidToken);
-        }
-        Ok(Self { session, presence })
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller
+            .record(&AppState::from_ref(state), Activity::Active)
+            .await
     }
+}
+
+/// A JSON body that may be absent: an empty body is `None` (whatever its content type), any
+/// other body must be JSON of `T`.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(is_json_type);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::invalid(rejection.body_text())
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(value)| Self(Some(value)))
+            .map_err(|rejection| json_rejection(&rejection))
+    }
+}
+
+/// Whether a `Content-Type` value is JSON (`application/json`, `application/*+json`, with or
+/// without parameters).
+fn is_json_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence
+        .strip_prefix("application/")
+        .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
 }
 
 /// The bearer token of a request's `Authorization` header.

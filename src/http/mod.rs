@@ -7,6 +7,7 @@ mod admin;
 mod dto;
 mod error;
 mod extract;
+mod me;
 pub mod ops;
 mod presence;
 mod privacy;
@@ -68,12 +69,13 @@ pub struct AppState {
     info(title = "lastseen", description = "WhatsApp-style online/offline presence server"),
     paths(
         users::register, users::login, users::logout, users::heartbeat, users::me, users::lookup,
+        me::get_status, me::put_status, me::list_sessions, me::revoke_session,
         admin::online_users, admin::user_status,
         ws::upgrade, sse::events,
-        presence::user_presence, presence::query_presence,
+        presence::user_presence, presence::query_presence, presence::contacts_online,
         privacy::list_contacts, privacy::add_contact, privacy::remove_contact,
         privacy::list_blocked, privacy::block_user, privacy::unblock_user,
-        privacy::get_privacy, privacy::put_privacy,
+        privacy::get_privacy, privacy::put_privacy, privacy::patch_privacy,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     modifiers(&BearerAuth),
@@ -113,6 +115,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/me", get(users::me))
         .route("/api/users/lookup", get(users::lookup))
         .route(
+            "/api/users/me/status",
+            get(me::get_status).put(me::put_status),
+        )
+        .route("/api/users/me/sessions", get(me::list_sessions))
+        .route("/api/users/me/sessions/{id}", delete(me::revoke_session))
+        .route(
+            "/api/users/me/contacts/online",
+            get(presence::contacts_online),
+        )
+        .route(
             "/api/users/me/contacts",
             get(privacy::list_contacts).post(privacy::add_contact),
         )
@@ -127,7 +139,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/me/blocked/{id}", delete(privacy::unblock_user))
         .route(
             "/api/users/me/privacy",
-            get(privacy::get_privacy).put(privacy::put_privacy),
+            get(privacy::get_privacy)
+                .put(privacy::put_privacy)
+                .patch(privacy::patch_privacy),
         )
         .route("/api/users/{id}/presence", get(presence::user_presence))
         .route("/api/presence/query", post(presence::query_presence))

@@ -8,10 +8,10 @@ use axum::extract::State;
 use chrono::Utc;
 
 use super::AppState;
-use super::dto::{PresenceQueryRequest, PresenceQueryResponse};
+use super::dto::{ContactsOnlineResponse, PresenceQueryRequest, PresenceQueryResponse};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Authenticated};
-use crate::domain::UserId;
+use crate::domain::{PresenceStatus, UserId};
 use crate::presence::UserPresence;
 
 /// Most user ids one `POST /api/presence/query/` may ask for.
@@ -33,7 +33,7 @@ async fn visible_presence(
     Ok(users
         .into_iter()
         .map(|user| {
-            let visible = state.privacy.filter_at(viewer, user.id, user.view, now);
+            let visible = state.privacy.filter_at(viewer, user.id, &user.view, now);
             UserPresence::visible(user.id, user.username, visible)
         })
         .collect())
@@ -95,4 +95,47 @@ pub async fn query_presence(
         .collect();
     let users = visible_presence(&state, &caller, &ids).await?;
     Ok(Json(PresenceQueryResponse { users }))
+}
+
+/// The caller's contacts whom the caller can see online now, ordered by username: a contact who
+/// hides their online status from the caller (or blocked them, or is invisible) is left out.
+#[utoipa::path(
+    get, path = "/api/users/me/contacts/online/", tag = "presence",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Contacts visible online", body = ContactsOnlineResponse),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+    )
+)]
+pub async fn contacts_online(
+    State(state): State<AppState>,
+    caller: Authenticated,
+) -> Result<Json<ContactsOnlineResponse>, ApiError> {
+    let viewer = caller.session.viewer();
+    let contacts: Vec<UserId> = state
+        .privacy
+        .load(viewer.id)
+        .await?
+        .contacts
+        .iter()
+        .copied()
+        .collect();
+    let users = state.reader.online(&contacts).await?;
+    let mut involved: Vec<UserId> = users.iter().map(|user| user.id).collect();
+    involved.push(viewer.id);
+    state.privacy.ensure_loaded(&involved).await?;
+    let now = Utc::now();
+    let mut online: Vec<UserPresence> = users
+        .into_iter()
+        .filter_map(|user| {
+            let visible = state.privacy.filter_at(viewer, user.id, &user.view, now);
+            (visible.status == Some(PresenceStatus::Online))
+                .then(|| UserPresence::visible(user.id, user.username, visible))
+        })
+        .collect();
+    online.sort_by(|a, b| a.username.cmp(&b.username).then(a.id.cmp(&b.id)));
+    Ok(Json(ContactsOnlineResponse {
+        online_count: online.len(),
+        online,
+    }))
 }

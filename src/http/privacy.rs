@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::AppState;
 use super::dto::{
-    BlockedResponse, ContactsResponse, PrivacyRequest, PrivacyResponse, UserRef, UserSummary,
+    BlockedResponse, ContactsResponse, PrivacyPatch, PrivacyRequest, PrivacyResponse, UserRef,
+    UserSummary,
 };
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Authenticated};
@@ -216,13 +217,51 @@ pub async fn put_privacy(
     caller: Authenticated,
     ApiJson(body): ApiJson<PrivacyRequest>,
 ) -> Result<Json<PrivacyResponse>, ApiError> {
+    let update = SettingsUpdate::replace(
+        body.last_seen,
+        body.online,
+        body.invisible,
+        body.except.into_iter().map(UserId).collect(),
+    );
+    change_settings(&state, &caller, update).await
+}
+
+/// Change some of the caller's privacy settings: the fields the body names (the others keep
+/// their values).
+#[utoipa::path(
+    patch, path = "/api/users/me/privacy/", tag = "privacy",
+    security(("bearer" = [])),
+    request_body = PrivacyPatch,
+    responses(
+        (status = 200, description = "The new settings", body = PrivacyResponse),
+        (status = 400, description = "Malformed body, unknown value, or a bad except list (unknown users, the caller, over 10000)", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    )
+)]
+pub async fn patch_privacy(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    ApiJson(body): ApiJson<PrivacyPatch>,
+) -> Result<Json<PrivacyResponse>, ApiError> {
     let update = SettingsUpdate {
         last_seen: body.last_seen,
         online: body.online,
         invisible: body.invisible,
-        except: body.except.into_iter().map(UserId).collect(),
+        except: body
+            .except
+            .map(|except| except.into_iter().map(UserId).collect()),
     };
-    let at = request_time(&caller);
+    change_settings(&state, &caller, update).await
+}
+
+async fn change_settings(
+    state: &AppState,
+    caller: &Authenticated,
+    update: SettingsUpdate,
+) -> Result<Json<PrivacyResponse>, ApiError> {
+    let at = request_time(caller);
     let data = state
         .privacy
         .change(caller.session.user_id, PrivacyChange::Settings(update), at)

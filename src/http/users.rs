@@ -6,12 +6,12 @@ use axum::http::StatusCode;
 
 use super::AppState;
 use super::dto::{
-    HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, LookupQuery, RegisterRequest,
-    RegisterResponse,
+    HeartbeatRequest, HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, LookupQuery,
+    RegisterRequest, RegisterResponse,
 };
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, Authenticated};
-use crate::domain::{Password, PresenceStatus, Username};
+use super::extract::{ApiJson, ApiQuery, Authenticated, Caller, OptionalJson};
+use crate::domain::{Activity, Device, Password, PresenceStatus, Username};
 use crate::presence::UserPresence;
 
 fn interval_ms(state: &AppState) -> u64 {
@@ -57,7 +57,7 @@ pub async fn register(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = LoginResponse),
-        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 400, description = "Malformed body or a bad device name", body = ErrorBody),
         (status = 401, description = "Unknown user or wrong password", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
@@ -67,13 +67,20 @@ pub async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let (login, view) = state.sessions.login(&body.username, &body.password).await?;
+    let device = match body.device {
+        Some(device) => Device::parse(device.platform, device.name.as_deref())?,
+        None => Device::default(),
+    };
+    let (login, view) = state
+        .sessions
+        .login(&body.username, &body.password, &device)
+        .await?;
     metrics::counter!("lastseen_logins_total").increment(1);
     let session = login.session;
     Ok(Json(LoginResponse {
         access: login.token,
         token_type: "Bearer",
-        user: UserPresence::full(session.user_id, session.username, view),
+        user: UserPresence::full(session.user_id, session.username, &view),
         heartbeat_interval_ms: interval_ms(&state),
     }))
 }
@@ -102,26 +109,36 @@ pub async fn logout(
     }))
 }
 
-/// Record a heartbeat (any authenticated request does the same).
+/// Record a heartbeat: keeps the session live. With no body it says nothing about the user
+/// (an idle user stays idle); `{"state": "active"}` or `{"state": "idle"}` reports whether
+/// the user is at the device. Any other authenticated request counts as `active`.
 #[utoipa::path(
     post, path = "/api/users/heartbeat/", tag = "users",
     security(("bearer" = [])),
+    request_body(content = Option<HeartbeatRequest>, description = "Optional; empty for a plain heartbeat"),
     responses(
         (status = 200, description = "Heartbeat recorded", body = HeartbeatResponse),
+        (status = 400, description = "Malformed body or unknown state", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
     )
 )]
 pub async fn heartbeat(
     State(state): State<AppState>,
-    caller: Authenticated,
-) -> Json<HeartbeatResponse> {
+    caller: Caller,
+    OptionalJson(body): OptionalJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let activity = body
+        .and_then(|body| body.state)
+        .map_or(Activity::Keepalive, Activity::from);
+    let caller = caller.record(&state, activity).await?;
     metrics::counter!("lastseen_heartbeats_total").increment(1);
-    Json(HeartbeatResponse {
+    Ok(Json(HeartbeatResponse {
         message: "Heartbeat recorded",
         online_status: PresenceStatus::Online,
         last_seen: caller.presence.last_seen,
         heartbeat_interval_ms: interval_ms(&state),
-    })
+    }))
 }
 
 /// The caller's own presence.
@@ -138,7 +155,7 @@ pub async fn me(caller: Authenticated) -> Json<UserPresence> {
     Json(UserPresence::full(
         session.user_id,
         session.username,
-        caller.presence,
+        &caller.presence,
     ))
 }
 

@@ -29,13 +29,8 @@ impl Delivered {
                 if !self.record(&seen) {
                     return None;
                 }
-                let update = PresenceUpdate {
-                    user_id: seen.owner.0,
-                    online_status: seen.visible.status,
-                    last_seen: seen.visible.last_seen,
-                    last_seen_approx: seen.visible.last_seen_approx,
-                    seq: self.expose(&seen),
-                };
+                let seq = self.expose(&seen);
+                let update = PresenceUpdate::new(seen.owner, seen.visible, seq);
                 Some(ServerMessage::Presence(update))
             }
             Outgoing::Snapshot(entries) => {
@@ -65,11 +60,12 @@ impl Delivered {
                     return false;
                 }
                 *seq = seen.seq;
-                *visible = seen.visible;
+                *visible = seen.visible.clone();
                 true
             }
             None => {
-                self.last.insert(seen.owner, (seen.seq, seen.visible));
+                self.last
+                    .insert(seen.owner, (seen.seq, seen.visible.clone()));
                 true
             }
         }
@@ -78,9 +74,9 @@ impl Delivered {
     /// `seen`, or what was already sent about its owner if that is newer; recorded either way.
     fn newest(&mut self, seen: Seen) -> Seen {
         match self.last.get(&seen.owner) {
-            Some(&(seq, visible)) if seq > seen.seq => Seen {
-                visible,
-                seq,
+            Some((seq, visible)) if *seq > seen.seq => Seen {
+                visible: visible.clone(),
+                seq: *seq,
                 ..seen
             },
             _ => {
@@ -121,6 +117,10 @@ mod tests {
                 status: Some(status),
                 last_seen: None,
                 last_seen_approx: None,
+                availability: None,
+                platforms: None,
+                status_text: None,
+                status_emoji: None,
             },
             seq,
             seq_visible: true,

@@ -139,18 +139,19 @@ impl Hub {
 
     /// What `viewer` may see of `owner`'s raw presence: the single place where push decides
     /// visibility (events, snapshots and re-sends all come through here).
-    pub fn present(&self, viewer: Viewer, owner: UserId, raw: PresenceView) -> Seen {
+    pub fn present(&self, viewer: Viewer, owner: UserId, raw: &PresenceView) -> Seen {
         let privacy = &self.inner.privacy;
         let visible = privacy.filter(viewer, owner, raw);
         let sees_all = viewer.id == owner || viewer.is_admin;
         let masked = !sees_all && privacy.is_invisible(owner);
+        // Exposed only when the viewer sees the owner's real last activity: not where it is
+        // hidden, nor where invisible mode shows a frozen one.
+        let seq_visible = !masked && visible.last_seen == raw.last_seen;
         Seen {
             owner,
             visible,
             seq: raw.seq,
-            // Exposed only when the viewer sees the owner's real last activity: not where it
-            // is hidden, nor where invisible mode shows a frozen one.
-            seq_visible: !masked && visible.last_seen == raw.last_seen,
+            seq_visible,
         }
     }
 
@@ -160,15 +161,10 @@ impl Hub {
 
     /// Delivers a transition to every connection watching its user.
     pub fn publish(&self, event: &PresenceEvent) {
-        let view = PresenceView {
-            status: event.status,
-            last_seen: Some(event.last_seen),
-            seq: event.seq,
-        };
-        self.publish_view(event.user_id, view);
+        self.publish_view(event.user_id, &event.view());
     }
 
-    fn publish_view(&self, user: UserId, view: PresenceView) {
+    fn publish_view(&self, user: UserId, view: &PresenceView) {
         let outboxes = self.outboxes_watching(user);
         for outbox in &outboxes {
             outbox.push_presence(self.present(outbox.viewer, user, view));
@@ -332,7 +328,7 @@ impl Hub {
                 .unwrap_or_default();
             for outbox in mine {
                 for (owner, view) in reader.views(&outbox.watched()).await? {
-                    outbox.push_presence(self.present(outbox.viewer, owner, view));
+                    outbox.push_presence(self.present(outbox.viewer, owner, &view));
                 }
             }
         }
@@ -351,7 +347,7 @@ impl Hub {
     /// Re-sends the current state of `users` to all their watchers.
     async fn resend(&self, users: &[UserId], reader: &PresenceReader) -> Result<(), ReadError> {
         for (user, view) in reader.views(users).await? {
-            self.publish_view(user, view);
+            self.publish_view(user, &view);
         }
         Ok(())
     }
@@ -441,7 +437,7 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PresenceStatus, Username};
+    use crate::domain::{Availability, ManualStatus, Platform, PresenceStatus, Username};
     use crate::realtime::protocol::CLOSE_SLOW_CONSUMER;
     use crate::store::Store;
     use crate::store::sqlite::SqliteStore;
@@ -488,6 +484,9 @@ mod tests {
             status: PresenceStatus::Online,
             last_seen: Utc::now(),
             seq,
+            availability: Some(Availability::Active),
+            platforms: [Platform::Web].into_iter().collect(),
+            manual: ManualStatus::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::domain::{SessionId, UserId};
+use crate::domain::{SessionId, SessionRef, UserId};
 use crate::engine::{EngineError, PresenceEngine};
 use crate::presence::{PresenceReader, ReadError};
 use crate::privacy::{Privacy, PrivacyError};
@@ -112,13 +112,13 @@ impl LiveSession {
     pub async fn open(
         realtime: &Realtime,
         user: UserId,
-        session: SessionId,
+        session: SessionRef,
     ) -> Result<Self, RealtimeError> {
         realtime.engine.open_socket(user, session).await?;
         Ok(Self {
             engine: realtime.engine.clone(),
             connections: realtime.connections.clone(),
-            open: Some((user, session)),
+            open: Some((user, session.id)),
             grace: realtime.config.disconnect_grace,
         })
     }
@@ -211,7 +211,7 @@ pub async fn subscribe(
     };
     let mut entries: Vec<(Seen, String)> = views
         .into_iter()
-        .map(|(owner, view)| realtime.hub.present(viewer, owner, view))
+        .map(|(owner, view)| realtime.hub.present(viewer, owner, &view))
         .filter(|seen| {
             !(seen.seq_visible && known(seen.owner.0).is_some_and(|have| have >= seen.seq))
         })
@@ -247,7 +247,8 @@ pub(crate) mod testing {
     pub async fn realtime(ping_interval: Duration) -> (Realtime, Arc<dyn Store>) {
         let store = store::connect("sqlite::memory:").await.unwrap();
         store.migrate().await.unwrap();
-        let engine = PresenceEngine::new(Arc::new(LocalBackend::new(Duration::from_secs(300))));
+        let engine =
+            PresenceEngine::new(Arc::new(LocalBackend::new(Duration::from_secs(300), None)));
         let privacy = Privacy::new(store.clone(), false, Bus::local());
         let limits = Limits {
             max_subscriptions: 100,
@@ -287,6 +288,7 @@ pub(crate) mod testing {
             user_id: user.id,
             username: name.to_owned(),
             is_admin: false,
+            platform: crate::domain::Platform::Web,
         }
     }
 }

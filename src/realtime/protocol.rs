@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::LastSeenApprox;
-use crate::domain::PresenceStatus;
+use crate::domain::{
+    ActivityState, Availability, LastSeenApprox, Platform, Platforms, PresenceStatus, UserId,
+    VisiblePresence,
+};
 use crate::presence::{UserPresence, rfc3339};
 
 /// Close code: authentication missing, invalid, late, or the session was revoked (logout).
@@ -58,6 +60,12 @@ pub enum ClientMessage {
         /// Recipient's user id.
         to: i64,
     },
+    /// The user is at the device (`active`) or away from it (`idle`), as the client's own
+    /// input tracking tells.
+    Activity {
+        /// `active` or `idle`.
+        state: ActivityState,
+    },
 }
 
 /// Reads `since` as a JSON object whose keys are user ids (JSON keys are always strings).
@@ -98,6 +106,35 @@ pub struct PresenceUpdate {
     pub last_seen_approx: Option<LastSeenApprox>,
     /// Per-user, strictly increasing; null where `last_seen` is hidden.
     pub seq: Option<u64>,
+    /// `active`, `idle` or `dnd`; null when offline or hidden.
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    /// The custom status text; null when unset or hidden.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// The custom status emoji; null when unset or hidden.
+    #[serde(default)]
+    pub status_emoji: Option<String>,
+    /// The sorted distinct platforms of the live sessions; null when hidden.
+    #[serde(default)]
+    pub platforms: Option<Vec<Platform>>,
+}
+
+impl PresenceUpdate {
+    /// The update telling a viewer that `owner`'s presence now looks like `visible`.
+    pub fn new(owner: UserId, visible: VisiblePresence, seq: Option<u64>) -> Self {
+        Self {
+            user_id: owner.0,
+            online_status: visible.status,
+            last_seen: visible.last_seen,
+            last_seen_approx: visible.last_seen_approx,
+            seq,
+            availability: visible.availability,
+            status_text: visible.status_text.as_deref().map(str::to_owned),
+            status_emoji: visible.status_emoji.as_deref().map(str::to_owned),
+            platforms: visible.platforms.map(Platforms::to_vec),
+        }
+    }
 }
 
 /// A message from the server.
@@ -179,6 +216,9 @@ mod tests {
         });
         round_trip_client(ClientMessage::Unsubscribe { user_ids: vec![2] });
         round_trip_client(ClientMessage::Typing { to: 3 });
+        round_trip_client(ClientMessage::Activity {
+            state: ActivityState::Idle,
+        });
     }
 
     #[test]
@@ -208,6 +248,10 @@ mod tests {
                         last_seen: Some(at),
                         is_online: Some(true),
                         last_seen_approx: None,
+                        availability: Some(Availability::Dnd),
+                        status_text: Some("In a meeting".into()),
+                        status_emoji: Some("📅".into()),
+                        platforms: Some(vec![Platform::Mobile, Platform::Web]),
                     },
                     seq: Some(9),
                 }],
@@ -218,6 +262,10 @@ mod tests {
                 last_seen: Some(at),
                 last_seen_approx: None,
                 seq: Some(10),
+                availability: None,
+                status_text: None,
+                status_emoji: None,
+                platforms: Some(vec![]),
             }),
             ServerMessage::Presence(PresenceUpdate {
                 user_id: 1,
@@ -225,6 +273,10 @@ mod tests {
                 last_seen: None,
                 last_seen_approx: Some(LastSeenApprox::Recently),
                 seq: None,
+                availability: None,
+                status_text: None,
+                status_emoji: None,
+                platforms: None,
             }),
             ServerMessage::Typing {
                 from: 2,
@@ -247,10 +299,18 @@ mod tests {
             last_seen: None,
             last_seen_approx: None,
             seq: Some(3),
+            availability: Some(Availability::Idle),
+            status_text: None,
+            status_emoji: Some("🌴".into()),
+            platforms: Some(vec![Platform::Desktop]),
         });
         assert_eq!(
             serde_json::to_value(&update).unwrap(),
-            json!({"type": "presence", "user_id": 5, "online_status": "online", "last_seen": null, "seq": 3})
+            json!({
+                "type": "presence", "user_id": 5, "online_status": "online", "last_seen": null,
+                "seq": 3, "availability": "idle", "status_text": null, "status_emoji": "🌴",
+                "platforms": ["desktop"]
+            })
         );
     }
 
@@ -267,6 +327,8 @@ mod tests {
             (r#"{"type":"subscribe","user_ids":"1"}"#, "invalid"),
             (r#"{"type":"typing"}"#, "invalid"),
             (r#"{"type":"typing","to":1,"extra":true}"#, "invalid"),
+            (r#"{"type":"activity","state":"asleep"}"#, "invalid"),
+            (r#"{"type":"activity"}"#, "invalid"),
             (r#"{"user_ids":[1]}"#, "invalid"),
             ("[1,2]", "invalid"),
         ] {

@@ -17,7 +17,7 @@ use super::protocol::{
 };
 use super::{CloseReason, Delivered, LiveSession, Realtime};
 use crate::auth::Session;
-use crate::domain::UserId;
+use crate::domain::{SessionRef, UserId};
 
 /// How long a browser has to send its `auth` message.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,14 +65,16 @@ where
             return;
         }
     };
-    let Ok(live) = LiveSession::open(&realtime, session.user_id, session.session_id).await else {
+    let Ok(live) = LiveSession::open(&realtime, session.user_id, session.reference()).await else {
         return;
     };
     let mut client = SocketLoop {
         realtime: &realtime,
         connection,
+        session: session.reference(),
         delivered: Delivered::default(),
         typing: TypingBudget::new(realtime.config.typing_per_second),
+        activity: TypingBudget::new(realtime.config.typing_per_second),
     };
     let reason = client.serve(&mut socket).await;
     if let Some(reason) = reason {
@@ -99,7 +101,7 @@ where
     }
 }
 
-/// Token bucket for typing messages: `per_second` tokens, refilled continuously.
+/// Token bucket for typing and activity messages: `per_second` tokens, refilled continuously.
 struct TypingBudget {
     per_second: f64,
     tokens: f64,
@@ -133,8 +135,11 @@ impl TypingBudget {
 struct SocketLoop<'a> {
     realtime: &'a Realtime,
     connection: Connection,
+    /// The socket's session, for the activity it reports.
+    session: SessionRef,
     delivered: Delivered,
     typing: TypingBudget,
+    activity: TypingBudget,
 }
 
 impl SocketLoop<'_> {
@@ -243,6 +248,25 @@ impl SocketLoop<'_> {
                 }
                 let from = self.connection.outbox().viewer().id;
                 self.realtime.hub.typing(from, UserId(to)).await;
+            }
+            ClientMessage::Activity { state } => {
+                if !self.activity.take() {
+                    return self.connection.send(ServerMessage::error(
+                        "throttled",
+                        "too many activity messages; send one when the state changes",
+                    ));
+                }
+                let user = self.connection.outbox().viewer().id;
+                let touched = self
+                    .realtime
+                    .engine
+                    .touch(user, self.session, state.into())
+                    .await;
+                if let Err(error) = touched {
+                    let error = super::RealtimeError::from(error);
+                    self.connection
+                        .send(ServerMessage::error(error.code(), error.to_string()));
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ pub async fn open(
 ) -> Result<impl Stream<Item = Result<Event, Infallible>> + use<>, RealtimeError> {
     let resume_after = last_event_id.map(|id| id.saturating_sub(RESUME_MARGIN_MICROS));
     let mut connection = realtime.hub.connect(session.viewer(), session.session_id)?;
-    let live = LiveSession::open(realtime, session.user_id, session.session_id).await?;
+    let live = LiveSession::open(realtime, session.user_id, session.reference()).await?;
     super::subscribe(realtime, &mut connection, ids, |_| resume_after).await?;
     let stream = EventStream {
         connection,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{PresenceStatus, SessionId, UserId, Username};
+use crate::domain::{Device, ManualStatus, Platform, PresenceStatus, SessionId, UserId, Username};
 use crate::domain::{PresenceWrite, PrivacyChange, RestoredUser, StoredPrivacy, StoredSession};
 
 /// Errors of the storage layer.
@@ -174,6 +174,8 @@ pub struct UserRecord {
     pub last_seen: Option<DateTime<Utc>>,
     /// Persisted sequence number of the last transition.
     pub presence_seq: u64,
+    /// The user's manual status.
+    pub manual: ManualStatus,
 }
 
 /// A stored session, joined with what authentication needs of its user.
@@ -187,6 +189,23 @@ pub struct SessionRecord {
     pub username: String,
     /// Owner's admin flag.
     pub is_admin: bool,
+    /// The session's device platform.
+    pub platform: Platform,
+}
+
+/// A session as its owner lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Primary key.
+    pub id: SessionId,
+    /// Device platform.
+    pub platform: Platform,
+    /// Device name, if the client gave one.
+    pub name: Option<String>,
+    /// When the session was created (the login).
+    pub created_at: DateTime<Utc>,
+    /// Its last activity as stored (within `persist_interval`).
+    pub last_activity: DateTime<Utc>,
 }
 
 /// Storage operations. Implementations are cheap to share behind an `Arc`.
@@ -218,7 +237,26 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         token_hash: &[u8],
         at: DateTime<Utc>,
+    ) -> Result<SessionId, StoreError> {
+        self.create_device_session(user, token_hash, at, &Device::default())
+            .await
+    }
+    /// [`Store::create_session`] for a session on `device`.
+    async fn create_device_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+        device: &Device,
     ) -> Result<SessionId, StoreError>;
+    /// `user`'s sessions, newest first.
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError>;
+    /// Stores `user`'s manual status; [`StoreError::NotFound`] if the user does not exist.
+    async fn set_manual_status(
+        &self,
+        user: UserId,
+        status: &ManualStatus,
+    ) -> Result<(), StoreError>;
     /// Finds the session a token hash belongs to.
     async fn session_by_token(
         &self,
@@ -235,7 +273,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<SessionId>, StoreError>;
     /// Writes a batch of presence state in one transaction.
     async fn write_presence(&self, batch: &[PresenceWrite]) -> Result<(), StoreError>;
-    /// Loads users with at least one session live at `live.now`, with those sessions.
+    /// Loads users with at least one session live at `live.now`, with those sessions, and
+    /// users with a manual status (which may reset itself while they are offline).
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError>;
     /// Marks offline every user stored as online who has no session live at `live.now`, and
     /// ends those users' stored sessions, so that no later start (with a longer timeout, say)

@@ -21,12 +21,12 @@ use sqlx::{ConnectOptions, Connection};
 
 use super::sql::{self, LIVE_SESSION, LiveRow, USER_COLUMNS, seq_from_db, seq_to_db};
 use super::{
-    CoalescedBatch, Conflict, Liveness, Missing, SessionRecord, Store, StoreError, UserRecord,
-    WriteHealth,
+    CoalescedBatch, Conflict, Liveness, Missing, SessionInfo, SessionRecord, Store, StoreError,
+    UserRecord, WriteHealth,
 };
 use crate::domain::{
-    PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser, SessionId, StoredPrivacy, UserId,
-    Username, next_seq,
+    Device, ManualStatus, Platform, PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser,
+    SessionId, StoredPrivacy, UserId, Username, next_seq,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -137,6 +137,10 @@ struct UserRow {
     online_status: String,
     last_seen: Option<DateTime<Utc>>,
     presence_seq: i64,
+    status_mode: String,
+    status_text: Option<String>,
+    status_emoji: Option<String>,
+    status_expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<UserRow> for UserRecord {
@@ -149,19 +153,51 @@ impl From<UserRow> for UserRecord {
             online_status: PresenceStatus::from_column(&row.online_status),
             last_seen: row.last_seen,
             presence_seq: seq_from_db(row.presence_seq),
+            manual: sql::manual_from_columns(
+                &row.status_mode,
+                row.status_text,
+                row.status_emoji,
+                row.status_expires_at,
+            ),
         }
     }
 }
 
-/// A live session as `load_live` selects it.
-type LiveColumns = (
-    i64,
-    i64,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    i64,
-    Option<DateTime<Utc>>,
-);
+/// A live session as `load_live` selects it, with its user's state.
+#[derive(sqlx::FromRow)]
+struct LiveColumns {
+    user_id: i64,
+    session_id: i64,
+    last_activity: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    platform: String,
+    presence_seq: i64,
+    last_seen: Option<DateTime<Utc>>,
+    status_mode: String,
+    status_text: Option<String>,
+    status_emoji: Option<String>,
+    status_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<LiveColumns> for LiveRow {
+    fn from(row: LiveColumns) -> Self {
+        Self {
+            user_id: row.user_id,
+            session_id: row.session_id,
+            last_activity: row.last_activity,
+            expires_at: row.expires_at,
+            platform: Platform::from_column(&row.platform),
+            presence_seq: row.presence_seq,
+            last_seen: row.last_seen,
+            manual: sql::manual_from_columns(
+                &row.status_mode,
+                row.status_text,
+                row.status_emoji,
+                row.status_expires_at,
+            ),
+        }
+    }
+}
 
 /// A presence batch as columns, one array per bound parameter of the `unnest` updates, built
 /// from the coalesced batch (each user and session once, in id order).
@@ -269,23 +305,68 @@ impl Store for PostgresStore {
         self.users_where("user_id = any($1)", ids).await
     }
 
-    async fn create_session(
+    async fn create_device_session(
         &self,
         user: UserId,
         token_hash: &[u8],
         at: DateTime<Utc>,
+        device: &Device,
     ) -> Result<SessionId, StoreError> {
         let id: Result<i64, _> = sqlx::query_scalar(
-            "insert into sessions (user_id, token_hash, created_at, last_activity) \
-             values ($1, $2, $3, $3) returning session_id",
+            "insert into sessions \
+             (user_id, token_hash, created_at, last_activity, platform, device_name) \
+             values ($1, $2, $3, $3, $4, $5) returning session_id",
         )
         .bind(user.0)
         .bind(token_hash)
         .bind(at)
+        .bind(device.platform.as_str())
+        .bind(device.name.as_deref())
         .fetch_one(&self.pool)
         .await
         .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
         self.health.observe(id).map(SessionId)
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError> {
+        let rows: Vec<(i64, String, Option<String>, DateTime<Utc>, DateTime<Utc>)> =
+            sqlx::query_as(sql::SESSIONS_OF)
+                .bind(user.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, platform, name, created_at, last_activity)| SessionInfo {
+                    id: SessionId(id),
+                    platform: Platform::from_column(&platform),
+                    name,
+                    created_at,
+                    last_activity,
+                },
+            )
+            .collect())
+    }
+
+    async fn set_manual_status(
+        &self,
+        user: UserId,
+        status: &ManualStatus,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SET_STATUS)
+            .bind(user.0)
+            .bind(status.mode.as_str())
+            .bind(status.text.as_deref())
+            .bind(status.emoji.as_deref())
+            .bind(status.expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(other);
+        match self.health.observe(done)?.rows_affected() {
+            0 => Err(StoreError::NotFound(Missing::User)),
+            _ => Ok(()),
+        }
     }
 
     async fn session_by_token(
@@ -358,34 +439,66 @@ impl Store for PostgresStore {
                 .await
                 .map_err(other)?;
             }
+            let (users, expiries): (Vec<i64>, Vec<DateTime<Utc>>) = batch
+                .iter()
+                .filter_map(|w| Some((w.user_id.0, w.expired_status?)))
+                .unzip();
+            if !users.is_empty() {
+                sqlx::query(
+                    "update users u set status_mode = 'auto', status_text = null, \
+                     status_emoji = null, status_expires_at = null \
+                     from unnest($1::bigint[], $2::timestamptz[]) as b (user_id, expired) \
+                     where u.user_id = b.user_id and u.status_expires_at = b.expired",
+                )
+                .bind(&users)
+                .bind(&expiries)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
             tx.commit().await.map_err(other)
         };
         self.health.observe(written.await)
     }
 
     async fn load_live(&self, live: Liveness) -> Result<Vec<RestoredUser>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(other)?;
         let rows: Vec<LiveColumns> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select s.user_id, s.session_id, s.last_activity, s.expires_at, u.presence_seq, \
-             u.last_seen from sessions s join users u on u.user_id = s.user_id \
+            "select s.user_id, s.session_id, s.last_activity, s.expires_at, s.platform, \
+             u.presence_seq, u.last_seen, u.status_mode, u.status_text, u.status_emoji, \
+             u.status_expires_at from sessions s join users u on u.user_id = s.user_id \
              where {LIVE_SESSION} order by s.user_id, s.session_id"
         )))
         .bind(live.now)
         .bind(live.inactive_before)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(other)?;
-        let rows = rows.into_iter().map(
-            |(user_id, session_id, last_activity, expires_at, presence_seq, last_seen)| LiveRow {
-                user_id,
-                session_id,
-                last_activity,
-                expires_at,
-                presence_seq,
-                last_seen,
-            },
-        );
+        let with_status: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where {}",
+            sql::HAS_STATUS
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?;
+        tx.commit().await.map_err(other)?;
         let mut users = Vec::new();
-        sql::group_live(rows, live.timeout(), &mut users);
+        sql::group_live(
+            rows.into_iter().map(LiveRow::from),
+            live.timeout(),
+            &mut users,
+        );
+        let with_status = with_status.into_iter().map(|row| {
+            let user = UserRecord::from(row);
+            RestoredUser {
+                user_id: user.id,
+                seq: user.presence_seq,
+                last_seen: user.last_seen,
+                sessions: Vec::new(),
+                manual: user.manual,
+            }
+        });
+        sql::merge_statuses(&mut users, with_status.collect());
         Ok(users)
     }
 
@@ -445,7 +558,7 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::StoredSession;
+    use crate::domain::{Platform, StoredSession};
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).unwrap()
@@ -463,8 +576,10 @@ mod tests {
                     id: SessionId(s),
                     last_activity: at(t),
                     expires_at: at(t + 60),
+                    platform: Platform::Web,
                 })
                 .collect(),
+            expired_status: None,
         }
     }
 

@@ -11,13 +11,26 @@ use chrono::{DateTime, Utc};
 
 use super::{Conflict, Missing, SessionRecord, StoreError};
 use crate::domain::{
-    LastSeenAudience, OnlineAudience, PrivacyChange, PrivacySettings, RestoredUser, SessionId,
-    StoredSession, UserId, UserPrivacy,
+    LastSeenAudience, ManualStatus, OnlineAudience, Platform, PrivacyChange, PrivacySettings,
+    RestoredUser, SessionId, StatusMode, StoredSession, UserId, UserPrivacy,
 };
 
 /// The columns a [`super::UserRecord`] is read from.
-pub(super) const USER_COLUMNS: &str =
-    "user_id, username, password_hash, is_admin, online_status, last_seen, presence_seq";
+pub(super) const USER_COLUMNS: &str = "user_id, username, password_hash, is_admin, \
+     online_status, last_seen, presence_seq, status_mode, status_text, status_emoji, \
+     status_expires_at";
+
+/// Users with a manual status (whatever their sessions).
+pub(super) const HAS_STATUS: &str =
+    "(status_mode <> 'auto' or status_text is not null or status_emoji is not null)";
+
+/// Stores user `$1`'s manual status: `$2` mode, `$3` text, `$4` emoji, `$5` expiry.
+pub(super) const SET_STATUS: &str = "update users set status_mode = $2, status_text = $3, \
+     status_emoji = $4, status_expires_at = $5 where user_id = $1";
+
+/// User `$1`'s sessions, newest first.
+pub(super) const SESSIONS_OF: &str = "select session_id, platform, device_name, created_at, \
+     last_activity from sessions where user_id = $1 order by created_at desc, session_id desc";
 
 /// A live session (`s`) at `$1` = now, `$2` = now - inactivity timeout: active within the
 /// timeout and not ended earlier (a closed socket's grace; `expires_at` is null for rows
@@ -65,18 +78,47 @@ pub(super) const DELETE_SESSION: &str =
     "delete from sessions where session_id = $1 returning token_hash";
 
 /// The session a token hash (`$1`) belongs to, with what authentication needs of its user.
-pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, u.is_admin \
-     from sessions s join users u on u.user_id = s.user_id where s.token_hash = $1";
+pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, \
+     u.is_admin, s.platform from sessions s join users u on u.user_id = s.user_id \
+     where s.token_hash = $1";
 
 /// A [`SessionRecord`] from the columns of [`SESSION_BY_TOKEN`].
-fn session_record(row: (i64, i64, String, bool)) -> SessionRecord {
-    let (session_id, user_id, username, is_admin) = row;
+fn session_record(row: (i64, i64, String, bool, String)) -> SessionRecord {
+    let (session_id, user_id, username, is_admin, platform) = row;
     SessionRecord {
         session_id: SessionId(session_id),
         user_id: UserId(user_id),
         username,
         is_admin,
+        platform: Platform::from_column(&platform),
     }
+}
+
+/// A manual status from its stored columns.
+pub(super) fn manual_from_columns(
+    mode: &str,
+    text: Option<String>,
+    emoji: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+) -> ManualStatus {
+    ManualStatus {
+        mode: StatusMode::from_column(mode),
+        text: text.map(Into::into),
+        emoji: emoji.map(Into::into),
+        expires_at,
+    }
+}
+
+/// Adds the users that have a manual status but no live session to `users` (sorted by id), as
+/// restored users without sessions.
+pub(super) fn merge_statuses(users: &mut Vec<RestoredUser>, with_status: Vec<RestoredUser>) {
+    let known: BTreeSet<UserId> = users.iter().map(|u| u.user_id).collect();
+    users.extend(
+        with_status
+            .into_iter()
+            .filter(|u| !known.contains(&u.user_id)),
+    );
+    users.sort_unstable_by_key(|u| u.user_id);
 }
 
 /// Rewrites readiness's probe row (`$1` = now).
@@ -92,8 +134,11 @@ pub(super) const BUMP_PRIVACY_VERSION: &str = "insert into privacy_settings (use
 
 /// Writes user `$1`'s settings: `$2` last seen audience, `$3` online audience, `$4` invisible,
 /// `$5` now. Turning invisible mode on records `$5`; keeping it on keeps the first moment.
-pub(super) const SET_SETTINGS: &str = "update privacy_settings set last_seen_audience = $2, online_audience = $3, \
-     invisible_since = case when $4 then coalesce(invisible_since, $5) else null end \
+pub(super) const SET_SETTINGS: &str = "update privacy_settings set \
+     last_seen_audience = coalesce($2, last_seen_audience), \
+     online_audience = coalesce($3, online_audience), \
+     invisible_since = case when $4 is null then invisible_since \
+     when $4 then coalesce(invisible_since, $5) else null end \
      where user_id = $1";
 
 /// Clears user `$1`'s except list (before the new one is inserted).
@@ -253,14 +298,16 @@ pub(super) fn settings_from_columns(
     Ok(settings)
 }
 
-/// One live session as `load_live` reads it.
+/// One live session as `load_live` reads it, with its user's state.
 pub(super) struct LiveRow {
     pub user_id: i64,
     pub session_id: i64,
     pub last_activity: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub platform: Platform,
     pub presence_seq: i64,
     pub last_seen: Option<DateTime<Utc>>,
+    pub manual: ManualStatus,
 }
 
 /// Groups live sessions, ordered by user, into restored users; a session stored without
@@ -278,11 +325,13 @@ pub(super) fn group_live(
                 seq: seq_from_db(row.presence_seq),
                 last_seen: row.last_seen,
                 sessions: Vec::with_capacity(1),
+                manual: row.manual,
             });
         }
         if let Some(user) = users.last_mut() {
             user.sessions.push(StoredSession {
                 id: SessionId(row.session_id),
+                platform: row.platform,
                 last_activity: row.last_activity,
                 expires_at: row.expires_at.unwrap_or(row.last_activity + timeout),
             });
@@ -303,14 +352,14 @@ where
     for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
     for<'r> (Vec<u8>,): sqlx::FromRow<'r, DB::Row>,
-    for<'r> (i64, i64, String, bool): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, String, bool, String): sqlx::FromRow<'r, DB::Row>,
 {
     /// The session a token hash belongs to.
     pub(super) async fn by_token(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, sqlx::Error> {
-        let row: Option<(i64, i64, String, bool)> = sqlx::query_as(SESSION_BY_TOKEN)
+        let row: Option<(i64, i64, String, bool, String)> = sqlx::query_as(SESSION_BY_TOKEN)
             .bind(token_hash)
             .fetch_optional(self.0)
             .await?;

@@ -24,12 +24,12 @@ use sqlx::{Connection, Row, migrate::Migrator};
 
 use super::sql::{self, LIVE_SESSION, LiveRow, USER_COLUMNS, seq_from_db, seq_to_db};
 use super::{
-    CoalescedBatch, Conflict, Liveness, Missing, SessionRecord, Store, StoreError, UserRecord,
-    WriteHealth,
+    CoalescedBatch, Conflict, Liveness, Missing, SessionInfo, SessionRecord, Store, StoreError,
+    UserRecord, WriteHealth,
 };
 use crate::domain::{
-    PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser, SessionId, StoredPrivacy, UserId,
-    Username, next_seq,
+    Device, ManualStatus, Platform, PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser,
+    SessionId, StoredPrivacy, UserId, Username, next_seq,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -140,6 +140,17 @@ fn cannot_write(error: &sqlx::Error) -> bool {
         .is_some_and(|extended| TRANSIENT.contains(&(extended & 0xff)))
 }
 
+/// A user with a manual status but no live session, to restore.
+fn restored_without_sessions(user: UserRecord) -> RestoredUser {
+    RestoredUser {
+        user_id: user.id,
+        seq: user.presence_seq,
+        last_seen: user.last_seen,
+        sessions: Vec::new(),
+        manual: user.manual,
+    }
+}
+
 /// The one row an `insert ... returning` gave back.
 ///
 /// Such statements are always read with `fetch_all`: SQLite hands out the `RETURNING` row
@@ -162,22 +173,43 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
         online_status: PresenceStatus::from_column(&status),
         last_seen: parse_opt_ts(row.try_get("last_seen").map_err(other)?)?,
         presence_seq: seq_from_db(row.try_get("presence_seq").map_err(other)?),
+        manual: sql::manual_from_columns(
+            &row.try_get::<String, _>("status_mode").map_err(other)?,
+            row.try_get("status_text").map_err(other)?,
+            row.try_get("status_emoji").map_err(other)?,
+            parse_opt_ts(row.try_get("status_expires_at").map_err(other)?)?,
+        ),
     })
 }
 
 /// A live session as `load_live` aggregates it into JSON: user, session, last activity,
-/// expiry, seq, last seen.
-type JsonLiveRow = (i64, i64, String, Option<String>, i64, Option<String>);
+/// expiry, platform, seq, last seen, and the user's manual status (mode, text, emoji, expiry).
+type JsonLiveRow = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 fn live_row(row: JsonLiveRow) -> Result<LiveRow, StoreError> {
-    let (user_id, session_id, last_activity, expires_at, presence_seq, last_seen) = row;
+    let (user_id, session_id, last_activity, expires_at, platform, presence_seq, last_seen) =
+        (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
     Ok(LiveRow {
         user_id,
         session_id,
         last_activity: parse_ts(&last_activity)?,
         expires_at: parse_opt_ts(expires_at)?,
+        platform: Platform::from_column(&platform),
         presence_seq,
         last_seen: parse_opt_ts(last_seen)?,
+        manual: sql::manual_from_columns(&row.7, row.8, row.9, parse_opt_ts(row.10)?),
     })
 }
 
@@ -261,23 +293,67 @@ impl Store for SqliteStore {
         self.users_where(condition, ids_json(ids)?).await
     }
 
-    async fn create_session(
+    async fn create_device_session(
         &self,
         user: UserId,
         token_hash: &[u8],
         at: DateTime<Utc>,
+        device: &Device,
     ) -> Result<SessionId, StoreError> {
         let ids: Result<Vec<i64>, _> = sqlx::query_scalar(
-            "insert into sessions (user_id, token_hash, created_at, last_activity) \
-             values ($1, $2, $3, $3) returning session_id",
+            "insert into sessions \
+             (user_id, token_hash, created_at, last_activity, platform, device_name) \
+             values ($1, $2, $3, $3, $4, $5) returning session_id",
         )
         .bind(user.0)
         .bind(token_hash)
         .bind(ts(at))
+        .bind(device.platform.as_str())
+        .bind(device.name.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
         returned(self.health.observe(ids)?).map(SessionId)
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError> {
+        let rows: Vec<(i64, String, Option<String>, String, String)> =
+            sqlx::query_as(sql::SESSIONS_OF)
+                .bind(user.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+        rows.into_iter()
+            .map(|(id, platform, name, created_at, last_activity)| {
+                Ok(SessionInfo {
+                    id: SessionId(id),
+                    platform: Platform::from_column(&platform),
+                    name,
+                    created_at: parse_ts(&created_at)?,
+                    last_activity: parse_ts(&last_activity)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_manual_status(
+        &self,
+        user: UserId,
+        status: &ManualStatus,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SET_STATUS)
+            .bind(user.0)
+            .bind(status.mode.as_str())
+            .bind(status.text.as_deref())
+            .bind(status.emoji.as_deref())
+            .bind(status.expires_at.map(ts))
+            .execute(&self.pool)
+            .await
+            .map_err(other);
+        match self.health.observe(done)?.rows_affected() {
+            0 => Err(StoreError::NotFound(Missing::User)),
+            _ => Ok(()),
+        }
     }
 
     async fn session_by_token(
@@ -343,6 +419,23 @@ impl Store for SqliteStore {
                 .await
                 .map_err(other)?;
             }
+            let expired: Vec<_> = batch
+                .users
+                .iter()
+                .filter_map(|w| Some((w.user_id.0, ts(w.expired_status?))))
+                .collect();
+            if !expired.is_empty() {
+                sqlx::query(
+                    "update users set status_mode = 'auto', status_text = null, \
+                     status_emoji = null, status_expires_at = null \
+                     from json_each($1) as j where users.user_id = j.value ->> 0 \
+                     and users.status_expires_at = j.value ->> 1",
+                )
+                .bind(to_json(&expired)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+            }
             tx.commit().await.map_err(other)
         };
         self.health.observe(written.await)
@@ -362,7 +455,8 @@ impl Store for SqliteStore {
             let to = from.saturating_add(LOAD_PAGE_IDS);
             let page: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "select json_group_array(json_array(s.user_id, s.session_id, s.last_activity, \
-                 s.expires_at, u.presence_seq, u.last_seen)) \
+                 s.expires_at, s.platform, u.presence_seq, u.last_seen, u.status_mode, \
+                 u.status_text, u.status_emoji, u.status_expires_at)) \
                  from sessions s join users u on u.user_id = s.user_id \
                  where ({LIVE_SESSION}) and s.user_id >= $3 and s.user_id < $4"
             )))
@@ -384,7 +478,18 @@ impl Store for SqliteStore {
             sql::group_live(rows, live.timeout(), &mut users);
             from = to;
         }
+        let with_status = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select {USER_COLUMNS} from users where {}",
+            sql::HAS_STATUS
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?
+        .iter()
+        .map(|row| user_from_row(row).map(restored_without_sessions))
+        .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(other)?;
+        sql::merge_statuses(&mut users, with_status);
         Ok(users)
     }
 
@@ -478,7 +583,9 @@ mod tests {
                     id: session,
                     last_activity: activity,
                     expires_at: later + chrono::Duration::minutes(5),
+                    platform: crate::domain::Platform::Web,
                 }],
+                expired_status: None,
             });
         }
         store.write_presence(&batch).await.unwrap();

@@ -126,14 +126,35 @@ async fn logout_revokes_the_token_at_once() {
 async fn me_returns_the_user_presence_shape() {
     let app = spawn_app().await;
     let (id, token) = app.user("ahmad").await;
-    let body: Value = expect(app.get("/api/users/me/", &token).await, 200).await;
-    let keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
+    let text = app
+        .get("/api/users/me/", &token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let keys = [
+        "id",
+        "username",
+        "online_status",
+        "last_seen",
+        "is_online",
+        "availability",
+        "status_text",
+        "status_emoji",
+        "platforms",
+    ];
+    assert_eq!(body.as_object().unwrap().len(), keys.len(), "{body}");
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|key| text.find(&format!("\"{key}\":")).expect(key))
         .collect();
-    assert_eq!(keys.len(), 5, "{body}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "the seed's fields in the seed's order, then rich presence: {text}"
+    );
+    assert_eq!(body["availability"], "active");
+    assert_eq!(body["platforms"], serde_json::json!(["web"]));
     assert_eq!(body["id"], id);
     assert_eq!(body["username"], "ahmad");
     assert_eq!(body["online_status"], "online");

@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{expect, expect_error, spawn_app};
 
@@ -83,7 +83,13 @@ async fn user_status_has_the_seed_shape() {
     let (_, admin) = app.admin("root").await;
     let (id, _) = app.user("ahmad").await;
     let body = app.status_of(&admin, id).await;
-    assert_eq!(body.as_object().unwrap().len(), 5, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 9, "{body}");
+    assert_eq!(body["availability"], "active");
+    assert_eq!(body["platforms"], json!(["web"]));
+    assert_eq!(
+        (&body["status_text"], &body["status_emoji"]),
+        (&Value::Null, &Value::Null)
+    );
     assert_eq!(body["user_id"], id);
     assert_eq!(body["username"], "ahmad");
     assert_eq!(body["online_status"], "online");

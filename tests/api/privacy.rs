@@ -50,14 +50,21 @@ async fn add(app: &TestApp, token: &str, list: &str, user: i64) -> Value {
 
 /// The fully hidden presence of `id`/`username`.
 fn nothing(id: i64, username: &str) -> Value {
-    json!({"id": id, "username": username, "online_status": null, "last_seen": null, "is_online": null})
+    json!({
+        "id": id, "username": username, "online_status": null, "last_seen": null,
+        "is_online": null, "availability": null, "status_text": null, "status_emoji": null,
+        "platforms": null
+    })
 }
 
+/// Fully visible and online on the web: the seed's five fields and the four of rich presence.
 fn assert_full_online(view: &Value) {
     assert_eq!(view["online_status"], "online", "{view}");
     assert_eq!(view["is_online"], true, "{view}");
     assert!(view["last_seen"].is_string(), "{view}");
-    assert_eq!(view.as_object().unwrap().len(), 5, "seed shape: {view}");
+    assert_eq!(view["availability"], "active", "{view}");
+    assert_eq!(view["platforms"], json!(["web"]), "{view}");
+    assert_eq!(view.as_object().unwrap().len(), 9, "shape: {view}");
 }
 
 #[tokio::test]
@@ -78,9 +85,9 @@ async fn by_default_everyone_sees_everything_in_the_seed_shape() {
     assert_eq!(
         text,
         format!(
-            r#"{{"id":{ahmad},"username":"ahmad","online_status":"online","last_seen":{last_seen},"is_online":true}}"#
+            r#"{{"id":{ahmad},"username":"ahmad","online_status":"online","last_seen":{last_seen},"is_online":true,"availability":"active","status_text":null,"status_emoji":null,"platforms":["web"]}}"#
         ),
-        "the seed's UserPresence, byte for byte"
+        "the seed's UserPresence, byte for byte, then the rich presence fields"
     );
     assert_full_online(&view);
 

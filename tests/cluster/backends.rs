@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use lastseen::engine::PresenceEngine;
 use lastseen::engine::local::LocalBackend;
-use lastseen::engine::redis::RedisBackend;
+use lastseen::engine::redis::{RedisBackend, RedisTiming};
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::{GRACE, Harness, TIMEOUT};
+use crate::contract::{GRACE, Harness, IDLE_AFTER, TIMEOUT};
 use crate::redis_servers::skip;
 
 /// The machine's Redis (or `LASTSEEN_TEST_REDIS_URL`).
@@ -30,7 +30,7 @@ where
     Fut: Future<Output = ()>,
 {
     let stop = CancellationToken::new();
-    let engine = PresenceEngine::new(Arc::new(LocalBackend::new(TIMEOUT)));
+    let engine = PresenceEngine::new(Arc::new(LocalBackend::new(TIMEOUT, Some(IDLE_AFTER))));
     let background = engine.clone();
     let token = stop.clone();
     tokio::spawn(async move { background.maintenance().run(token).await });
@@ -50,15 +50,13 @@ pub async fn redis_engine(
     prefix: &str,
     stop: &CancellationToken,
 ) -> Option<PresenceEngine> {
-    let backend = RedisBackend::connect(
-        url,
-        prefix,
-        TIMEOUT,
-        GRACE,
-        Duration::from_secs(1),
-        stop.clone(),
-    )
-    .await;
+    let timing = RedisTiming {
+        timeout: TIMEOUT,
+        idle_after: Some(IDLE_AFTER),
+        grace: GRACE,
+        lease: Duration::from_secs(1),
+    };
+    let backend = RedisBackend::connect(url, prefix, timing, stop.clone()).await;
     let backend = match backend {
         Ok(backend) => backend,
         Err(error) => {

@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use lastseen::domain::{
-    PresenceEvent, PresenceStatus, RestoredUser, SessionId, StoredSession, UserId,
+    Activity, Availability, ManualStatus, Platform, PresenceEvent, PresenceStatus, RestoredUser,
+    SessionId, SessionRef, StatusMode, StoredSession, UserId,
 };
+use lastseen::engine::LastKnown;
 use lastseen::engine::PresenceEngine;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -19,6 +21,9 @@ pub const TIMEOUT: Duration = Duration::from_millis(1500);
 pub const GRACE: Duration = Duration::from_millis(400);
 /// How late an expiry may be: the documented bound is one second.
 pub const LATE: Duration = Duration::from_secs(1);
+/// A session turns idle this long after its last real activity (longer than any other case
+/// holds a session, so only the idle cases see it).
+pub const IDLE_AFTER: Duration = Duration::from_secs(4);
 
 /// A backend under test, with its background work running.
 pub struct Harness {
@@ -32,8 +37,17 @@ impl Harness {
         UserId(self.first_user + n)
     }
 
-    pub fn session(&self, user: UserId, n: i64) -> SessionId {
-        SessionId(user.0 * 10 + n)
+    /// Session `n` of `user`, on the web.
+    pub fn session(&self, user: UserId, n: i64) -> SessionRef {
+        self.device(user, n, Platform::Web)
+    }
+
+    /// Session `n` of `user`, on `platform`.
+    pub fn device(&self, user: UserId, n: i64, platform: Platform) -> SessionRef {
+        SessionRef {
+            id: SessionId(user.0 * 10 + n),
+            platform,
+        }
     }
 
     async fn status(&self, user: UserId) -> PresenceStatus {
@@ -78,7 +92,11 @@ pub async fn first_activity_goes_online_with_one_event_and_more_activity_announc
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
-    let view = h.engine.touch(user, session).await.unwrap();
+    let view = h
+        .engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
     assert_eq!(view.status, PresenceStatus::Online);
     let online = event_of(&mut events, user, LATE)
         .await
@@ -86,7 +104,11 @@ pub async fn first_activity_goes_online_with_one_event_and_more_activity_announc
     assert_eq!(online.status, PresenceStatus::Online);
     assert_eq!(Some(online.last_seen), view.last_seen);
     assert_eq!(online.seq, view.seq);
-    let again = h.engine.touch(user, session).await.unwrap();
+    let again = h
+        .engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
     assert!(again.last_seen >= view.last_seen);
     assert_eq!(again.seq, view.seq, "activity is not a transition");
     silence_of(&mut events, user, Duration::from_millis(300)).await;
@@ -99,10 +121,17 @@ pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
-    h.engine.touch(user, session).await.unwrap();
+    h.engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
     event_of(&mut events, user, LATE).await.expect("online");
     tokio::time::sleep(TIMEOUT / 3).await;
-    let last = h.engine.touch(user, session).await.unwrap();
+    let last = h
+        .engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
     let touched = Instant::now();
     let offline = event_of(&mut events, user, TIMEOUT + LATE * 2)
         .await
@@ -130,10 +159,16 @@ pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the
 pub async fn a_user_stays_online_while_any_session_is_live(h: Harness) {
     let mut events = h.engine.subscribe();
     let user = h.user(1);
-    h.engine.touch(user, h.session(user, 1)).await.unwrap();
+    h.engine
+        .touch(user, h.session(user, 1), Activity::Keepalive)
+        .await
+        .unwrap();
     event_of(&mut events, user, LATE).await.expect("online");
     tokio::time::sleep(TIMEOUT / 2).await;
-    h.engine.touch(user, h.session(user, 2)).await.unwrap();
+    h.engine
+        .touch(user, h.session(user, 2), Activity::Keepalive)
+        .await
+        .unwrap();
     // Session 1 ends; session 2 is live for another half timeout.
     tokio::time::sleep(TIMEOUT * 3 / 4).await;
     assert_eq!(
@@ -160,7 +195,10 @@ pub async fn an_open_socket_holds_its_session_and_its_close_starts_the_grace(h: 
         PresenceStatus::Online,
         "held past the timeout"
     );
-    h.engine.close_socket(user, session, GRACE).await.unwrap();
+    h.engine
+        .close_socket(user, session.id, GRACE)
+        .await
+        .unwrap();
     let closed = Instant::now();
     let offline = event_of(&mut events, user, GRACE + LATE * 2)
         .await
@@ -179,7 +217,10 @@ pub async fn a_reconnect_inside_the_grace_announces_nothing(h: Harness) {
     let session = h.session(user, 1);
     h.engine.open_socket(user, session).await.unwrap();
     event_of(&mut events, user, LATE).await.expect("online");
-    h.engine.close_socket(user, session, GRACE).await.unwrap();
+    h.engine
+        .close_socket(user, session.id, GRACE)
+        .await
+        .unwrap();
     tokio::time::sleep(GRACE / 4).await;
     h.engine.open_socket(user, session).await.unwrap();
     silence_of(&mut events, user, GRACE + LATE).await;
@@ -190,19 +231,25 @@ pub async fn ending_a_session_goes_offline_at_once_unless_another_is_live(h: Har
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let (phone, laptop) = (h.session(user, 1), h.session(user, 2));
-    h.engine.touch(user, phone).await.unwrap();
-    h.engine.touch(user, laptop).await.unwrap();
+    h.engine
+        .touch(user, phone, Activity::Keepalive)
+        .await
+        .unwrap();
+    h.engine
+        .touch(user, laptop, Activity::Keepalive)
+        .await
+        .unwrap();
     event_of(&mut events, user, LATE).await.expect("online");
-    let view = h.engine.end_session(user, phone).await.unwrap();
+    let view = h.engine.end_session(user, phone.id).await.unwrap();
     assert_eq!(view.status, PresenceStatus::Online, "the laptop is live");
-    let view = h.engine.end_session(user, laptop).await.unwrap();
+    let view = h.engine.end_session(user, laptop.id).await.unwrap();
     assert_eq!(view.status, PresenceStatus::Offline);
     let offline = event_of(&mut events, user, LATE).await.expect("offline");
     assert_eq!(offline.status, PresenceStatus::Offline);
     assert_eq!(offline.seq, view.seq);
     let unknown = h
         .engine
-        .end_session(h.user(9), h.session(h.user(9), 1))
+        .end_session(h.user(9), h.session(h.user(9), 1).id)
         .await
         .unwrap();
     assert_eq!(
@@ -218,9 +265,12 @@ pub async fn seq_grows_per_user_across_transitions(h: Harness) {
     let mut seqs = Vec::new();
     for n in 1..=3 {
         let session = h.session(user, n);
-        h.engine.touch(user, session).await.unwrap();
+        h.engine
+            .touch(user, session, Activity::Keepalive)
+            .await
+            .unwrap();
         seqs.push(event_of(&mut events, user, LATE).await.expect("online").seq);
-        h.engine.end_session(user, session).await.unwrap();
+        h.engine.end_session(user, session.id).await.unwrap();
         seqs.push(
             event_of(&mut events, user, LATE)
                 .await
@@ -234,7 +284,10 @@ pub async fn seq_grows_per_user_across_transitions(h: Harness) {
 pub async fn online_pages_are_ordered_by_id_with_the_total(h: Harness) {
     let ids: Vec<UserId> = (1..=40).map(|n| h.user(n)).collect();
     for &user in ids.iter().rev() {
-        h.engine.touch(user, h.session(user, 1)).await.unwrap();
+        h.engine
+            .touch(user, h.session(user, 1), Activity::Keepalive)
+            .await
+            .unwrap();
     }
     let before = Some(UserId(h.first_user));
     let page = h.engine.online_page(before, 15).await.unwrap();
@@ -263,7 +316,11 @@ pub async fn online_pages_are_ordered_by_id_with_the_total(h: Harness) {
 pub async fn changed_state_is_handed_to_the_persister_and_given_back_on_failure(h: Harness) {
     let user = h.user(1);
     let session = h.session(user, 1);
-    let view = h.engine.touch(user, session).await.unwrap();
+    let view = h
+        .engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
     let maintenance = h.engine.maintenance();
     let writes: Vec<_> = maintenance
         .take_dirty()
@@ -275,7 +332,7 @@ pub async fn changed_state_is_handed_to_the_persister_and_given_back_on_failure(
     assert_eq!(writes[0].status, PresenceStatus::Online);
     assert_eq!(writes[0].seq, view.seq);
     assert_eq!(writes[0].sessions.len(), 1);
-    assert_eq!(writes[0].sessions[0].id, session);
+    assert_eq!(writes[0].sessions[0].id, session.id);
     assert!(
         maintenance
             .take_dirty()
@@ -302,10 +359,12 @@ pub async fn restored_users_are_online_for_their_remaining_time_without_events(h
         seq: 42,
         last_seen: Some(activity),
         sessions: vec![StoredSession {
-            id: h.session(user, 1),
+            id: h.session(user, 1).id,
             last_activity: activity,
             expires_at: activity + chrono::Duration::from_std(TIMEOUT).unwrap(),
+            platform: Platform::Mobile,
         }],
+        manual: ManualStatus::default(),
     };
     h.engine
         .maintenance()
@@ -334,4 +393,279 @@ pub async fn restored_users_are_online_for_their_remaining_time_without_events(h
         activity.timestamp_micros()
     );
     assert!(offline.seq > 42);
+}
+
+/// The availability and platforms of `user` now.
+async fn rich(h: &Harness, user: UserId) -> (Option<Availability>, Vec<Platform>) {
+    let found = h.engine.presence(&[user]).await.unwrap();
+    let (_, view) = found.first().expect("held");
+    (view.availability, view.platforms.to_vec())
+}
+
+pub async fn availability_follows_real_activity_and_any_active_session_beats_idle(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let web = h.session(user, 1);
+    let phone = h.device(user, 2, Platform::Mobile);
+    let view = h
+        .engine
+        .touch(user, web, Activity::Keepalive)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.availability,
+        Some(Availability::Active),
+        "a new session starts active"
+    );
+    let online = event_of(&mut events, user, LATE).await.expect("online");
+    assert_eq!(online.availability, Some(Availability::Active));
+    assert_eq!(online.platforms.to_vec(), [Platform::Web]);
+
+    let view = h.engine.touch(user, web, Activity::Idle).await.unwrap();
+    assert_eq!(view.availability, Some(Availability::Idle));
+    let idle = event_of(&mut events, user, LATE).await.expect("idle event");
+    assert_eq!(idle.availability, Some(Availability::Idle));
+    assert_eq!(idle.status, PresenceStatus::Online);
+    assert!(idle.seq > online.seq, "every visible change gets a new seq");
+
+    let view = h
+        .engine
+        .touch(user, web, Activity::Keepalive)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.availability,
+        Some(Availability::Idle),
+        "a plain heartbeat changes nothing"
+    );
+    silence_of(&mut events, user, Duration::from_millis(200)).await;
+
+    h.engine.touch(user, phone, Activity::Active).await.unwrap();
+    let both = event_of(&mut events, user, LATE)
+        .await
+        .expect("phone joins");
+    assert_eq!(
+        both.availability,
+        Some(Availability::Active),
+        "active on any device wins"
+    );
+    assert_eq!(both.platforms.to_vec(), [Platform::Mobile, Platform::Web]);
+    assert_eq!(
+        rich(&h, user).await,
+        (
+            Some(Availability::Active),
+            vec![Platform::Mobile, Platform::Web]
+        )
+    );
+
+    h.engine.touch(user, phone, Activity::Idle).await.unwrap();
+    let idle = event_of(&mut events, user, LATE)
+        .await
+        .expect("idle on both");
+    assert_eq!(idle.availability, Some(Availability::Idle));
+
+    h.engine.end_session(user, phone.id).await.unwrap();
+    let web_only = event_of(&mut events, user, LATE)
+        .await
+        .expect("phone leaves");
+    assert_eq!(web_only.platforms.to_vec(), [Platform::Web]);
+    assert_eq!(web_only.status, PresenceStatus::Online);
+    h.engine.end_session(user, web.id).await.unwrap();
+    let offline = event_of(&mut events, user, LATE).await.expect("offline");
+    assert_eq!(
+        (offline.availability, offline.platforms.to_vec()),
+        (None, vec![])
+    );
+}
+
+pub async fn a_session_without_real_activity_turns_idle_after_idle_after(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    h.engine.open_socket(user, session).await.unwrap();
+    let online = event_of(&mut events, user, LATE).await.expect("online");
+    let opened = Instant::now();
+    assert_eq!(online.availability, Some(Availability::Active));
+    // Keep-alives (the seed's heartbeat timer) do not keep anyone active.
+    while opened.elapsed() < IDLE_AFTER / 2 {
+        h.engine
+            .touch(user, session, Activity::Keepalive)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let idle = event_of(&mut events, user, IDLE_AFTER + LATE)
+        .await
+        .expect("idle event");
+    let waited = opened.elapsed();
+    assert_eq!(idle.availability, Some(Availability::Idle));
+    assert_eq!(idle.status, PresenceStatus::Online);
+    assert!(
+        waited >= IDLE_AFTER - Duration::from_millis(50),
+        "not early: {waited:?}"
+    );
+    assert!(waited < IDLE_AFTER + LATE, "within a second: {waited:?}");
+
+    h.engine
+        .touch(user, session, Activity::Active)
+        .await
+        .unwrap();
+    let back = event_of(&mut events, user, LATE)
+        .await
+        .expect("active again");
+    assert_eq!(back.availability, Some(Availability::Active));
+    h.engine
+        .close_socket(user, session.id, GRACE)
+        .await
+        .unwrap();
+}
+
+pub async fn a_manual_status_applies_at_once_and_resets_itself_at_its_expiry(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    h.engine.open_socket(user, session).await.unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    let expires_at = (Utc::now() + chrono::Duration::milliseconds(1500)).trunc_subsecs(3);
+    let meeting = ManualStatus {
+        mode: StatusMode::Dnd,
+        text: Some("In a meeting".into()),
+        emoji: Some("📅".into()),
+        expires_at: Some(expires_at),
+    };
+    let view = h
+        .engine
+        .set_status(user, meeting.clone(), LastKnown::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.availability, &view.manual),
+        (Some(Availability::Dnd), &meeting)
+    );
+    let dnd = event_of(&mut events, user, LATE).await.expect("dnd event");
+    assert_eq!(dnd.availability, Some(Availability::Dnd));
+    assert_eq!(dnd.manual, meeting);
+    h.engine.maintenance().take_dirty().await;
+
+    let reset = event_of(&mut events, user, Duration::from_millis(1500) + LATE * 2)
+        .await
+        .expect("reset event");
+    let late = Utc::now() - expires_at;
+    assert_eq!(reset.manual, ManualStatus::default());
+    assert_eq!(reset.availability, Some(Availability::Active));
+    assert!(
+        late >= chrono::Duration::milliseconds(-50),
+        "not early: {late}"
+    );
+    assert!(
+        late < chrono::Duration::seconds(1),
+        "within a second: {late}"
+    );
+    assert!(reset.seq > dnd.seq);
+    // The event may arrive before the sweeping node has recorded what to write (and other
+    // writes of the user, such as a socket's refresh, may come first).
+    let deadline = Instant::now() + LATE;
+    let expired = loop {
+        let writes = h.engine.maintenance().take_dirty().await;
+        let mine = writes.into_iter().filter(|w| w.user_id == user);
+        if let Some(expired) = mine.filter_map(|w| w.expired_status).next() {
+            break expired;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reset is handed to the persister"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(expired, expires_at, "the store resets it too");
+    h.engine
+        .close_socket(user, session.id, GRACE)
+        .await
+        .unwrap();
+}
+
+pub async fn an_offline_user_keeps_last_seen_with_a_status_that_still_resets_on_time(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let last_seen = (Utc::now() - chrono::Duration::hours(3)).trunc_subsecs(6);
+    let away = ManualStatus {
+        mode: StatusMode::Away,
+        text: Some("On holiday".into()),
+        emoji: None,
+        expires_at: Some((Utc::now() + chrono::Duration::milliseconds(800)).trunc_subsecs(3)),
+    };
+    let known = LastKnown {
+        last_seen: Some(last_seen),
+        seq: 5,
+    };
+    let view = h
+        .engine
+        .set_status(user, away.clone(), known)
+        .await
+        .unwrap();
+    assert_eq!(view.status, PresenceStatus::Offline);
+    assert_eq!(view.availability, None, "no availability while offline");
+    assert_eq!((view.last_seen, &view.manual), (Some(last_seen), &away));
+    assert!(view.seq > 5);
+    let set = event_of(&mut events, user, LATE)
+        .await
+        .expect("status event");
+    assert_eq!(set.manual, away);
+    let reset = event_of(&mut events, user, LATE * 2)
+        .await
+        .expect("reset event");
+    assert_eq!(reset.manual, ManualStatus::default());
+    assert_eq!(
+        (reset.status, reset.last_seen),
+        (PresenceStatus::Offline, last_seen)
+    );
+}
+
+pub async fn a_restored_status_resets_at_its_expiry_without_a_session(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let expires_at = (Utc::now() + chrono::Duration::milliseconds(700)).trunc_subsecs(3);
+    let lunch = ManualStatus {
+        mode: StatusMode::Away,
+        text: Some("Lunch".into()),
+        emoji: Some("🍜".into()),
+        expires_at: Some(expires_at),
+    };
+    let restored = RestoredUser {
+        user_id: user,
+        seq: 9,
+        last_seen: Some((Utc::now() - chrono::Duration::days(1)).trunc_subsecs(6)),
+        sessions: vec![],
+        manual: lunch.clone(),
+    };
+    h.engine
+        .maintenance()
+        .restore(vec![restored])
+        .await
+        .unwrap();
+    let found = h.engine.presence(&[user]).await.unwrap();
+    assert_eq!(found.first().map(|(_, v)| v.manual.clone()), Some(lunch));
+    let reset = event_of(&mut events, user, LATE * 2)
+        .await
+        .expect("reset event");
+    assert_eq!(
+        reset.manual,
+        ManualStatus::default(),
+        "restoring announced nothing"
+    );
+    assert!(Utc::now() - expires_at < chrono::Duration::seconds(1));
+}
+
+pub async fn live_sessions_are_the_sessions_that_count_toward_online(h: Harness) {
+    let user = h.user(1);
+    let (web, phone) = (h.session(user, 1), h.device(user, 2, Platform::Mobile));
+    h.engine.touch(user, web, Activity::Active).await.unwrap();
+    h.engine.open_socket(user, phone).await.unwrap();
+    let mut live = h.engine.live_sessions(user).await.unwrap();
+    live.sort();
+    assert_eq!(live, [web.id, phone.id]);
+    h.engine.end_session(user, web.id).await.unwrap();
+    assert_eq!(h.engine.live_sessions(user).await.unwrap(), [phone.id]);
+    assert!(h.engine.live_sessions(h.user(2)).await.unwrap().is_empty());
+    h.engine.end_session(user, phone.id).await.unwrap();
 }

@@ -67,4 +67,10 @@ contract! {
     online_pages_are_ordered_by_id_with_the_total,
     changed_state_is_handed_to_the_persister_and_given_back_on_failure,
     restored_users_are_online_for_their_remaining_time_without_events,
+    availability_follows_real_activity_and_any_active_session_beats_idle,
+    a_session_without_real_activity_turns_idle_after_idle_after,
+    a_manual_status_applies_at_once_and_resets_itself_at_its_expiry,
+    an_offline_user_keeps_last_seen_with_a_status_that_still_resets_on_time,
+    a_restored_status_resets_at_its_expiry_without_a_session,
+    live_sessions_are_the_sessions_that_count_toward_online,
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use lastseen::domain::{PresenceStatus, SessionId, UserId};
+use lastseen::domain::{ManualStatus, Platform, PresenceStatus, SessionId, StatusMode, UserId};
 use lastseen::domain::{PresenceWrite, StoredSession};
 use lastseen::store::{Liveness, Store, UserRecord};
 
@@ -36,8 +36,10 @@ fn write(
                 id,
                 last_activity: at,
                 expires_at: at + secs(3600),
+                platform: Platform::Web,
             })
             .collect(),
+        expired_status: None,
     }
 }
 
@@ -450,7 +452,9 @@ pub async fn a_session_past_its_stored_expiry_is_not_live_even_with_recent_activ
             id: session,
             last_activity: base,
             expires_at: base + secs(10),
+            platform: Platform::Mobile,
         }],
+        expired_status: None,
     };
     store.write_presence(&[closed]).await.unwrap();
     let timeout = secs(300);
@@ -488,5 +492,72 @@ pub async fn a_session_past_its_stored_expiry_is_not_live_even_with_recent_activ
     assert_eq!(
         reload(store.as_ref(), ahmad).await.online_status,
         PresenceStatus::Offline
+    );
+}
+
+fn status(mode: StatusMode, text: &str, expires_at: Option<DateTime<Utc>>) -> ManualStatus {
+    ManualStatus {
+        mode,
+        text: Some(text.into()),
+        emoji: Some("📅".into()),
+        expires_at,
+    }
+}
+
+pub async fn a_manual_status_is_stored_and_its_user_is_restored_without_sessions(
+    store: Arc<dyn Store>,
+) {
+    let base = now();
+    let ahmad = user(store.as_ref(), "ahmad").await.id;
+    let sara = user(store.as_ref(), "sara").await.id;
+    let meeting = status(StatusMode::Dnd, "In a meeting", Some(base + secs(3600)));
+    store.set_manual_status(ahmad, &meeting).await.unwrap();
+    assert_eq!(reload(store.as_ref(), ahmad).await.manual, meeting);
+    assert_eq!(
+        reload(store.as_ref(), sara).await.manual,
+        ManualStatus::default()
+    );
+    let missing = store.set_manual_status(UserId(i64::MAX), &meeting).await;
+    assert!(missing.is_err(), "an unknown user is refused");
+
+    // Offline with no session, the user is still restored: their status must reset on time.
+    let restored = store.load_live(since(base)).await.unwrap();
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(restored[0].user_id, ahmad);
+    assert!(restored[0].sessions.is_empty());
+    assert_eq!(restored[0].manual, meeting);
+
+    store
+        .set_manual_status(ahmad, &ManualStatus::default())
+        .await
+        .unwrap();
+    assert!(store.load_live(since(base)).await.unwrap().is_empty());
+}
+
+pub async fn an_expired_status_resets_only_if_no_newer_one_was_set(store: Arc<dyn Store>) {
+    let base = now();
+    let ahmad = user(store.as_ref(), "ahmad").await.id;
+    let sara = user(store.as_ref(), "sara").await.id;
+    let old_expiry = base + secs(60);
+    let old = status(StatusMode::Away, "Lunch", Some(old_expiry));
+    store.set_manual_status(ahmad, &old).await.unwrap();
+    let newer = status(StatusMode::Dnd, "Focus", Some(base + secs(7200)));
+    store.set_manual_status(sara, &newer).await.unwrap();
+
+    // Both writes say "the status expiring at old_expiry reset itself"; only Ahmad still has it.
+    let mut reset = write(ahmad, PresenceStatus::Offline, Some(base), 3, &[]);
+    reset.expired_status = Some(old_expiry);
+    let mut stale = write(sara, PresenceStatus::Offline, Some(base), 3, &[]);
+    stale.expired_status = Some(old_expiry);
+    store.write_presence(&[reset, stale]).await.unwrap();
+
+    assert_eq!(
+        reload(store.as_ref(), ahmad).await.manual,
+        ManualStatus::default()
+    );
+    assert_eq!(
+        reload(store.as_ref(), sara).await.manual,
+        newer,
+        "a status set after the expired one is kept"
     );
 }

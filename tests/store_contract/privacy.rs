@@ -49,12 +49,12 @@ fn settings(
     invisible: bool,
     except: &[UserId],
 ) -> PrivacyChange {
-    PrivacyChange::Settings(SettingsUpdate {
+    PrivacyChange::Settings(SettingsUpdate::replace(
         last_seen,
         online,
         invisible,
-        except: set(except),
-    })
+        set(except),
+    ))
 }
 
 pub async fn users_who_never_changed_privacy_have_the_defaults_at_version_0(store: Arc<dyn Store>) {
@@ -235,6 +235,58 @@ pub async fn settings_replace_the_except_list_and_invisible_mode_keeps_its_first
         "invisible again since t3"
     );
     assert_eq!(one(s, a).await, state);
+}
+
+pub async fn a_partial_settings_update_keeps_the_fields_it_leaves_out(store: Arc<dyn Store>) {
+    let a = user(store.as_ref(), "a").await.id;
+    let b = user(store.as_ref(), "b").await.id;
+    let s = store.as_ref();
+    let t1 = now();
+    let update = settings(
+        LastSeenAudience::ContactsExcept,
+        OnlineAudience::SameAsLastSeen,
+        true,
+        &[b],
+    );
+    let before = s.change_privacy(a, &update, t1).await.unwrap();
+
+    let only_online = PrivacyChange::Settings(SettingsUpdate {
+        online: Some(OnlineAudience::Everyone),
+        ..SettingsUpdate::default()
+    });
+    let after = s
+        .change_privacy(a, &only_online, t1 + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(after.data.settings.online, OnlineAudience::Everyone);
+    assert_eq!(
+        after.data.settings.last_seen,
+        LastSeenAudience::ContactsExcept
+    );
+    assert_eq!(
+        after.data.settings.invisible_since,
+        Some(t1),
+        "still invisible since t1"
+    );
+    assert_eq!(
+        after.data.except, before.data.except,
+        "the except list is kept"
+    );
+    assert_eq!(after.version, before.version + 1);
+
+    let only_visible = PrivacyChange::Settings(SettingsUpdate {
+        invisible: Some(false),
+        except: Some(set(&[])),
+        ..SettingsUpdate::default()
+    });
+    let after = s.change_privacy(a, &only_visible, t1).await.unwrap();
+    assert_eq!(after.data.settings.invisible_since, None);
+    assert_eq!(after.data.except, set(&[]));
+    assert_eq!(
+        after.data.settings.last_seen,
+        LastSeenAudience::ContactsExcept
+    );
+    assert_eq!(one(s, a).await, after);
 }
 
 pub async fn concurrent_changes_of_one_user_each_get_their_own_version(store: Arc<dyn Store>) {

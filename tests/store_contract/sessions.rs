@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use lastseen::domain::{SessionId, UserId, Username};
+use lastseen::domain::{Device, Platform, SessionId, UserId, Username};
 use lastseen::store::{SessionRecord, Store, StoreError};
 
 use crate::users::user;
@@ -34,6 +34,7 @@ pub async fn a_session_is_found_by_its_token_hash_until_it_is_deleted(store: Arc
         user_id: ahmad.id,
         username: "ahmad".to_owned(),
         is_admin: false,
+        platform: Platform::Web,
     };
     assert_eq!(found, Some(expected));
     let found = store.session_by_token(b"root").await.unwrap().unwrap();
@@ -128,5 +129,44 @@ pub async fn sessions_beyond_a_cap_are_the_least_recently_active_of_one_user(
     assert_eq!(
         store.sessions_beyond(sara.id, 0).await.unwrap(),
         vec![sara_session]
+    );
+}
+
+pub async fn device_sessions_keep_their_platform_and_name_and_list_newest_first(
+    store: Arc<dyn Store>,
+) {
+    let ahmad = user(store.as_ref(), "ahmad").await.id;
+    let sara = user(store.as_ref(), "sara").await.id;
+    let t0 = Utc::now();
+    let phone = Device::parse(Platform::Mobile, Some("Ahmad's phone")).unwrap();
+    let first = store
+        .create_device_session(ahmad, b"phone", t0, &phone)
+        .await
+        .unwrap();
+    let later = t0 + chrono::Duration::seconds(5);
+    let second = store
+        .create_device_session(ahmad, b"laptop", later, &Device::default())
+        .await
+        .unwrap();
+    store
+        .create_device_session(sara, b"sara", t0, &Device::default())
+        .await
+        .unwrap();
+
+    let found = store.session_by_token(b"phone").await.unwrap().unwrap();
+    assert_eq!(found.platform, Platform::Mobile);
+    let listed = store.sessions_of(ahmad).await.unwrap();
+    let ids: Vec<SessionId> = listed.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [second, first], "newest first, only the user's own");
+    assert_eq!(listed[1].platform, Platform::Mobile);
+    assert_eq!(listed[1].name.as_deref(), Some("Ahmad's phone"));
+    assert_eq!(listed[0].platform, Platform::Web);
+    assert_eq!(listed[0].name, None);
+    assert!(
+        store
+            .sessions_of(UserId(i64::MAX))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -2,12 +2,14 @@
 //! Redis, so any number of nodes see one presence state.
 //!
 //! Every change of a user is one server-side script (`apply.lua`) over the keys of the user's
-//! slot group: it changes the state, says whether the status changed, and announces the
-//! transition on the `ev` channel in the same atomic step, so no two nodes ever announce the
-//! same transition and every node's feed hears each one once, in order per user. Deadlines
-//! are per-group sets of users by 250 ms slot; every node sweeps every group every slot
-//! (`sweep.lua`), and popping a slot is atomic, so each expiry happens once, within about half a
-//! second of its deadline, with `last_seen` = the last activity.
+//! slot group: it changes the state, says whether what viewers see changed (status,
+//! availability, platforms, status text and emoji), and announces that change on the `ev`
+//! channel in the same atomic step, so no two nodes ever announce the same change and every
+//! node's feed hears each one once, in order per user. Deadlines (a session ending, turning
+//! idle, a manual status resetting) are per-group sets of users by 250 ms slot; every node
+//! sweeps every group every slot (`sweep.lua`), and popping a slot is atomic, so each expiry
+//! happens once, within about half a second of its deadline, with `last_seen` = the last
+//! activity.
 //!
 //! A socket holds its session through this node: the session records how many sockets each
 //! node holds, and the node keeps a lease in every group, refreshed every `node_lease / 3`. A
@@ -29,19 +31,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::join_all;
-use redis::Script;
+use redis::{Script, Value};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{EngineError, Maintenance, OnlinePage, PresenceBackend};
+use super::{EngineError, LastKnown, Maintenance, OnlinePage, PresenceBackend};
 use crate::cluster::{ClusterError, Feed, FeedItem, GROUPS, Redis};
 use crate::domain::{
-    PresenceEvent, PresenceStatus, PresenceView, PresenceWrite, RestoredUser, SessionId,
-    StoredSession, UserId,
+    Activity, Availability, ManualStatus, Platform, Platforms, PresenceEvent, PresenceStatus,
+    PresenceView, PresenceWrite, RestoredUser, SessionId, SessionRef, StatusMode, StoredSession,
+    UserId,
 };
 use crate::shards::{Sharded, lock};
 
-/// The channel transitions are announced on.
+/// The channel changes are announced on.
 pub const EVENTS: &str = "ev";
 /// Width of a deadline slot (as in `prelude.lua`) and the period of the sweep.
 const SLOT: Duration = Duration::from_millis(250);
@@ -62,6 +65,7 @@ struct Scripts {
     apply: Script,
     sweep: Script,
     read: Script,
+    live: Script,
     page: Script,
     restore: Script,
     evict: Script,
@@ -73,6 +77,7 @@ impl Scripts {
             apply: script(include_str!("apply.lua")),
             sweep: script(include_str!("sweep.lua")),
             read: script(include_str!("read.lua")),
+            live: script(include_str!("live.lua")),
             page: script(include_str!("page.lua")),
             restore: script(include_str!("restore.lua")),
             evict: script(include_str!("evict.lua")),
@@ -104,35 +109,145 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A user's state as a script replied: `changed, status, last_seen, seq` and per session
-/// `id, last_activity, expires_ms, held`.
+fn mode_code(mode: StatusMode) -> i64 {
+    match mode {
+        StatusMode::Auto => 0,
+        StatusMode::Away => 1,
+        StatusMode::Dnd => 2,
+    }
+}
+
+fn mode_of(code: i64) -> StatusMode {
+    match code {
+        1 => StatusMode::Away,
+        2 => StatusMode::Dnd,
+        _ => StatusMode::Auto,
+    }
+}
+
+fn availability_of(code: i64) -> Option<Availability> {
+    match code {
+        1 => Some(Availability::Active),
+        2 => Some(Availability::Idle),
+        3 => Some(Availability::Dnd),
+        _ => None,
+    }
+}
+
+fn platform_of(bit: i64) -> Platform {
+    Platform::ALL
+        .into_iter()
+        .find(|p| i64::from(p.bit()) == bit)
+        .unwrap_or_default()
+}
+
+fn activity_code(activity: Activity) -> i64 {
+    match activity {
+        Activity::Keepalive => 0,
+        Activity::Active => 1,
+        Activity::Idle => 2,
+    }
+}
+
+/// A value of a script's reply: scripts reply with integers and strings.
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// The manual status from its mode, expiry (ms, 0 = none), text and emoji ("" = none).
+fn manual_of(mode: i64, expires_ms: i64, text: String, emoji: String) -> ManualStatus {
+    let shared = |s: String| (!s.is_empty()).then(|| std::sync::Arc::from(s));
+    ManualStatus {
+        mode: mode_of(mode),
+        text: shared(text),
+        emoji: shared(emoji),
+        expires_at: (expires_ms > 0)
+            .then(|| DateTime::from_timestamp_millis(expires_ms))
+            .flatten(),
+    }
+}
+
+/// A session as a script replied: id, last activity (µs), end (ms), held, platform.
+#[derive(Debug, Clone, PartialEq)]
+struct SessionReply {
+    id: SessionId,
+    activity: i64,
+    expires_ms: i64,
+    held: bool,
+    platform: Platform,
+}
+
+/// A user's state as a script replied (see `reply()` in `prelude.lua`).
 #[derive(Debug, Clone, PartialEq)]
 struct Reply {
     changed: bool,
     view: PresenceView,
-    sessions: Vec<(SessionId, i64, i64, bool)>,
+    /// The expiry of the manual status that last reset itself.
+    expired_status: Option<DateTime<Utc>>,
+    sessions: Vec<SessionReply>,
 }
 
 impl Reply {
-    fn parse(values: &[i64]) -> Option<Self> {
-        let [changed, status, last_seen, seq, rest @ ..] = values else {
+    fn parse(values: &[Value]) -> Option<Self> {
+        let head = values.get(..11)?;
+        let n: Vec<Option<i64>> = head.iter().map(int).collect();
+        let [
+            Some(changed),
+            Some(status),
+            Some(last_seen),
+            Some(seq),
+            Some(availability),
+            Some(platforms),
+            Some(mode),
+            Some(expires),
+            ..,
+        ] = n[..]
+        else {
             return None;
         };
-        let sessions = rest
-            .chunks_exact(4)
-            .map(|s| (SessionId(s[0]), s[1], s[2], s[3] != 0))
-            .collect();
+        let manual = manual_of(mode, expires, text(&head[8])?, text(&head[9])?);
+        let expired = int(&head[10])?;
+        let sessions = values[11..]
+            .chunks_exact(5)
+            .map(|s| {
+                Some(SessionReply {
+                    id: SessionId(int(&s[0])?),
+                    activity: int(&s[1])?,
+                    expires_ms: int(&s[2])?,
+                    held: int(&s[3])? != 0,
+                    platform: platform_of(int(&s[4])?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
         Some(Self {
-            changed: *changed == 1,
+            changed: changed == 1,
             view: PresenceView {
-                status: if *status == 1 {
+                status: if status == 1 {
                     PresenceStatus::Online
                 } else {
                     PresenceStatus::Offline
                 },
-                last_seen: from_micros(*last_seen),
-                seq: u64::try_from(*seq).unwrap_or(0),
+                last_seen: from_micros(last_seen),
+                seq: u64::try_from(seq).unwrap_or(0),
+                availability: availability_of(availability),
+                platforms: Platforms::from_bits(u8::try_from(platforms).unwrap_or(0)),
+                manual,
             },
+            expired_status: (expired > 0)
+                .then(|| DateTime::from_timestamp_millis(expired))
+                .flatten(),
             sessions,
         })
     }
@@ -146,18 +261,20 @@ impl Reply {
             status: self.view.status,
             last_seen: self.view.last_seen,
             seq: self.view.seq,
+            expired_status: self.expired_status,
             sessions: self
                 .sessions
                 .iter()
-                .filter_map(|&(id, activity, expires_ms, held)| {
-                    let last_activity = from_micros(activity)?;
-                    let expires_at = if held {
+                .filter_map(|s| {
+                    let last_activity = from_micros(s.activity)?;
+                    let expires_at = if s.held {
                         last_activity + timeout
                     } else {
-                        DateTime::from_timestamp_millis(expires_ms)?
+                        DateTime::from_timestamp_millis(s.expires_ms)?
                     };
                     Some(StoredSession {
-                        id,
+                        id: s.id,
+                        platform: s.platform,
                         last_activity,
                         expires_at,
                     })
@@ -169,11 +286,16 @@ impl Reply {
 
 /// The view of a user the backend holds nothing for.
 fn never_active() -> PresenceView {
-    PresenceView {
-        status: PresenceStatus::Offline,
-        last_seen: None,
-        seq: 0,
-    }
+    PresenceView::offline(None, 0, ManualStatus::default())
+}
+
+/// What an `apply.lua` call changes.
+enum Op<'a> {
+    Touch(SessionRef, Activity),
+    Open(SessionRef),
+    Close(SessionId, Duration),
+    End(SessionId),
+    Status(&'a ManualStatus, LastKnown),
 }
 
 /// Presence in a shared Redis. See the module docs.
@@ -184,46 +306,55 @@ pub struct RedisBackend {
     keys: Vec<[String; 6]>,
     /// How long a session stays live after its last activity.
     timeout: Duration,
+    /// How long a session without real activity stays active (0: forever).
+    idle_after: Duration,
     /// How long a lease of this node lasts without a refresh.
     lease: Duration,
     /// How long the sessions of a dead node's sockets survive its lease (the reconnect grace).
     grace: Duration,
     /// This node's id in Redis; a new one after every resubscription.
     node: AtomicU64,
-    /// Transitions heard on the feed.
+    /// Changes heard on the feed.
     events: broadcast::Sender<PresenceEvent>,
     /// What this node changed since the last flush, by user (the newest state wins).
     dirty: Sharded<Mutex<HashMap<UserId, PresenceWrite>>>,
     /// Sockets this node holds open, by user and session.
-    held: Sharded<Mutex<HashMap<(UserId, SessionId), u32>>>,
+    held: Sharded<Mutex<HashMap<(UserId, SessionRef), u32>>>,
     /// The pub/sub subscriber.
     feed: Feed,
     /// Bumped when Redis came back without our state.
     lost: watch::Sender<u64>,
 }
 
+/// How sessions behave: what [`RedisBackend::new`] needs besides the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTiming {
+    /// A session ends this long after its last activity.
+    pub timeout: Duration,
+    /// A session turns idle this long after its last real activity (`None`: never).
+    pub idle_after: Option<Duration>,
+    /// A closed socket's session ends this long after the close, and a dead node's sockets'
+    /// sessions this long after its lease.
+    pub grace: Duration,
+    /// How long this node's hold on its sockets' sessions lasts without a refresh.
+    pub lease: Duration,
+}
+
 impl RedisBackend {
-    /// A backend over `redis`, hearing transitions through `feed` (which must subscribe to
-    /// [`EVENTS`]); sessions end `timeout` after their last activity, this node's lease on the
-    /// sockets it holds lasts `lease`, and the sessions of a dead node's sockets end `grace`
-    /// after its lease.
+    /// A backend over `redis`, hearing changes through `feed` (which must subscribe to
+    /// [`EVENTS`]).
     ///
     /// # Errors
     /// If Redis cannot give this node an id.
-    pub async fn new(
-        redis: Redis,
-        feed: Feed,
-        timeout: Duration,
-        grace: Duration,
-        lease: Duration,
-    ) -> Result<Self, EngineError> {
+    pub async fn new(redis: Redis, feed: Feed, timing: RedisTiming) -> Result<Self, EngineError> {
         let backend = Self {
             keys: (0..GROUPS).map(|g| group_keys(&redis, g)).collect(),
             redis,
             scripts: Scripts::new(),
-            timeout,
-            lease,
-            grace,
+            timeout: timing.timeout,
+            idle_after: timing.idle_after.unwrap_or(Duration::ZERO),
+            lease: timing.lease,
+            grace: timing.grace,
             node: AtomicU64::new(0),
             events: broadcast::channel(EVENT_CAPACITY).0,
             dirty: Sharded::new(SHARDS, Mutex::default),
@@ -235,27 +366,25 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    /// Connects to `redis_url` with its own feed (running until `shutdown`): a backend for one-shot
-    /// commands and tests, which need no bus. Keys and channels start with `prefix`.
+    /// Connects to `redis_url` with its own feed (running until `shutdown`): a backend for
+    /// one-shot commands and tests, which need no bus. Keys and channels start with `prefix`.
     ///
     /// # Errors
     /// A bad URL, or Redis unreachable.
     pub async fn connect(
         redis_url: &str,
         prefix: &str,
-        timeout: Duration,
-        grace: Duration,
-        lease: Duration,
+        timing: RedisTiming,
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
         let redis = Redis::connect(redis_url, prefix)
             .await
             .map_err(unavailable)?;
         let feed = Feed::start(redis.clone(), &[EVENTS], shutdown);
-        Self::new(redis, feed, timeout, grace, lease).await
+        Self::new(redis, feed, timing).await
     }
 
-    /// Waits (at most `within`) until this node hears transitions; `false` if it does not.
+    /// Waits (at most `within`) until this node hears changes; `false` if it does not.
     pub async fn subscribed(&self, within: Duration) -> bool {
         self.feed.subscribed(within).await
     }
@@ -283,19 +412,38 @@ impl RedisBackend {
     }
 
     /// Runs `apply.lua`.
-    async fn apply(
-        &self,
-        op: &str,
-        user: UserId,
-        session: SessionId,
-        grace: Duration,
-    ) -> Result<Option<Reply>, EngineError> {
+    async fn apply(&self, user: UserId, op: Op<'_>) -> Result<Option<Reply>, EngineError> {
+        let (name, session, platform, activity, grace) = match &op {
+            Op::Touch(s, a) => ("touch", s.id, s.platform, *a, Duration::ZERO),
+            Op::Open(s) => (
+                "open",
+                s.id,
+                s.platform,
+                Activity::Keepalive,
+                Duration::ZERO,
+            ),
+            Op::Close(id, grace) => ("close", *id, Platform::Web, Activity::Keepalive, *grace),
+            Op::End(id) => (
+                "end",
+                *id,
+                Platform::Web,
+                Activity::Keepalive,
+                Duration::ZERO,
+            ),
+            Op::Status(..) => (
+                "status",
+                SessionId(0),
+                Platform::Web,
+                Activity::Keepalive,
+                Duration::ZERO,
+            ),
+        };
         let mut invocation = self.scripts.apply.prepare_invoke();
         for key in self.keys_of(user) {
             invocation.key(key);
         }
         invocation
-            .arg(op)
+            .arg(name)
             .arg(user.0)
             .arg(session.0)
             .arg(micros(wall_now()))
@@ -303,13 +451,25 @@ impl RedisBackend {
             .arg(millis(grace))
             .arg(self.node())
             .arg(GROUPS)
-            .arg(self.redis.channel(EVENTS));
-        let values: Vec<i64> = self
+            .arg(self.redis.channel(EVENTS))
+            .arg(millis(self.idle_after))
+            .arg(platform.bit())
+            .arg(activity_code(activity));
+        if let Op::Status(manual, last) = op {
+            invocation
+                .arg(mode_code(manual.mode))
+                .arg(manual.text.as_deref().unwrap_or(""))
+                .arg(manual.emoji.as_deref().unwrap_or(""))
+                .arg(manual.expires_at.map_or(0, |at| at.timestamp_millis()))
+                .arg(last.last_seen.map_or(0, micros))
+                .arg(i64::try_from(last.seq).unwrap_or(i64::MAX));
+        }
+        let values: Vec<Value> = self
             .redis
             .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
             .map_err(unavailable)?;
-        match values.first() {
+        match values.first().and_then(int) {
             Some(-1) => Err(EngineError::SessionEnded),
             Some(-2) => Ok(None),
             _ => {
@@ -322,7 +482,7 @@ impl RedisBackend {
         }
     }
 
-    /// Keeps what a script changed for the persister, and counts transitions.
+    /// Keeps what a script changed for the persister, and counts changes.
     fn record(&self, user: UserId, reply: &Reply) {
         if reply.changed {
             metrics::counter!("lastseen_presence_transitions_total", "to" => reply.view.status.as_str())
@@ -332,7 +492,7 @@ impl RedisBackend {
         lock(self.dirty.get(&user)).insert(user, write);
     }
 
-    fn hold(&self, user: UserId, session: SessionId, delta: i32) {
+    fn hold(&self, user: UserId, session: SessionRef, delta: i32) {
         let mut held = lock(self.held.get(&user));
         let count = held.entry((user, session)).or_default();
         *count = count.saturating_add_signed(delta);
@@ -378,9 +538,10 @@ impl RedisBackend {
                 .arg(GROUPS)
                 .arg(&channel)
                 .arg(millis(self.grace))
-                .arg(MAX_SLOTS_PER_SWEEP);
+                .arg(MAX_SLOTS_PER_SWEEP)
+                .arg(millis(self.idle_after));
             self.redis.run(move |mut conn| async move {
-                invocation.invoke_async::<Vec<i64>>(&mut conn).await
+                invocation.invoke_async::<Vec<Value>>(&mut conn).await
             })
         });
         let mut offline = 0;
@@ -388,15 +549,15 @@ impl RedisBackend {
             let values = result.map_err(unavailable)?;
             let mut rest = values.as_slice();
             while let [len, tail @ ..] = rest {
-                let len = usize::try_from(*len).unwrap_or(0);
+                let len = int(len).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
                 let Some((entry, after)) = (len <= tail.len()).then(|| tail.split_at(len)) else {
                     break;
                 };
                 rest = after;
                 let [user, reply @ ..] = entry else { continue };
-                if let Some(reply) = Reply::parse(reply) {
+                if let (Some(user), Some(reply)) = (int(user), Reply::parse(reply)) {
                     offline += usize::from(reply.changed && !reply.view.status.is_online());
-                    self.record(UserId(*user), &reply);
+                    self.record(UserId(user), &reply);
                 }
             }
         }
@@ -425,8 +586,18 @@ impl RedisBackend {
             tracing::warn!(%error, "could not rejoin Redis");
             return;
         }
-        let held: Vec<((UserId, SessionId), u32)> = self
-            .held
+        for ((user, session), count) in self.held_sockets() {
+            for _ in 0..count {
+                if let Err(error) = self.apply(user, Op::Open(session)).await {
+                    tracing::warn!(%error, "could not register an open socket again");
+                }
+            }
+        }
+        tracing::info!(node = self.node(), "rejoined Redis");
+    }
+
+    fn held_sockets(&self) -> Vec<((UserId, SessionRef), u32)> {
+        self.held
             .all()
             .iter()
             .flat_map(|shard| {
@@ -435,18 +606,10 @@ impl RedisBackend {
                     .map(|(k, v)| (*k, *v))
                     .collect::<Vec<_>>()
             })
-            .collect();
-        for ((user, session), count) in held {
-            for _ in 0..count {
-                if let Err(error) = self.apply("open", user, session, Duration::ZERO).await {
-                    tracing::warn!(%error, "could not register an open socket again");
-                }
-            }
-        }
-        tracing::info!(node = self.node(), "rejoined Redis");
+            .collect()
     }
 
-    /// Forwards transitions from the feed to local subscribers; rejoins after a resubscription.
+    /// Forwards changes from the feed to local subscribers; rejoins after a resubscription.
     async fn listen(&self, shutdown: &CancellationToken) {
         use broadcast::error::RecvError;
         let mut items = self.feed.subscribe();
@@ -476,29 +639,29 @@ impl RedisBackend {
         }
     }
 
-    /// Re-records activity of the sessions this node's sockets hold, twice per timeout, so
+    /// Records the activity of the sessions this node's sockets hold, twice per timeout, so
     /// their stored copy stays live (a restart without Redis then restores them).
     async fn refresh_held(&self) {
-        let held: Vec<(UserId, SessionId)> = self
-            .held
-            .all()
-            .iter()
-            .flat_map(|shard| lock(shard).keys().copied().collect::<Vec<_>>())
-            .collect();
-        for (user, session) in held {
-            if let Err(error) = self.apply("touch", user, session, Duration::ZERO).await {
+        for ((user, session), _) in self.held_sockets() {
+            if let Err(error) = self
+                .apply(user, Op::Touch(session, Activity::Keepalive))
+                .await
+            {
                 tracing::debug!(%error, "could not refresh a held session");
             }
         }
     }
 }
 
+/// A change as `settle()` in `prelude.lua` announces it: user, status, last seen (µs), seq,
+/// availability, platforms, manual mode and expiry (ms), then `[text, emoji]` as JSON.
 fn parse_event(payload: &str) -> Option<PresenceEvent> {
-    let mut parts = payload.split(' ').map(str::parse::<i64>);
-    let user = parts.next()?.ok()?;
-    let status = parts.next()?.ok()?;
-    let last_seen = parts.next()?.ok()?;
-    let seq = parts.next()?.ok()?;
+    let mut parts = payload.splitn(9, ' ');
+    let mut next = || parts.next()?.parse::<i64>().ok();
+    let (user, status, last_seen, seq) = (next()?, next()?, next()?, next()?);
+    let (availability, platforms, mode, expires) = (next()?, next()?, next()?, next()?);
+    let tail = payload.splitn(9, ' ').nth(8)?;
+    let [text, emoji]: [String; 2] = serde_json::from_str(tail).ok()?;
     Some(PresenceEvent {
         user_id: UserId(user),
         status: if status == 1 {
@@ -508,6 +671,9 @@ fn parse_event(payload: &str) -> Option<PresenceEvent> {
         },
         last_seen: from_micros(last_seen)?,
         seq: u64::try_from(seq).ok()?,
+        availability: availability_of(availability),
+        platforms: Platforms::from_bits(u8::try_from(platforms).ok()?),
+        manual: manual_of(mode, expires, text, emoji),
     })
 }
 
@@ -518,18 +684,23 @@ fn wall_now() -> DateTime<Utc> {
 
 #[async_trait]
 impl PresenceBackend for RedisBackend {
-    async fn touch(&self, user: UserId, session: SessionId) -> Result<PresenceView, EngineError> {
+    async fn touch(
+        &self,
+        user: UserId,
+        session: SessionRef,
+        activity: Activity,
+    ) -> Result<PresenceView, EngineError> {
         metrics::counter!("lastseen_activity_total").increment(1);
-        let reply = self.apply("touch", user, session, Duration::ZERO).await?;
+        let reply = self.apply(user, Op::Touch(session, activity)).await?;
         Ok(reply.map_or_else(never_active, |r| r.view))
     }
 
     async fn open_socket(
         &self,
         user: UserId,
-        session: SessionId,
+        session: SessionRef,
     ) -> Result<PresenceView, EngineError> {
-        let reply = self.apply("open", user, session, Duration::ZERO).await?;
+        let reply = self.apply(user, Op::Open(session)).await?;
         self.hold(user, session, 1);
         Ok(reply.map_or_else(never_active, |r| r.view))
     }
@@ -541,8 +712,14 @@ impl PresenceBackend for RedisBackend {
         grace: Duration,
     ) -> Result<(), EngineError> {
         // Forgotten locally first: if Redis is down now, a rejoin must not hold it again.
-        self.hold(user, session, -1);
-        self.apply("close", user, session, grace).await.map(drop)
+        let held = self
+            .held_sockets()
+            .into_iter()
+            .find(|((u, s), _)| *u == user && s.id == session);
+        if let Some(((_, session), _)) = held {
+            self.hold(user, session, -1);
+        }
+        self.apply(user, Op::Close(session, grace)).await.map(drop)
     }
 
     async fn end_session(
@@ -550,8 +727,32 @@ impl PresenceBackend for RedisBackend {
         user: UserId,
         session: SessionId,
     ) -> Result<PresenceView, EngineError> {
-        let reply = self.apply("end", user, session, Duration::ZERO).await?;
+        let reply = self.apply(user, Op::End(session)).await?;
         Ok(reply.map_or_else(never_active, |r| r.view))
+    }
+
+    async fn set_status(
+        &self,
+        user: UserId,
+        manual: ManualStatus,
+        last: LastKnown,
+    ) -> Result<PresenceView, EngineError> {
+        let reply = self.apply(user, Op::Status(&manual, last)).await?;
+        Ok(reply.map_or_else(never_active, |r| r.view))
+    }
+
+    async fn live_sessions(&self, user: UserId) -> Result<Vec<SessionId>, EngineError> {
+        let mut invocation = self.scripts.live.prepare_invoke();
+        for key in self.keys_of(user) {
+            invocation.key(key);
+        }
+        invocation.arg(user.0);
+        let ids: Vec<i64> = self
+            .redis
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().map(SessionId).collect())
     }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<(UserId, PresenceView)>, EngineError> {
@@ -571,7 +772,7 @@ impl PresenceBackend for RedisBackend {
                 invocation.arg(id.0);
             }
             async move {
-                let values: Vec<i64> = self
+                let values: Vec<Value> = self
                     .redis
                     .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
                     .await?;
@@ -581,12 +782,15 @@ impl PresenceBackend for RedisBackend {
         let mut found = Vec::with_capacity(users.len());
         for result in join_all(calls).await {
             let (ids, values) = result.map_err(unavailable)?;
-            for (id, state) in ids.into_iter().zip(values.chunks_exact(4)) {
-                if let [1, status, last_seen, seq] = *state {
-                    let reply = Reply::parse(&[0, status, last_seen, seq]);
-                    if let Some(reply) = reply {
-                        found.push((id, reply.view));
-                    }
+            for (id, state) in ids.into_iter().zip(values.chunks_exact(11)) {
+                if int(&state[0]) != Some(1) {
+                    continue;
+                }
+                // `read.lua` gives reply() without `changed`: put a 0 in front.
+                let mut reply = vec![Value::Int(0)];
+                reply.extend_from_slice(&state[1..]);
+                if let Some(reply) = Reply::parse(&reply) {
+                    found.push((id, reply.view));
                 }
             }
         }
@@ -714,10 +918,10 @@ impl Maintenance for RedisBackend {
 
     async fn evict_persisted(&self, batch: &[PresenceWrite]) {
         let mut by_group: HashMap<u16, Vec<&PresenceWrite>> = HashMap::new();
-        for write in batch
+        let evictable = batch
             .iter()
-            .filter(|w| !w.status.is_online() && w.sessions.is_empty())
-        {
+            .filter(|w| !w.status.is_online() && w.sessions.is_empty());
+        for write in evictable {
             by_group
                 .entry(Redis::group_of(write.user_id.0))
                 .or_default()
@@ -805,18 +1009,24 @@ impl Maintenance for RedisBackend {
                 for key in &self.keys[usize::from(group)] {
                     invocation.key(key);
                 }
-                invocation.arg(now).arg(GROUPS);
+                invocation.arg(now).arg(GROUPS).arg(millis(self.idle_after));
                 for user in chunk {
+                    let manual = &user.manual;
                     invocation
                         .arg(user.user_id.0)
                         .arg(i64::try_from(user.seq).unwrap_or(i64::MAX))
                         .arg(user.last_seen.map_or(0, micros))
+                        .arg(mode_code(manual.mode))
+                        .arg(manual.text.as_deref().unwrap_or(""))
+                        .arg(manual.emoji.as_deref().unwrap_or(""))
+                        .arg(manual.expires_at.map_or(0, |at| at.timestamp_millis()))
                         .arg(user.sessions.len());
                     for session in &user.sessions {
                         invocation
                             .arg(session.id.0)
                             .arg(micros(session.last_activity))
-                            .arg(session.expires_at.timestamp_millis());
+                            .arg(session.expires_at.timestamp_millis())
+                            .arg(session.platform.bit());
                     }
                 }
                 self.redis
@@ -857,37 +1067,55 @@ impl Maintenance for RedisBackend {
 mod tests {
     use super::*;
 
+    fn ints(values: &[i64]) -> Vec<Value> {
+        values.iter().map(|&n| Value::Int(n)).collect()
+    }
+
     #[test]
     fn replies_and_events_parse() {
-        let reply = Reply::parse(&[
-            1,
-            1,
-            1_700_000_000_000_000,
-            42,
+        let mut values = ints(&[1, 1, 1_700_000_000_000_000, 42, 3, 6, 2, 1_700_000_600_000]);
+        values.push(Value::BulkString(b"In a meeting".to_vec()));
+        values.push(Value::BulkString(Vec::new()));
+        values.extend(ints(&[
+            0,
             7,
             1_700_000_000_000_000,
             1_700_000_300_000,
             1,
-        ])
-        .unwrap();
+            2,
+        ]));
+        let reply = Reply::parse(&values).unwrap();
         assert!(reply.changed);
         assert_eq!(reply.view.status, PresenceStatus::Online);
         assert_eq!(reply.view.seq, 42);
+        assert_eq!(reply.view.availability, Some(Availability::Dnd));
         assert_eq!(
-            reply.sessions,
-            vec![(SessionId(7), 1_700_000_000_000_000, 1_700_000_300_000, true)]
+            reply.view.platforms.to_vec(),
+            vec![Platform::Mobile, Platform::Web]
         );
+        assert_eq!(reply.view.manual.mode, StatusMode::Dnd);
+        assert_eq!(reply.view.manual.text.as_deref(), Some("In a meeting"));
+        assert_eq!(reply.view.manual.emoji, None);
+        assert_eq!(reply.sessions[0].platform, Platform::Mobile);
         let write = reply.write(UserId(3), Duration::from_secs(300));
+        let stored = &write.sessions[0];
         assert_eq!(
-            write.sessions[0].expires_at - write.sessions[0].last_activity,
+            stored.expires_at - stored.last_activity,
             chrono::Duration::seconds(300)
         );
-        assert_eq!(Reply::parse(&[1, 2]), None);
+        assert_eq!(Reply::parse(&ints(&[1, 2])), None);
 
-        let event = parse_event("5 0 1700000000123456 1700000000999999").unwrap();
+        let event =
+            parse_event(r#"5 0 1700000000123456 1700000000999999 0 0 0 0 ["",""]"#).unwrap();
         assert_eq!(event.user_id, UserId(5));
         assert_eq!(event.status, PresenceStatus::Offline);
         assert_eq!(event.last_seen.timestamp_micros(), 1_700_000_000_123_456);
+        assert_eq!(event.availability, None);
+        let event =
+            parse_event(r#"5 1 1700000000123456 1700000000999999 1 4 0 0 ["on a walk","🚶"]"#)
+                .unwrap();
+        assert_eq!(event.manual.text.as_deref(), Some("on a walk"));
+        assert_eq!(event.availability, Some(Availability::Active));
         assert_eq!(parse_event("5 0 x 1"), None);
     }
 }

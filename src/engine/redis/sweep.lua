@@ -1,12 +1,14 @@
--- Ends what is due in one group: ARGV = now_us, groups, channel, grace_ms, max_slots.
--- First the sessions held by nodes whose lease ran out (they end a grace after the lease),
--- then every deadline slot that has started since the last sweep. Popping a slot is atomic,
--- so however many nodes sweep, each expiry happens once. Returns, per user it changed, the
--- user id followed by reply(), each prefixed by its length.
+-- Ends what is due in one group: ARGV = now_us, groups, channel, grace_ms, max_slots,
+-- idle_after_ms. First the sessions held by nodes whose lease ran out (they end a grace after
+-- the lease), then every deadline slot that has started since the last sweep: sessions past
+-- their end end, sessions without real activity for idle_after turn idle, expired manual
+-- statuses reset. Popping a slot is atomic, so however many nodes sweep, each of these happens
+-- once. Returns, per user it looked at, the user id followed by reply(), each prefixed by its
+-- length.
 local now_us = tonumber(ARGV[1])
 local now_ms = math.floor(now_us / 1000)
 local groups, channel = tonumber(ARGV[2]), ARGV[3]
-local grace_ms, max_slots = tonumber(ARGV[4]), tonumber(ARGV[5])
+local grace_ms, max_slots, idle_after_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local out = {}
 
 local function emit(uid, u, changed)
@@ -31,7 +33,7 @@ for i = 1, #nodes, 2 do
             if #s[4] == 0 then s[3] = lease + grace_ms end
           end
         end
-        arm(uid, u, now_ms)
+        arm(uid, u, now_ms, idle_after_ms)
         save(uid, u)
         emit(uid, u, 0)
       end
@@ -53,14 +55,19 @@ for slot = first, last do
     -- An entry of a slot the user is no longer armed in is stale.
     if u and u[4] == slot then
       u[4] = 0
+      local before = signature(u)
       local live = {}
       for _, s in ipairs(u[5]) do
+        if idle_after_ms > 0 and s[5] == 1 and s[6] + idle_after_ms <= now_ms then s[5] = 0 end
         if #s[4] > 0 or s[3] > now_ms then table.insert(live, s) end
       end
       u[5] = live
-      local changed = 0
-      if #live == 0 then changed = set_status(uid, u, 0, now_us, groups, channel) end
-      arm(uid, u, now_ms)
+      if u[6][4] > 0 and u[6][4] <= now_ms then
+        u[7] = u[6][4]
+        u[6] = {0, '', '', 0}
+      end
+      local changed = settle(uid, u, before, now_us, groups, channel)
+      arm(uid, u, now_ms, idle_after_ms)
       save(uid, u)
       emit(uid, u, changed)
     end

@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::{other, refused, unknown_user};
-use crate::domain::{PrivacyChange, SettingsUpdate, StoredPrivacy, UserId, UserPrivacy};
+use crate::domain::{
+    LastSeenAudience, OnlineAudience, PrivacyChange, SettingsUpdate, StoredPrivacy, UserId,
+    UserPrivacy,
+};
 use crate::store::sql::{self, ListEdit, seq_from_db};
 use crate::store::{Missing, StoreError};
 
@@ -139,19 +142,22 @@ async fn set_settings(
 ) -> Result<(), StoreError> {
     sqlx::query(sql::SET_SETTINGS)
         .bind(owner.0)
-        .bind(update.last_seen.as_str())
-        .bind(update.online.as_str())
+        .bind(update.last_seen.map(LastSeenAudience::as_str))
+        .bind(update.online.map(OnlineAudience::as_str))
         .bind(update.invisible)
         .bind(at)
         .execute(&mut *conn)
         .await
         .map_err(other)?;
+    let Some(except) = &update.except else {
+        return Ok(());
+    };
     sqlx::query(sql::CLEAR_EXCEPT)
         .bind(owner.0)
         .execute(&mut *conn)
         .await
         .map_err(other)?;
-    let except: Vec<i64> = update.except.iter().map(|id| id.0).collect();
+    let except: Vec<i64> = except.iter().map(|id| id.0).collect();
     sqlx::query(
         "insert into privacy_exceptions (user_id, excepted_user_id) \
          select $1, unnest($2::bigint[])",

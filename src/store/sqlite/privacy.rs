@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{ids_json, other, parse_opt_ts, refused, ts, unknown_user};
-use crate::domain::{PrivacyChange, SettingsUpdate, StoredPrivacy, UserId, UserPrivacy};
+use crate::domain::{
+    LastSeenAudience, OnlineAudience, PrivacyChange, SettingsUpdate, StoredPrivacy, UserId,
+    UserPrivacy,
+};
 use crate::store::sql::{self, BLOCKS, CONTACTS, EXCEPT, ListEdit, seq_from_db};
 use crate::store::{Missing, StoreError};
 
@@ -141,19 +144,22 @@ async fn set_settings(
 ) -> Result<(), StoreError> {
     sqlx::query(sql::SET_SETTINGS)
         .bind(owner.0)
-        .bind(update.last_seen.as_str())
-        .bind(update.online.as_str())
+        .bind(update.last_seen.map(LastSeenAudience::as_str))
+        .bind(update.online.map(OnlineAudience::as_str))
         .bind(update.invisible)
         .bind(ts(at))
         .execute(&mut *conn)
         .await
         .map_err(other)?;
+    let Some(except) = &update.except else {
+        return Ok(());
+    };
     sqlx::query(sql::CLEAR_EXCEPT)
         .bind(owner.0)
         .execute(&mut *conn)
         .await
         .map_err(other)?;
-    let except: Vec<UserId> = update.except.iter().copied().collect();
+    let except: Vec<UserId> = except.iter().copied().collect();
     sqlx::query(
         "insert into privacy_exceptions (user_id, excepted_user_id) \
          select $1, value from json_each($2)",
