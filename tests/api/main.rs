@@ -11,3 +11,4 @@ mod presence;
 mod privacy;
 mod privacy_push;
 mod realtime;
+mod rich;
