@@ -1,5 +1,5 @@
 //! The demo page in headless Chromium, driven over the WebDriver protocol through chromedriver:
-//! two users, each in their own browser, watch each other's dot and "last seen".
+//! two users, each in their own browser, watch each other's dot, status and "last seen".
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (installed by `scripts/test`). Without
 //! them the test is skipped with a notice, unless `LASTSEEN_REQUIRE_SERVICES=1`.
@@ -230,7 +230,7 @@ async fn register(client: &reqwest::Client, base: &str, username: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_see_each_others_dot_turn_green_and_then_last_seen() {
+async fn two_users_see_each_others_dot_turn_green_then_red_on_dnd_and_then_last_seen() {
     if !browser_available() {
         return;
     }
@@ -262,7 +262,7 @@ async fn two_users_see_each_others_dot_turn_green_and_then_last_seen() {
     alice_page
         .wait_for(
             "bob's row, offline",
-            &format!("return !!{dot} && !{dot}.classList.contains('online')"),
+            &format!("return !!{dot} && !{dot}.classList.contains('active')"),
         )
         .await;
 
@@ -270,7 +270,7 @@ async fn two_users_see_each_others_dot_turn_green_and_then_last_seen() {
     alice_page
         .wait_for(
             "bob's dot to turn green",
-            &format!("return {dot}.classList.contains('online')"),
+            &format!("return {dot}.classList.contains('active')"),
         )
         .await;
     assert_eq!(
@@ -280,11 +280,46 @@ async fn two_users_see_each_others_dot_turn_green_and_then_last_seen() {
         "online"
     );
 
+    // Bob sets "do not disturb" with a custom status in his page: Alice's dot of him turns red
+    // and shows the status; clearing it turns the dot green again.
+    bob_page
+        .eval("document.getElementById('status-mode').value = 'dnd'; return true")
+        .await;
+    bob_page.type_into("#status-emoji", "📅").await;
+    bob_page.type_into("#status-text", "In a meeting").await;
+    bob_page.click("#set-status").await;
+    let custom = format!("document.querySelector('li[data-user-id=\"{bob}\"] .custom')");
+    alice_page
+        .wait_for(
+            "bob's dot to turn red with his status",
+            &format!("return {dot}.classList.contains('dnd') && {custom}.textContent === '📅 In a meeting'"),
+        )
+        .await;
+    assert_eq!(
+        alice_page
+            .eval(&format!("return {status}.textContent"))
+            .await,
+        "online · do not disturb"
+    );
+    bob_page
+        .wait_for(
+            "bob's own dot to turn red",
+            "return document.getElementById('my-dot').classList.contains('dnd')",
+        )
+        .await;
+    bob_page.click("#clear-status").await;
+    alice_page
+        .wait_for(
+            "bob's dot to turn green again",
+            &format!("return {dot}.classList.contains('active') && {custom}.textContent === ''"),
+        )
+        .await;
+
     bob_page.click("#logout").await;
     alice_page
         .wait_for(
             "\"last seen today at …\" after bob logs out",
-            &format!("return !{dot}.classList.contains('online') && {status}.textContent.startsWith('last seen today at')"),
+            &format!("return !{dot}.classList.contains('active') && {status}.textContent.startsWith('last seen today at')"),
         )
         .await;
 

@@ -12,15 +12,24 @@
 // When sockets are blocked it falls back to an SSE stream read with fetch (so the bearer token
 // stays in a header) plus the classic 30 s HTTP heartbeat.
 //
+// With `trackActivity: true` the client also reports whether the user is at the device: `idle`
+// when the page is hidden or has had no input for `idleAfterMs`, `active` on the next input.
+// Watchers then see `availability` follow real use rather than the open socket.
+//
 // Events (all CustomEvent, data in `detail`):
-//   "presence"  {userId, user}   user = {id, username?, online_status, last_seen, is_online, seq}
+//   "presence"  {userId, user}   user = {id, username?, online_status, last_seen, is_online,
+//                                availability, status_text, status_emoji, platforms, seq}
 //   "typing"    {from, expiresInMs}
 //   "status"    {state}          "connecting" | "open" | "fallback" | "closed"
 //   "error"     {code, detail}   an error frame from the server, or a transport problem
 
-/** Logs in; resolves to {token, user, heartbeatIntervalMs}. Throws an Error with `.code`. */
-export async function login(baseUrl, username, password) {
-  const body = await request(baseUrl, "POST", "/api/users/login/", null, { username, password });
+/**
+ * Logs in; resolves to {token, user, heartbeatIntervalMs}. Throws an Error with `.code`.
+ * `device` is optional: {platform: "web" | "mobile" | "desktop", name}.
+ */
+export async function login(baseUrl, username, password, device) {
+  const credentials = device ? { username, password, device } : { username, password };
+  const body = await request(baseUrl, "POST", "/api/users/login/", null, credentials);
   return { token: body.access, user: body.user, heartbeatIntervalMs: body.heartbeat_interval_ms };
 }
 
@@ -39,6 +48,35 @@ export function lookup(baseUrl, token, username) {
   return request(baseUrl, "GET", `/api/users/lookup/?username=${encodeURIComponent(username)}`, token);
 }
 
+/** The caller's manual status: {mode, text, emoji, expires_at}. */
+export function getStatus(baseUrl, token) {
+  return request(baseUrl, "GET", "/api/users/me/status/", token);
+}
+
+/**
+ * Sets the caller's manual status. mode: "auto" | "away" | "dnd"; text (≤ 100 characters),
+ * emoji (one) and expiresAt (a Date) are optional. Resolves to the stored status.
+ */
+export function setStatus(baseUrl, token, { mode, text = null, emoji = null, expiresAt = null }) {
+  const expires_at = expiresAt ? expiresAt.toISOString() : null;
+  return request(baseUrl, "PUT", "/api/users/me/status/", token, { mode, text, emoji, expires_at });
+}
+
+/** The caller's sessions: [{id, platform, name, created_at, last_activity, live, current}]. */
+export async function listSessions(baseUrl, token) {
+  return (await request(baseUrl, "GET", "/api/users/me/sessions/", token)).sessions;
+}
+
+/** Revokes one of the caller's sessions (its sockets close, its token stops working). */
+export function revokeSession(baseUrl, token, sessionId) {
+  return request(baseUrl, "DELETE", `/api/users/me/sessions/${sessionId}/`, token);
+}
+
+/** The caller's contacts they can see online: {online: [user], online_count}. */
+export function contactsOnline(baseUrl, token) {
+  return request(baseUrl, "GET", "/api/users/me/contacts/online/", token);
+}
+
 async function request(baseUrl, method, path, token, json) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -48,7 +86,7 @@ async function request(baseUrl, method, path, token, json) {
     headers,
     body: json === undefined ? undefined : JSON.stringify(json),
   });
-  const body = await response.json().catch(() => ({}));
+  const body = response.status === 204 ? {} : await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = new Error(body.detail || response.statusText);
     error.code = body.code;
@@ -69,9 +107,18 @@ export class PresenceClient extends EventTarget {
    * @param {number} [options.heartbeatIntervalMs]  fallback heartbeat period (default 30 s)
    * @param {number} [options.maxBackoffMs]  longest wait between reconnects (default 30 s)
    * @param {number} [options.fallbackAfter] failed socket attempts before falling back (default 3)
+   * @param {boolean} [options.trackActivity] report idle/active from page visibility and input
+   * @param {number} [options.idleAfterMs]   input-free time before reporting idle (default 60 s)
    */
-  constructor({ token, baseUrl = "", heartbeatIntervalMs = 30000, maxBackoffMs = 30000, fallbackAfter = 3 }) {
+  constructor({
+    token, baseUrl = "", heartbeatIntervalMs = 30000, maxBackoffMs = 30000, fallbackAfter = 3,
+    trackActivity = false, idleAfterMs = 60000,
+  }) {
     super();
+    this.trackActivity = trackActivity;
+    this.idleAfterMs = idleAfterMs;
+    /** What was last reported: "active" | "idle". A new session starts active. */
+    this.activityState = "active";
     this.token = token;
     this.baseUrl = baseUrl;
     this.heartbeatIntervalMs = heartbeatIntervalMs;
@@ -90,6 +137,40 @@ export class PresenceClient extends EventTarget {
   connect() {
     this.stopped = false;
     this.#openSocket();
+    if (this.trackActivity && !this.activityListeners) this.#startTracking();
+  }
+
+  /** Reports the user as at the device ("active") or away from it ("idle"). */
+  activity(state) {
+    this.activityState = state;
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.#send({ type: "activity", state });
+    } else if (this.fallback) {
+      request(this.baseUrl, "POST", "/api/users/heartbeat/", this.token, { state }).catch(() => {});
+    }
+  }
+
+  #startTracking() {
+    const onInput = () => {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = setTimeout(() => this.#report("idle"), this.idleAfterMs);
+      if (document.visibilityState === "visible") this.#report("active");
+    };
+    const onVisibility = () => (document.visibilityState === "hidden" ? this.#report("idle") : onInput());
+    const events = ["pointerdown", "pointermove", "keydown", "wheel", "touchstart"];
+    events.forEach((type) => window.addEventListener(type, onInput, { passive: true }));
+    document.addEventListener("visibilitychange", onVisibility);
+    this.activityListeners = () => {
+      events.forEach((type) => window.removeEventListener(type, onInput));
+      document.removeEventListener("visibilitychange", onVisibility);
+      clearTimeout(this.idleTimer);
+    };
+    onInput();
+  }
+
+  /** Sends a state only when it changes (input events come by the hundred). */
+  #report(state) {
+    if (state !== this.activityState) this.activity(state);
   }
 
   /** Watches these users; a snapshot (as "presence" events) follows. */
@@ -117,6 +198,8 @@ export class PresenceClient extends EventTarget {
   close() {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    if (this.activityListeners) this.activityListeners();
+    this.activityListeners = null;
     if (this.socket) this.socket.close(1000, "bye");
     this.#stopFallback();
     this.#status("closed");
@@ -152,6 +235,8 @@ export class PresenceClient extends EventTarget {
       opened = true;
       this.failures = 0;
       socket.send(JSON.stringify({ type: "auth", token: this.token }));
+      // A new connection counts as keep-alive only: restate an idle user's state.
+      if (this.activityState === "idle") socket.send(JSON.stringify({ type: "activity", state: "idle" }));
       if (this.watched.size) {
         const since = {};
         for (const [id, user] of this.users) {
@@ -194,7 +279,12 @@ export class PresenceClient extends EventTarget {
           ...(known || { id: message.user_id }),
           online_status: message.online_status,
           last_seen: message.last_seen,
+          last_seen_approx: message.last_seen_approx,
           is_online: message.online_status === null ? null : message.online_status === "online",
+          availability: message.availability,
+          status_text: message.status_text,
+          status_emoji: message.status_emoji,
+          platforms: message.platforms,
           seq: message.seq,
         });
         break;
@@ -279,13 +369,24 @@ export class PresenceClient extends EventTarget {
   }
 }
 
+/** The dot colour of a user: "active" (green), "idle" (yellow), "dnd" (red) or "offline". */
+export function availabilityOf(user) {
+  if (!user || user.online_status !== "online") return "offline";
+  return user.availability || "active";
+}
+
 /**
- * WhatsApp-style "last seen" text: "online", "last seen today at 10:30",
+ * WhatsApp-style "last seen" text: "online" (or "online · away", "online · do not disturb"),
+ * "last seen today at 10:30",
  * "last seen yesterday at 22:05", "last seen 12/03/2026 at 09:15", or "" when hidden.
  */
 export function describePresence(user, now = new Date()) {
   if (!user) return "";
-  if (user.online_status === "online") return "online";
+  if (user.online_status === "online") {
+    if (user.availability === "idle") return "online · away";
+    if (user.availability === "dnd") return "online · do not disturb";
+    return "online";
+  }
   if (!user.last_seen) {
     if (user.last_seen_approx) return `last seen ${user.last_seen_approx.replace("_", " ")}`;
     return user.online_status === "offline" ? "offline" : "";
