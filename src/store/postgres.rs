@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::migrate::MigrateDatabase;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
@@ -59,6 +60,23 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(StoreError::Unavailable)?
             .application_name("lastseen");
+        match options.connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+            }
+            // Like a SQLite file, a missing database is created (the server reaches it, and
+            // may create databases, or the error says why not).
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
+                tracing::info!("creating the PostgreSQL database of database_url");
+                if let Err(error) = sqlx::Postgres::create_database(url).await {
+                    // Another node starting at the same moment may have created it first.
+                    if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) {
+                        return Err(StoreError::Unavailable(error));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
         match pool_options().connect_with(options.clone()).await {
             Ok(pool) => Ok(Self::new(pool)),
             // The pool retries refused connections until its timeout, then reports only the

@@ -209,3 +209,29 @@ async fn the_one_shot_commands_work_on_postgres_under_either_scheme_name() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_missing_database_is_created_like_a_missing_sqlite_file() {
+    with_postgres_database(
+        "server::a_missing_database_is_created_like_a_missing_sqlite_file",
+        |url| async move {
+            // A sibling of the test's database that does not exist yet.
+            let missing = format!("{url}_new");
+            let store = lastseen::store::connect(&missing)
+                .await
+                .expect("the missing database is created");
+            store.migrate().await.unwrap();
+            store.ping().await.unwrap();
+            drop(store);
+            let name = missing.rsplit('/').next().unwrap().to_owned();
+            let mut admin = PgConnection::connect(&url).await.unwrap();
+            let sql = format!("drop database {name} with (force)");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+        },
+    )
+    .await;
+}
