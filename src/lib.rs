@@ -11,7 +11,7 @@
 //! - `auth` (Argon2id passwords, opaque tokens, the session cache, revocations), `privacy`
 //!   (the privacy cache and its write path), `presence` (reading current presence, and its
 //!   JSON shape), `sessions` (logging in and ending sessions), `persister` (write-behind of
-//!   presence): the services, one use case each.
+//!   presence), `integrations` (the event log and webhooks): the services, one use case each.
 //! - `realtime`: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - `http`: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page, and
 //!   the socket and stream upgrades.
@@ -28,6 +28,7 @@ pub mod commands;
 pub mod domain;
 pub mod engine;
 mod http;
+mod integrations;
 mod persister;
 mod presence;
 mod privacy;

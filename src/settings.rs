@@ -88,6 +88,23 @@ pub struct Settings {
     /// Sessions (logins, devices) one user may have; a login beyond it revokes the least
     /// recently active (default `100`).
     pub max_sessions_per_user: usize,
+    /// Webhook endpoints that receive every presence change (comma-separated `https://` or
+    /// `http://` URLs; empty: no webhooks).
+    pub webhook_urls: String,
+    /// Secret the webhook requests are signed with (required with `webhook_urls`).
+    pub webhook_secret: Option<String>,
+    /// How long an offline change is held back from webhooks; a user back online within it
+    /// produces neither change (default `0s`: sent at once).
+    #[serde(with = "humantime_serde")]
+    pub webhook_offline_delay: Duration,
+    /// How long undelivered webhook changes are retried before they are dropped (default
+    /// `24h`).
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_for: Duration,
+    /// How long the event log keeps presence changes for `GET /api/admin/events` to resume
+    /// from (default `24h`; `0s` records nothing, which also turns webhooks off).
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
 }
 
 impl Default for Settings {
@@ -114,6 +131,11 @@ impl Default for Settings {
             send_queue: 256,
             last_seen_approx: false,
             max_sessions_per_user: 100,
+            webhook_urls: String::new(),
+            webhook_secret: None,
+            webhook_offline_delay: Duration::ZERO,
+            webhook_retry_for: Duration::from_secs(24 * 3600),
+            event_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -336,6 +358,36 @@ pub const SPECS: &[Spec] = &[
         Scope::Serve,
         "Sessions (devices) per user; more logins revoke the oldest",
     ),
+    spec(
+        "webhook_urls",
+        Kind::Text,
+        Scope::Serve,
+        "Webhook endpoints for presence changes, comma-separated URLs",
+    ),
+    spec(
+        "webhook_secret",
+        Kind::Text,
+        Scope::Serve,
+        "Secret the webhook requests are signed with (HMAC-SHA256)",
+    ),
+    spec(
+        "webhook_offline_delay",
+        Kind::Duration,
+        Scope::Serve,
+        "How long offline changes are held back from webhooks (a quick return cancels them)",
+    ),
+    spec(
+        "webhook_retry_for",
+        Kind::Duration,
+        Scope::Serve,
+        "How long undelivered webhook changes are retried",
+    ),
+    spec(
+        "event_retention",
+        Kind::Duration,
+        Scope::Serve,
+        "How long the event log keeps presence changes (0s: no log, no webhooks)",
+    ),
 ];
 
 /// The spec of `key`.
@@ -429,6 +481,16 @@ impl Settings {
         self.redis_url.as_deref().filter(|url| !url.is_empty())
     }
 
+    /// The webhook endpoints, in the order given.
+    pub fn webhook_urls(&self) -> Vec<String> {
+        self.webhook_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// When an online user turns idle without real activity (`None`: never).
     pub fn idle_after(&self) -> Option<Duration> {
         Some(self.idle_after).filter(|after| !after.is_zero())
@@ -515,6 +577,32 @@ impl Settings {
                         .into(),
                 ));
             }
+        }
+        let webhooks = self.webhook_urls();
+        for url in &webhooks {
+            let parsed = url.parse::<axum::http::Uri>();
+            if !parsed.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            }) {
+                return Err((
+                    "webhook_urls",
+                    format!(
+                        "has {url:?}, which is not an http(s) URL, e.g. https://example.com/hooks/presence"
+                    ),
+                ));
+            }
+        }
+        if !webhooks.is_empty() && self.webhook_secret.as_deref().is_none_or(str::is_empty) {
+            return Err((
+                "webhook_secret",
+                "must be set with webhook_urls (receivers verify the signature with it), e.g. a random 32-byte hex string".into(),
+            ));
+        }
+        if !webhooks.is_empty() && self.event_retention.is_zero() {
+            return Err((
+                "event_retention",
+                "must be greater than zero with webhook_urls (webhooks are sent from the event log), e.g. 24h".into(),
+            ));
         }
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return Err((

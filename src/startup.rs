@@ -10,7 +10,7 @@ use axum::ServiceExt;
 use axum::extract::Request;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +22,8 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::engine::redis::{RedisBackend, RedisTiming};
 use crate::http::{self, AppState};
+use crate::integrations::webhooks::{Deliverer, WebhookClient};
+use crate::integrations::{self, EventLog, FlushRequests};
 use crate::persister;
 use crate::presence::PresenceReader;
 use crate::privacy::Privacy;
@@ -29,6 +31,7 @@ use crate::realtime::hub::{Hub, Limits};
 use crate::realtime::{Realtime, RealtimeConfig};
 use crate::sessions::Sessions;
 use crate::settings::Settings;
+use crate::store::events::WebhookPlan;
 use crate::store::{self, Store};
 
 /// Longest shutdown waits for open sockets to close.
@@ -70,6 +73,8 @@ pub struct App {
     state: AppState,
     /// Stops the tasks started while building (the Redis feed and bus), after the others.
     background: CancellationToken,
+    /// The recorder's end of the event log (none when `event_retention` is zero).
+    flushes: Option<FlushRequests>,
 }
 
 impl App {
@@ -111,7 +116,14 @@ impl App {
                 typing_per_second: settings.typing_per_second,
             },
         };
+        let (event_log, flushes) = if settings.event_retention.is_zero() {
+            (EventLog::default(), None)
+        } else {
+            let (log, flushes) = EventLog::recorded();
+            (log, Some(flushes))
+        };
         let state = AppState {
+            event_log,
             settings: Arc::new(settings),
             store,
             sessions: Sessions::new(auth.clone(), engine.clone()),
@@ -126,6 +138,7 @@ impl App {
             listener,
             state,
             background,
+            flushes,
         })
     }
 
@@ -154,6 +167,7 @@ impl App {
             listener,
             state,
             background,
+            flushes,
         } = self;
         let tasks = TaskTracker::new();
         let stop_tasks = CancellationToken::new();
@@ -176,6 +190,9 @@ impl App {
             state.settings.inactivity_timeout,
             stop_tasks.clone(),
         ));
+        if let Some(flushes) = flushes {
+            start_integrations(&state, flushes, &tasks, &stop_tasks);
+        }
         tasks.close();
 
         let (closing, connections) = (realtime.shutdown.clone(), realtime.connections);
@@ -207,6 +224,54 @@ impl App {
         tasks.wait().await;
         background.cancel();
         served
+    }
+}
+
+/// Starts the event log's recorder and pruner, and a webhook deliverer per endpoint.
+fn start_integrations(
+    state: &AppState,
+    flushes: FlushRequests,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let settings = &state.settings;
+    let endpoints = settings.webhook_urls();
+    let plan = WebhookPlan {
+        endpoints: endpoints.clone(),
+        offline_delay_us: i64::try_from(settings.webhook_offline_delay.as_micros())
+            .unwrap_or(i64::MAX),
+    };
+    let queued = Arc::new(Notify::new());
+    tasks.spawn(integrations::record(
+        state.engine.subscribe(),
+        state.store.clone(),
+        plan,
+        queued.clone(),
+        flushes,
+        stop.clone(),
+    ));
+    tasks.spawn(integrations::prune(
+        state.store.clone(),
+        settings.event_retention,
+        stop.clone(),
+    ));
+    if endpoints.is_empty() {
+        return;
+    }
+    let client = WebhookClient::new();
+    let holder = format!("node-{:016x}", rand::random::<u64>());
+    for (index, endpoint) in endpoints.into_iter().enumerate() {
+        let deliverer = Deliverer {
+            endpoint,
+            index,
+            secret: settings.webhook_secret.clone().unwrap_or_default(),
+            retry_for: settings.webhook_retry_for,
+            holder: holder.clone(),
+            store: state.store.clone(),
+            client: client.clone(),
+            queued: queued.clone(),
+        };
+        tasks.spawn(deliverer.run(stop.clone()));
     }
 }
 

@@ -1,15 +1,21 @@
-//! Admin endpoints of the seed: who is online, and one user's status. Admins see everything.
+//! Admin endpoints: the seed's (who is online, one user's status) and the stream of every
+//! presence change. Admins see everything.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
 
 use super::AppState;
 use super::dto::{OnlineUsersQuery, OnlineUsersResponse, UserStatusResponse};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiPath, ApiQuery};
 use crate::domain::UserId;
+use crate::integrations::stream::ChangeStream;
 use crate::presence::UserPresence;
 
 /// Largest (and default) page of the online list.
@@ -91,4 +97,42 @@ pub async fn user_status(
         .await?
         .ok_or(ApiError::NotFound("No such user."))?;
     Ok(Json(UserStatusResponse::from(user)))
+}
+
+/// Every presence change of every user, live (Server-Sent Events).
+#[utoipa::path(
+    get, path = "/api/admin/events", tag = "admin",
+    security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position (the `id` of the last event received)")),
+    responses(
+        (status = 200, description = "text/event-stream of `presence` events, each a ChangeEvent", content_type = "text/event-stream"),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Caller is not an admin", body = ErrorBody),
+    )
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    _admin: Admin,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let changes = ChangeStream::new(
+        state.store.clone(),
+        state.event_log.clone(),
+        state.engine.subscribe(),
+        resume_after,
+        state.realtime.shutdown.clone(),
+    );
+    let events = futures_util::stream::unfold(changes, |mut changes| async move {
+        let item = changes.next().await?;
+        let event = Event::default()
+            .event("presence")
+            .id(item.position.to_string())
+            .data(item.json);
+        Some((Ok(event), changes))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
 }

@@ -33,6 +33,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::integrations::EventLog;
 use crate::presence::PresenceReader;
 use crate::privacy::Privacy;
 use crate::realtime::Realtime;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub realtime: Realtime,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The event log's recorder (the admin event stream waits on it before replaying).
+    pub event_log: EventLog,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.
@@ -70,7 +73,7 @@ pub struct AppState {
     paths(
         users::register, users::login, users::logout, users::heartbeat, users::me, users::lookup,
         me::get_status, me::put_status, me::list_sessions, me::revoke_session,
-        admin::online_users, admin::user_status,
+        admin::online_users, admin::user_status, admin::events,
         ws::upgrade, sse::events,
         presence::user_presence, presence::query_presence, presence::contacts_online,
         privacy::list_contacts, privacy::add_contact, privacy::remove_contact,
@@ -150,6 +153,7 @@ pub fn router(state: AppState) -> Router {
             "/api/users/admin/users/{id}/online-status",
             get(admin::user_status),
         )
+        .route("/api/admin/events", get(admin::events))
         .route("/api/presence/ws", get(ws::upgrade))
         .route("/api/presence/events", get(sse::events))
         .route("/", get(web::index))

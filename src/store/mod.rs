@@ -6,6 +6,7 @@
 //! URL's scheme. `tests/store_contract.rs` runs one suite against both. The store owns SQL and
 //! its error mapping; it knows nothing about HTTP or the in-memory engine's locking.
 
+pub mod events;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -210,7 +211,7 @@ pub struct SessionInfo {
 
 /// Storage operations. Implementations are cheap to share behind an `Arc`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: events::EventLog + Send + Sync + 'static {
     /// Applies pending schema migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks the database answers and, if the last write failed, that it takes a write again

@@ -30,6 +30,8 @@ use crate::domain::{
     SessionId, StoredPrivacy, UserId, Username, next_seq,
 };
 
+super::events::impl_event_log!(PostgresStore);
+
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Connections per server process. Hot paths never touch the database (heartbeats stay in the

@@ -32,6 +32,8 @@ use crate::domain::{
     SessionId, StoredPrivacy, UserId, Username, next_seq,
 };
 
+super::events::impl_event_log!(SqliteStore);
+
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Users per statement of a presence write, bounding the size of one JSON parameter.

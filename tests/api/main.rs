@@ -5,6 +5,7 @@ mod admin;
 mod errors;
 mod faults;
 mod helpers;
+mod integrations;
 mod ops;
 mod persistence;
 mod presence;

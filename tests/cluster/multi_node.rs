@@ -25,6 +25,7 @@ where
             database_url,
             redis_url: redis_url.clone(),
             prefix: unique_prefix(),
+            env: Vec::new(),
         };
         let prefix = shared.prefix.clone();
         body(shared).await;
@@ -284,5 +285,80 @@ async fn a_killed_node_releases_its_sockets_within_the_lease_and_the_grace() {
         );
         assert_eq!(a.status_of(&admin, ahmad).await, "offline");
     })
+    .await;
+}
+
+/// A webhook endpoint on a free port that records the events it is sent.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                let body: Value = serde_json::from_str(&body).unwrap();
+                let events = body["events"].as_array().unwrap().clone();
+                sink.lock().unwrap().extend(events);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_send_each_change_to_a_webhook_once_and_in_order() {
+    let (url, received) = webhook_receiver().await;
+    deployment(
+        "three_nodes_send_each_change_once",
+        |mut shared| async move {
+            shared.env = vec![
+                ("LASTSEEN_WEBHOOK_URLS".into(), url),
+                ("LASTSEEN_WEBHOOK_SECRET".into(), "whsec_cluster".into()),
+            ];
+            let (a, b, c) = three(&shared).await;
+            let ahmad = a.register("ahmad").await;
+            for (login_on, logout_on) in [(&b, &c), (&a, &b)] {
+                let token = login_on.login("ahmad").await;
+                let (status, _) = logout_on
+                    .call("POST", "/api/users/logout/", Some(&token), Value::Null)
+                    .await;
+                assert_eq!(status, 200);
+            }
+            let of_ahmad = || -> Vec<Value> {
+                received
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["user_id"] == ahmad)
+                    .cloned()
+                    .collect()
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while of_ahmad().len() < 4 {
+                assert!(Instant::now() < deadline, "four changes: {:?}", of_ahmad());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Time for any duplicate from another node to arrive.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let events = of_ahmad();
+            let statuses: Vec<&str> = events
+                .iter()
+                .map(|e| e["online_status"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                statuses,
+                ["online", "offline", "online", "offline"],
+                "{events:?}"
+            );
+            let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        },
+    )
     .await;
 }

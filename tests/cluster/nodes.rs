@@ -24,6 +24,8 @@ pub struct Shared {
     pub database_url: String,
     pub redis_url: String,
     pub prefix: String,
+    /// More `LASTSEEN_*` variables for every node.
+    pub env: Vec<(String, String)>,
 }
 
 impl Shared {
@@ -49,7 +51,8 @@ impl Shared {
             )
             .env("LASTSEEN_NODE_LEASE", format!("{}ms", LEASE.as_millis()))
             .env("LASTSEEN_PERSIST_INTERVAL", "200ms")
-            .env("LASTSEEN_PING_INTERVAL", "5s");
+            .env("LASTSEEN_PING_INTERVAL", "5s")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

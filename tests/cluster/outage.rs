@@ -45,6 +45,7 @@ async fn a_redis_outage_answers_503_and_recovers_by_itself_with_every_session() 
             database_url,
             redis_url,
             prefix: unique_prefix(),
+            env: Vec::new(),
         };
         let node = shared.node().await;
         shared.create_admin("root");
@@ -112,6 +113,7 @@ async fn two_nodes_share_presence_on_a_redis_cluster() {
             database_url,
             redis_url,
             prefix: unique_prefix(),
+            env: Vec::new(),
         };
         let a = shared.node().await;
         let b = shared.node().await;
