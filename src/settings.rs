@@ -105,6 +105,9 @@ pub struct Settings {
     /// from (default `24h`; `0s` records nothing, which also turns webhooks off).
     #[serde(with = "humantime_serde")]
     pub event_retention: Duration,
+    /// Whether the `lastseen_session` cookie is marked `Secure` (sent over HTTPS only); turn it
+    /// on behind TLS (default `false`).
+    pub cookie_secure: bool,
 }
 
 impl Default for Settings {
@@ -136,6 +139,7 @@ impl Default for Settings {
             webhook_offline_delay: Duration::ZERO,
             webhook_retry_for: Duration::from_secs(24 * 3600),
             event_retention: Duration::from_secs(24 * 3600),
+            cookie_secure: false,
         }
     }
 }
@@ -387,6 +391,12 @@ pub const SPECS: &[Spec] = &[
         Kind::Duration,
         Scope::Serve,
         "How long the event log keeps presence changes (0s: no log, no webhooks)",
+    ),
+    spec(
+        "cookie_secure",
+        Kind::Bool,
+        Scope::Serve,
+        "Mark the browser session cookie Secure (HTTPS only)",
     ),
 ];
 

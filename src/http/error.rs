@@ -57,6 +57,12 @@ pub enum ApiError {
     /// 403: authenticated but not allowed.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// 403: a request authenticated by the session cookie came from another origin.
+    #[error(
+        "Cross-origin request refused: the session cookie only authenticates this server's own \
+         pages; send an Authorization header instead."
+    )]
+    CrossOrigin,
     /// 404: unknown user or route.
     #[error("{0}")]
     NotFound(&'static str),
@@ -101,6 +107,7 @@ impl ApiError {
                 (StatusCode::UNAUTHORIZED, "authentication_failed")
             }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_denied"),
+            Self::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

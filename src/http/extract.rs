@@ -6,10 +6,11 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::cookie;
 use super::error::ApiError;
 use crate::auth::Session;
 use crate::domain::{Activity, PresenceView};
@@ -104,7 +105,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer_from_headers(&parts.headers)?;
+        let token = request_token(&parts.method, &parts.headers)?;
         let session = state.auth.authenticate(&token).await?;
         Ok(Self { session, token })
     }
@@ -222,6 +223,24 @@ pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
         return Err(ApiError::InvalidToken);
     }
     Ok(token.to_owned())
+}
+
+/// The token a request authenticates with: its `Authorization: Bearer` header, else the
+/// browser session cookie, which a request that changes something may only use from this
+/// server's own origin.
+///
+/// # Errors
+/// [`ApiError::NotAuthenticated`] with neither, [`ApiError::InvalidToken`] for a malformed
+/// header, [`ApiError::CrossOrigin`] for a cookie on a cross-origin unsafe request.
+pub fn request_token(method: &Method, headers: &HeaderMap) -> Result<String, ApiError> {
+    match bearer_from_headers(headers) {
+        Err(ApiError::NotAuthenticated) => match cookie::session_token(headers) {
+            Some(token) if cookie::allowed(method, headers) => Ok(token.to_owned()),
+            Some(_) => Err(ApiError::CrossOrigin),
+            None => Err(ApiError::NotAuthenticated),
+        },
+        other => other,
+    }
 }
 
 /// An authenticated request by an admin.

@@ -4,6 +4,7 @@
 //! trailing-slash paths (`/api/users/heartbeat/`) reach the same handlers.
 
 mod admin;
+mod cookie;
 mod dto;
 mod error;
 mod extract;
@@ -29,7 +30,7 @@ use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
@@ -103,6 +104,13 @@ impl utoipa::Modify for BearerAuth {
             .description(Some("Opaque access token from POST /api/users/login/"))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        let cookie = ApiKeyValue::with_description(
+            "lastseen_session",
+            "Browser session cookie set by POST /api/users/login/; accepted wherever a bearer \
+             token is when no Authorization header is sent. Requests other than GET/HEAD/OPTIONS \
+             authenticated by it need an Origin equal to this server's own (else 403 cross_origin).",
+        );
+        components.add_security_scheme("cookie", SecurityScheme::ApiKey(ApiKey::Cookie(cookie)));
     }
 }
 

@@ -2,9 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, StatusCode};
 
 use super::AppState;
+use super::cookie;
 use super::dto::{
     HeartbeatRequest, HeartbeatResponse, LoginRequest, LoginResponse, LogoutResponse, LookupQuery,
     RegisterRequest, RegisterResponse,
@@ -56,7 +58,7 @@ pub async fn register(
     post, path = "/api/users/login/", tag = "users",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 200, description = "Logged in; also sets the browser session cookie `lastseen_session` (HttpOnly, SameSite=Strict)", body = LoginResponse),
         (status = 400, description = "Malformed body or a bad device name", body = ErrorBody),
         (status = 401, description = "Unknown user or wrong password", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -66,7 +68,7 @@ pub async fn register(
 pub async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<LoginResponse>), ApiError> {
     let device = match body.device {
         Some(device) => Device::parse(device.platform, device.name.as_deref())?,
         None => Device::default(),
@@ -77,12 +79,19 @@ pub async fn login(
         .await?;
     metrics::counter!("lastseen_logins_total").increment(1);
     let session = login.session;
-    Ok(Json(LoginResponse {
-        access: login.token,
-        token_type: "Bearer",
-        user: UserPresence::full(session.user_id, session.username, &view),
-        heartbeat_interval_ms: interval_ms(&state),
-    }))
+    let mut headers = HeaderMap::new();
+    if let Some(cookie) = cookie::set_session(&login.token, state.settings.cookie_secure) {
+        headers.insert(SET_COOKIE, cookie);
+    }
+    Ok((
+        headers,
+        Json(LoginResponse {
+            access: login.token,
+            token_type: "Bearer",
+            user: UserPresence::full(session.user_id, session.username, &view),
+            heartbeat_interval_ms: interval_ms(&state),
+        }),
+    ))
 }
 
 /// Log out: revokes the token; offline at once unless another session is live.
@@ -90,23 +99,31 @@ pub async fn login(
     post, path = "/api/users/logout/", tag = "users",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Logged out", body = LogoutResponse),
+        (status = 200, description = "Logged out; clears the `lastseen_session` cookie", body = LogoutResponse),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
     )
 )]
 pub async fn logout(
     State(state): State<AppState>,
     caller: Authenticated,
-) -> Result<Json<LogoutResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<LogoutResponse>), ApiError> {
     let session = &caller.session;
     let view = state
         .sessions
         .end(session.user_id, session.session_id)
         .await?;
-    Ok(Json(LogoutResponse {
-        message: "Logged out successfully",
-        online_status: view.status,
-    }))
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        SET_COOKIE,
+        cookie::clear_session(state.settings.cookie_secure),
+    );
+    Ok((
+        headers,
+        Json(LogoutResponse {
+            message: "Logged out successfully",
+            online_status: view.status,
+        }),
+    ))
 }
 
 /// Record a heartbeat: keeps the session live. With no body it says nothing about the user

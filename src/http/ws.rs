@@ -1,5 +1,5 @@
 //! `GET /api/presence/ws`: authenticates the upgrade request (when it carries an
-//! `Authorization` header) and hands the socket to [`crate::realtime::socket::serve`].
+//! `Authorization` header or, from this server's own pages, the session cookie) and hands the socket to [`crate::realtime::socket::serve`].
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -7,14 +7,36 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::cookie;
 use super::error::{ApiError, ErrorBody};
 use super::extract::bearer_from_headers;
+use crate::auth::{AuthError, Session};
 use crate::realtime::socket;
 
 /// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
 const READ_BUFFER: usize = 4 * 1024;
 /// Frames are batched up to this many bytes before a write (and always written on flush).
 const WRITE_BUFFER: usize = 4 * 1024;
+
+/// The session of the browser cookie, for an upgrade from this server's own pages. A stale
+/// cookie is ignored (the socket may still authenticate with its first message); a cookie
+/// sent from another origin is refused, as browsers send cookies with cross-site upgrades.
+async fn cookie_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, ApiError> {
+    let Some(token) = cookie::session_token(headers) else {
+        return Ok(None);
+    };
+    if !cookie::same_origin(headers) {
+        return Err(ApiError::CrossOrigin);
+    }
+    match state.auth.authenticate(token).await {
+        Ok(session) => Ok(Some(session)),
+        Err(AuthError::InvalidToken) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
 
 /// Upgrade to a presence socket.
 #[utoipa::path(
@@ -24,6 +46,7 @@ const WRITE_BUFFER: usize = 4 * 1024;
         (status = 101, description = "Switching to the WebSocket protocol (see docs/REALTIME.md)"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
         (status = 401, description = "The Authorization header carries an invalid token", body = ErrorBody),
+        (status = 403, description = "The session cookie was sent from another origin", body = ErrorBody),
     )
 )]
 pub async fn upgrade(
@@ -33,7 +56,7 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     let session = match bearer_from_headers(&headers) {
         Ok(token) => Some(state.auth.authenticate(&token).await?),
-        Err(ApiError::NotAuthenticated) => None,
+        Err(ApiError::NotAuthenticated) => cookie_session(&state, &headers).await?,
         Err(error) => return Err(error),
     };
     let limit = state.settings.max_message_bytes;

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod cookies;
 mod errors;
 mod faults;
 mod helpers;
