@@ -11,7 +11,8 @@
 //! - `auth` (Argon2id passwords, opaque tokens, the session cache, revocations), `privacy`
 //!   (the privacy cache and its write path), `presence` (reading current presence, and its
 //!   JSON shape), `sessions` (logging in and ending sessions), `persister` (write-behind of
-//!   presence), `integrations` (the event log and webhooks): the services, one use case each.
+//!   presence), `integrations` (the event log and webhooks), `history` (the online count per minute for
+//!   the dashboard's chart): the services, one use case each.
 //! - `realtime`: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - `http`: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page, and
 //!   the socket and stream upgrades.
@@ -27,6 +28,7 @@ mod cluster;
 pub mod commands;
 pub mod domain;
 pub mod engine;
+mod history;
 mod http;
 mod integrations;
 mod persister;

@@ -21,6 +21,7 @@ use crate::domain::{PresenceEvent, PrivacyChanged};
 use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::engine::redis::{RedisBackend, RedisTiming};
+use crate::history::{self, OnlineHistory};
 use crate::http::{self, AppState};
 use crate::integrations::webhooks::{Deliverer, WebhookClient};
 use crate::integrations::{self, EventLog, FlushRequests};
@@ -122,8 +123,12 @@ impl App {
             let (log, flushes) = EventLog::recorded();
             (log, Some(flushes))
         };
+        let history = OnlineHistory::load(store.as_ref(), chrono::Utc::now())
+            .await
+            .context("while loading the online chart")?;
         let state = AppState {
             event_log,
+            history,
             settings: Arc::new(settings),
             store,
             sessions: Sessions::new(auth.clone(), engine.clone()),
@@ -188,6 +193,12 @@ impl App {
             state.store.clone(),
             state.settings.persist_interval,
             state.settings.inactivity_timeout,
+            stop_tasks.clone(),
+        ));
+        tasks.spawn(history::run(
+            state.history.clone(),
+            state.engine.clone(),
+            state.store.clone(),
             stop_tasks.clone(),
         ));
         if let Some(flushes) = flushes {

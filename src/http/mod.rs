@@ -5,6 +5,7 @@
 
 mod admin;
 mod cookie;
+mod dashboard;
 mod dto;
 mod error;
 mod extract;
@@ -34,6 +35,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 
 use crate::auth::Authenticator;
 use crate::engine::PresenceEngine;
+use crate::history::OnlineHistory;
 use crate::integrations::EventLog;
 use crate::presence::PresenceReader;
 use crate::privacy::Privacy;
@@ -65,6 +67,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The event log's recorder (the admin event stream waits on it before replaying).
     pub event_log: EventLog,
+    /// The online count per minute (the dashboard's chart).
+    pub history: OnlineHistory,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.
@@ -75,6 +79,8 @@ pub struct AppState {
         users::register, users::login, users::logout, users::heartbeat, users::me, users::lookup,
         me::get_status, me::put_status, me::list_sessions, me::revoke_session,
         admin::online_users, admin::user_status, admin::events,
+        dashboard::online_stats, dashboard::search_users, dashboard::user_detail,
+        dashboard::end_session, dashboard::end_all_sessions,
         ws::upgrade, sse::events,
         presence::user_presence, presence::query_presence, presence::contacts_online,
         privacy::list_contacts, privacy::add_contact, privacy::remove_contact,
@@ -162,6 +168,19 @@ pub fn router(state: AppState) -> Router {
             get(admin::user_status),
         )
         .route("/api/admin/events", get(admin::events))
+        .route("/api/admin/stats/online", get(dashboard::online_stats))
+        .route("/api/admin/users", get(dashboard::search_users))
+        .route("/api/admin/users/{id}", get(dashboard::user_detail))
+        .route(
+            "/api/admin/users/{id}/sessions",
+            delete(dashboard::end_all_sessions),
+        )
+        .route(
+            "/api/admin/users/{id}/sessions/{session_id}",
+            delete(dashboard::end_session),
+        )
+        .route("/admin", get(dashboard::page))
+        .route("/static/admin.js", get(dashboard::script))
         .route("/api/presence/ws", get(ws::upgrade))
         .route("/api/presence/events", get(sse::events))
         .route("/", get(web::index))

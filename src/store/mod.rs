@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod postgres;
+pub mod samples;
 mod sql;
 pub mod sqlite;
 
@@ -211,7 +212,7 @@ pub struct SessionInfo {
 
 /// Storage operations. Implementations are cheap to share behind an `Arc`.
 #[async_trait]
-pub trait Store: events::EventLog + Send + Sync + 'static {
+pub trait Store: events::EventLog + samples::OnlineSamples + Send + Sync + 'static {
     /// Applies pending schema migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Checks the database answers and, if the last write failed, that it takes a write again
@@ -230,6 +231,14 @@ pub trait Store: events::EventLog + Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks users up by id; unknown ids are left out; order is unspecified.
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError>;
+    /// Users whose name contains `needle` (case-insensitively; empty: everyone), ordered by
+    /// id, after `after`, at most `limit`.
+    async fn search_users(
+        &self,
+        needle: &str,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
     /// Stores a new session for `user` identified by the hash of its token;
     /// [`StoreError::Conflict`] if another session has that hash, [`StoreError::NotFound`] if
     /// the user does not exist.

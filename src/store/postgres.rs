@@ -31,6 +31,7 @@ use crate::domain::{
 };
 
 super::events::impl_event_log!(PostgresStore);
+super::samples::impl_online_samples!(PostgresStore);
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -323,6 +324,22 @@ impl Store for PostgresStore {
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         self.users_where("user_id = any($1)", ids).await
+    }
+
+    async fn search_users(
+        &self,
+        needle: &str,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        // The two integers are typed, so formatting them into the SQL is safe.
+        let condition = format!(
+            "lower(username) like $1 escape '\\' and user_id > {} order by user_id limit {}",
+            after.map_or(i64::MIN, |id| id.0),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        self.users_where(&condition, sql::like_pattern(needle))
+            .await
     }
 
     async fn create_device_session(

@@ -20,6 +20,21 @@ pub(super) const USER_COLUMNS: &str = "user_id, username, password_hash, is_admi
      online_status, last_seen, presence_seq, status_mode, status_text, status_emoji, \
      status_expires_at";
 
+/// The `like` pattern (with `\` as the escape) that matches names containing `needle`,
+/// compared in lower case.
+pub(super) fn like_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 2);
+    pattern.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// Users with a manual status (whatever their sessions).
 pub(super) const HAS_STATUS: &str =
     "(status_mode <> 'auto' or status_text is not null or status_emoji is not null)";

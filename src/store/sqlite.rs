@@ -33,6 +33,7 @@ use crate::domain::{
 };
 
 super::events::impl_event_log!(SqliteStore);
+super::samples::impl_online_samples!(SqliteStore);
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -293,6 +294,22 @@ impl Store for SqliteStore {
     async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let condition = "user_id in (select value from json_each($1))";
         self.users_where(condition, ids_json(ids)?).await
+    }
+
+    async fn search_users(
+        &self,
+        needle: &str,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        // The two integers are typed, so formatting them into the SQL is safe.
+        let condition = format!(
+            "lower(username) like $1 escape '\\' and user_id > {} order by user_id limit {}",
+            after.map_or(i64::MIN, |id| id.0),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        self.users_where(&condition, sql::like_pattern(needle))
+            .await
     }
 
     async fn create_device_session(

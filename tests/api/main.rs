@@ -3,6 +3,7 @@
 mod accounts;
 mod admin;
 mod cookies;
+mod dashboard;
 mod errors;
 mod faults;
 mod helpers;

@@ -42,6 +42,8 @@ contract! {
     users::a_created_user_is_found_by_name_and_by_id,
     users::a_taken_username_is_a_conflict_but_names_are_case_sensitive,
     users::users_by_ids_returns_the_known_ones,
+    users::search_finds_names_containing_the_text_in_any_case_in_id_order,
+    users::online_samples_keep_one_count_per_minute_and_prune_old_ones,
     sessions::a_session_is_found_by_its_token_hash_until_it_is_deleted,
     sessions::a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found,
     sessions::sessions_beyond_a_cap_are_the_least_recently_active_of_one_user,

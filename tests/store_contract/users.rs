@@ -94,3 +94,38 @@ pub async fn users_by_ids_returns_the_known_ones(store: Arc<dyn Store>) {
     assert_eq!(ids(&all), [a.id, b.id, c.id], "duplicates are read once");
     assert!(store.users_by_ids(&[]).await.unwrap().is_empty());
 }
+
+pub async fn search_finds_names_containing_the_text_in_any_case_in_id_order(store: Arc<dyn Store>) {
+    let alice = user(store.as_ref(), "alice").await;
+    let malika = user(store.as_ref(), "Malika").await;
+    user(store.as_ref(), "bob").await;
+    let literal = user(store.as_ref(), "a_b").await;
+    let names = |found: Vec<UserRecord>| found.into_iter().map(|u| u.id).collect::<Vec<_>>();
+
+    let found = store.search_users("ALI", None, 10).await.unwrap();
+    assert_eq!(names(found), [alice.id, malika.id]);
+    let page = store.search_users("ali", Some(alice.id), 10).await.unwrap();
+    assert_eq!(names(page), [malika.id]);
+    let first = store.search_users("ali", None, 1).await.unwrap();
+    assert_eq!(names(first), [alice.id]);
+    // `_` and `%` are text, not wildcards.
+    assert_eq!(
+        names(store.search_users("_", None, 10).await.unwrap()),
+        [literal.id]
+    );
+    assert!(store.search_users("%", None, 10).await.unwrap().is_empty());
+    assert_eq!(store.search_users("", None, 10).await.unwrap().len(), 4);
+}
+
+pub async fn online_samples_keep_one_count_per_minute_and_prune_old_ones(store: Arc<dyn Store>) {
+    store.record_online_sample(100, 5).await.unwrap();
+    store.record_online_sample(101, 7).await.unwrap();
+    store.record_online_sample(101, 8).await.unwrap();
+    store.record_online_sample(50, 1).await.unwrap();
+    assert_eq!(
+        store.online_samples(60).await.unwrap(),
+        [(100, 5), (101, 8)]
+    );
+    assert_eq!(store.prune_online_samples(100).await.unwrap(), 1);
+    assert_eq!(store.online_samples(0).await.unwrap(), [(100, 5), (101, 8)]);
+}
