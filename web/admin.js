@@ -378,6 +378,10 @@ function drawChart() {
   if (state.onlineNow !== undefined) points.push([now, state.onlineNow]);
   const peak = Math.max(0, ...points.map(([, online]) => online));
   $("peak").textContent = String(peak);
+  const since = samples.find((s) => s.at >= start);
+  $("chart-note").textContent = since
+    ? `one sample a minute since ${new Date(since.at).toLocaleString()}`
+    : "the first sample is taken within a minute";
   if (points.length === 0) return;
   const x = (at) => (((at - start) / (now - start)) * 1440).toFixed(1);
   const y = (online) => (100 - (online / Math.max(1, peak)) * 92).toFixed(1);
