@@ -4,9 +4,12 @@
 //! raced with one) revokes its token, which closes its sockets wherever they are, and ends its
 //! presence.
 
+use std::sync::Arc;
+
 use crate::auth::{AuthError, Authenticator, Login};
 use crate::domain::{Activity, Device, PresenceView, SessionId, UserId};
 use crate::engine::{EngineError, PresenceEngine};
+use crate::store::Store;
 
 /// Why a session could not be started or ended.
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +27,17 @@ pub enum SessionError {
 pub struct Sessions {
     auth: Authenticator,
     engine: PresenceEngine,
+    store: Arc<dyn Store>,
 }
 
 impl Sessions {
-    /// Sessions over `auth` whose presence `engine` tracks.
-    pub fn new(auth: Authenticator, engine: PresenceEngine) -> Self {
-        Self { auth, engine }
+    /// Sessions over `auth` whose presence `engine` tracks, listed in `store`.
+    pub fn new(auth: Authenticator, engine: PresenceEngine, store: Arc<dyn Store>) -> Self {
+        Self {
+            auth,
+            engine,
+            store,
+        }
     }
 
     /// Checks credentials, opens a session (a device), ends the user's least recently active
@@ -71,5 +79,41 @@ impl Sessions {
     ) -> Result<PresenceView, SessionError> {
         self.auth.revoke(session).await?;
         Ok(self.engine.end_session(user, session).await?)
+    }
+
+    /// Ends `session` if it is one of `user`'s; `None` if it is not (or no longer) theirs.
+    ///
+    /// # Errors
+    /// As [`Sessions::end`].
+    pub async fn end_owned(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<Option<PresenceView>, SessionError> {
+        let sessions = self
+            .store
+            .sessions_of(user)
+            .await
+            .map_err(AuthError::from)?;
+        if !sessions.iter().any(|s| s.id == session) {
+            return Ok(None);
+        }
+        Ok(Some(self.end(user, session).await?))
+    }
+
+    /// Ends every session of `user` (they go offline).
+    ///
+    /// # Errors
+    /// As [`Sessions::end`]; sessions ended before a failure stay ended.
+    pub async fn end_all(&self, user: UserId) -> Result<(), SessionError> {
+        let sessions = self
+            .store
+            .sessions_of(user)
+            .await
+            .map_err(AuthError::from)?;
+        for session in sessions {
+            self.end(user, session.id).await?;
+        }
+        Ok(())
     }
 }

@@ -260,17 +260,11 @@ pub async fn end_session(
     _admin: Admin,
     ApiPath((id, session_id)): ApiPath<(i64, i64)>,
 ) -> Result<StatusCode, ApiError> {
-    let (user, session) = (UserId(id), SessionId(session_id));
-    let owned = state
-        .store
-        .sessions_of(user)
+    state
+        .sessions
+        .end_owned(UserId(id), SessionId(session_id))
         .await?
-        .iter()
-        .any(|s| s.id == session);
-    if !owned {
-        return Err(ApiError::NotFound("No such session."));
-    }
-    state.sessions.end(user, session).await?;
+        .ok_or(ApiError::NotFound("No such session."))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,8 +289,6 @@ pub async fn end_all_sessions(
     if state.store.user_by_id(user).await?.is_none() {
         return Err(ApiError::NotFound("No such user."));
     }
-    for session in state.store.sessions_of(user).await? {
-        state.sessions.end(user, session.id).await?;
-    }
+    state.sessions.end_all(user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -120,16 +120,10 @@ pub async fn revoke_session(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     let user = caller.session.user_id;
-    let id = SessionId(id);
-    let owned = state
-        .store
-        .sessions_of(user)
+    state
+        .sessions
+        .end_owned(user, SessionId(id))
         .await?
-        .iter()
-        .any(|session| session.id == id);
-    if !owned {
-        return Err(ApiError::NotFound("No such session."));
-    }
-    state.sessions.end(user, id).await?;
+        .ok_or(ApiError::NotFound("No such session."))?;
     Ok(StatusCode::NO_CONTENT)
 }

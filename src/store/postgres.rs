@@ -332,12 +332,7 @@ impl Store for PostgresStore {
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<UserRecord>, StoreError> {
-        // The two integers are typed, so formatting them into the SQL is safe.
-        let condition = format!(
-            "lower(username) like $1 escape '\\' and user_id > {} order by user_id limit {}",
-            after.map_or(i64::MIN, |id| id.0),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-        );
+        let condition = sql::search_condition(after, limit);
         self.users_where(&condition, sql::like_pattern(needle))
             .await
     }

@@ -35,6 +35,17 @@ pub(super) fn like_pattern(needle: &str) -> String {
     pattern
 }
 
+/// The `where` clause of a user search (after [`like_pattern`] as `$1`): names that match, by
+/// id after `after`, at most `limit`. The two numbers are typed integers, so formatting them
+/// into the SQL is safe.
+pub(super) fn search_condition(after: Option<UserId>, limit: usize) -> String {
+    format!(
+        "lower(username) like $1 escape '\\' and user_id > {} order by user_id limit {}",
+        after.map_or(i64::MIN, |id| id.0),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
 /// Users with a manual status (whatever their sessions).
 pub(super) const HAS_STATUS: &str =
     "(status_mode <> 'auto' or status_text is not null or status_emoji is not null)";
