@@ -30,6 +30,49 @@ pub enum Mode {
     Restart(RestartArgs),
     /// Many WebSocket subscribers: server memory per socket and presence delivery latency.
     Sockets(SocketsArgs),
+    /// Scale-out: one node in Redis mode vs the embedded mode, N nodes together, and push
+    /// latency across nodes (needs PostgreSQL and Redis).
+    Cluster(ClusterArgs),
+}
+
+/// Arguments of `cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Server binary to start [default: `lastseen` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
+    /// PostgreSQL server (without a database name); the run creates and drops its own database.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432",
+        value_name = "URL"
+    )]
+    pub postgres_url: String,
+    /// Redis for the shared presence (the run uses its own key prefix).
+    #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
+    pub redis_url: String,
+    /// Nodes of the multi-node phase (at least 2).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Users whose tokens rotate through the heartbeats (registered over the API).
+    #[arg(short = 'n', long, default_value_t = 200)]
+    pub users: u64,
+    /// Keep-alive connections in all (split evenly between the nodes).
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds per heartbeat round (the push phase drives twice as long).
+    #[arg(short = 'd', long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Heartbeat rounds per phase; the report gives medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Users the cross-node subscriber watches.
+    #[arg(long, default_value_t = 100)]
+    pub watched: u64,
+    /// Transitions per second driven on the first node (each cycle: socket opens = online,
+    /// closes = offline after the 100 ms grace).
+    #[arg(long, default_value_t = 50.0, value_name = "PER_SECOND")]
+    pub push_rate: f64,
 }
 
 /// Which server to load.

@@ -10,6 +10,7 @@
 mod churn;
 mod cli;
 mod client;
+mod cluster;
 mod heartbeat;
 mod load;
 mod progress;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             Mode::Churn(args) => churn::run(args, json).await,
             Mode::Restart(args) => restart::run(args, json).await,
             Mode::Sockets(args) => sockets::run(args, json).await,
+            Mode::Cluster(args) => cluster::run(args, json).await,
         }
     });
     match result {

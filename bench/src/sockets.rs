@@ -110,7 +110,8 @@ struct Tally {
     closed: AtomicU64,
 }
 
-fn now_us() -> u64 {
+/// Wall-clock microseconds since the Unix epoch (the unit of a presence event's `seq`).
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -151,7 +152,9 @@ fn small_buffers() -> WebSocketConfig {
         .max_write_buffer_size(64 * 1024)
 }
 
-async fn connect(
+/// Opens a presence socket to `server` with `token` in the `Authorization` header, from
+/// `source` when given.
+pub async fn connect(
     source: Option<Ipv4Addr>,
     server: SocketAddr,
     token: &str,

@@ -24,6 +24,8 @@ pub struct ServerFiles {
     pub db: PathBuf,
     /// Extra arguments for `lastseen serve` (e.g. `--persist-interval 1s`).
     pub args: Vec<String>,
+    /// A database URL to use instead of the SQLite file (e.g. a PostgreSQL one).
+    pub database: Option<String>,
     /// Holds a temporary directory alive (and deletes it on drop), if we made one.
     _temp: Option<std::sync::Arc<TempDir>>,
 }
@@ -61,13 +63,17 @@ impl ServerFiles {
             binary,
             db,
             args,
+            database: None,
             _temp: temp,
         })
     }
 
-    /// The `sqlite://` URL of the database.
+    /// The URL of the database: `database` when set, else the SQLite file's `sqlite://` URL.
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}", self.db.display())
+        match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.db.display()),
+        }
     }
 
     /// A `lastseen` command on this database, with `LASTSEEN_*` variables cleared.
