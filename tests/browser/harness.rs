@@ -1,10 +1,8 @@
-//! The demo page in headless Chromium, driven over the WebDriver protocol through chromedriver:
-//! two users, each in their own browser, watch each other's dot, status and "last seen".
-//!
-//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (installed by `scripts/test`). Without
-//! them the test is skipped with a notice, unless `LASTSEEN_REQUIRE_SERVICES=1`.
+//! Reusable pieces for browser tests: the server on port 0 with its own SQLite file, chromedriver,
+//! and one headless Chromium per profile (each profile is a separate browser with its own cookies
+//! and storage), driven over the WebDriver protocol with plain HTTP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -13,10 +11,55 @@ use lastseen::startup::App;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The real server on port 0 with its own SQLite file in a temporary directory.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub base: String,
+    /// Holds the database and the browser profiles; removed on drop.
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
 
-struct Driver {
+impl TestServer {
+    /// Starts the server with test settings (a short disconnect grace), changed by `configure`.
+    pub async fn start(configure: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.path().join("browser.db").display()),
+            disconnect_grace: Duration::from_millis(500),
+            ..Settings::default()
+        };
+        configure(&mut settings);
+        let app = App::build(settings).await.unwrap();
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            base,
+            dir,
+            shutdown,
+            server,
+        }
+    }
+
+    /// A fresh browser profile directory inside this server's temporary directory.
+    pub fn profile(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}-profile"))
+    }
+
+    /// Shuts the server down and asserts a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+pub struct Driver {
     child: Child,
     base: String,
     client: reqwest::Client,
@@ -30,7 +73,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -64,7 +107,7 @@ impl Driver {
         driver
     }
 
-    async fn browser(&self, profile: &Path) -> Browser {
+    pub async fn browser(&self, profile: &Path) -> Browser {
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -97,13 +140,13 @@ impl Driver {
     }
 }
 
-struct Browser {
+pub struct Browser {
     url: String,
     client: reqwest::Client,
 }
 
 impl Browser {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let response: Value = self
             .client
             .request(method, format!("{}{path}", self.url))
@@ -120,12 +163,12 @@ impl Browser {
         response["value"].clone()
     }
 
-    async fn open(&self, url: &str) {
+    pub async fn open(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
     }
 
-    async fn element(&self, css: &str) -> String {
+    pub async fn element(&self, css: &str) -> String {
         let found = self
             .call(
                 reqwest::Method::POST,
@@ -141,7 +184,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub async fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css).await;
         self.call(
             reqwest::Method::POST,
@@ -151,7 +194,7 @@ impl Browser {
         .await;
     }
 
-    async fn click(&self, css: &str) {
+    pub async fn click(&self, css: &str) {
         let element = self.element(css).await;
         self.call(
             reqwest::Method::POST,
@@ -161,7 +204,7 @@ impl Browser {
         .await;
     }
 
-    async fn eval(&self, script: &str) -> Value {
+    pub async fn eval(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
             "/execute/sync",
@@ -171,7 +214,7 @@ impl Browser {
     }
 
     /// Polls `script` until it returns `true`.
-    async fn wait_for(&self, what: &str, script: &str) {
+    pub async fn wait_for(&self, what: &str, script: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if self.eval(script).await == Value::Bool(true) {
@@ -185,7 +228,7 @@ impl Browser {
         }
     }
 
-    async fn log_in(&self, base: &str, username: &str) {
+    pub async fn log_in(&self, base: &str, username: &str) {
         self.open(&format!("{base}/")).await;
         self.type_into("#username", username).await;
         self.type_into("#password", "password123").await;
@@ -197,12 +240,12 @@ impl Browser {
         .await;
     }
 
-    async fn quit(self) {
+    pub async fn quit(self) {
         let _ = self.client.delete(&self.url).send().await;
     }
 }
 
-fn browser_available() -> bool {
+pub fn browser_available() -> bool {
     let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
     if !present {
         assert!(
@@ -216,7 +259,7 @@ fn browser_available() -> bool {
     present
 }
 
-async fn register(client: &reqwest::Client, base: &str, username: &str) -> i64 {
+pub async fn register(client: &reqwest::Client, base: &str, username: &str) -> i64 {
     let body: Value = client
         .post(format!("{base}/api/users/register/"))
         .json(&json!({"username": username, "password": "password123"}))
@@ -227,104 +270,4 @@ async fn register(client: &reqwest::Client, base: &str, username: &str) -> i64 {
         .await
         .unwrap();
     body["id"].as_i64().unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_see_each_others_dot_turn_green_then_red_on_dnd_and_then_last_seen() {
-    if !browser_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("browser.db").display()),
-        disconnect_grace: Duration::from_millis(500),
-        ..Settings::default()
-    };
-    let app = App::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run(shutdown.clone()));
-
-    let client = reqwest::Client::new();
-    register(&client, &base, "alice").await;
-    let bob = register(&client, &base, "bob").await;
-
-    let driver = Driver::start().await;
-    let alice_page = driver.browser(&dir.path().join("alice-profile")).await;
-    let bob_page = driver.browser(&dir.path().join("bob-profile")).await;
-
-    alice_page.log_in(&base, "alice").await;
-    alice_page.type_into("#watch-name", "bob").await;
-    alice_page.click("#watch").await;
-    let dot = format!("document.querySelector('li[data-user-id=\"{bob}\"] .dot')");
-    let status = format!("document.querySelector('li[data-user-id=\"{bob}\"] .status')");
-    alice_page
-        .wait_for(
-            "bob's row, offline",
-            &format!("return !!{dot} && !{dot}.classList.contains('active')"),
-        )
-        .await;
-
-    bob_page.log_in(&base, "bob").await;
-    alice_page
-        .wait_for(
-            "bob's dot to turn green",
-            &format!("return {dot}.classList.contains('active')"),
-        )
-        .await;
-    assert_eq!(
-        alice_page
-            .eval(&format!("return {status}.textContent"))
-            .await,
-        "online"
-    );
-
-    // Bob sets "do not disturb" with a custom status in his page: Alice's dot of him turns red
-    // and shows the status; clearing it turns the dot green again.
-    bob_page
-        .eval("document.getElementById('status-mode').value = 'dnd'; return true")
-        .await;
-    bob_page.type_into("#status-emoji", "📅").await;
-    bob_page.type_into("#status-text", "In a meeting").await;
-    bob_page.click("#set-status").await;
-    let custom = format!("document.querySelector('li[data-user-id=\"{bob}\"] .custom')");
-    alice_page
-        .wait_for(
-            "bob's dot to turn red with his status",
-            &format!("return {dot}.classList.contains('dnd') && {custom}.textContent === '📅 In a meeting'"),
-        )
-        .await;
-    assert_eq!(
-        alice_page
-            .eval(&format!("return {status}.textContent"))
-            .await,
-        "online · do not disturb"
-    );
-    bob_page
-        .wait_for(
-            "bob's own dot to turn red",
-            "return document.getElementById('my-dot').classList.contains('dnd')",
-        )
-        .await;
-    bob_page.click("#clear-status").await;
-    alice_page
-        .wait_for(
-            "bob's dot to turn green again",
-            &format!("return {dot}.classList.contains('active') && {custom}.textContent === ''"),
-        )
-        .await;
-
-    bob_page.click("#logout").await;
-    alice_page
-        .wait_for(
-            "\"last seen today at …\" after bob logs out",
-            &format!("return !{dot}.classList.contains('active') && {status}.textContent.startsWith('last seen today at')"),
-        )
-        .await;
-
-    alice_page.quit().await;
-    bob_page.quit().await;
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
 }

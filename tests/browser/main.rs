@@ -1,0 +1,9 @@
+//! Browser tests: the demo page in headless Chromium, driven over the WebDriver protocol through
+//! chromedriver, against the real server on port 0.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (installed by `scripts/test`). Without
+//! them each test is skipped with a notice (see [`harness::browser_available`]), unless
+//! `LASTSEEN_REQUIRE_SERVICES=1`.
+
+mod demo;
+pub mod harness;
