@@ -236,7 +236,7 @@ async fn a_contact_added_by_username_turns_online_live_then_hidden_by_their_priv
         .await;
     bob_page.click("#save-privacy").await;
     let hidden = format!(
-        "return {dot}.classList.contains('unknown') && !['active', 'idle', 'dnd', 'offline'].some((c) => {dot}.classList.contains(c)) \
+        "return !!{dot} && {dot}.classList.contains('unknown') && !['active', 'idle', 'dnd', 'offline'].some((c) => {dot}.classList.contains(c)) \
          && {status}.textContent === '' && document.getElementById('chat-status').textContent === 'presence hidden'"
     );
     alice_page.wait_for("bob hidden", &hidden).await;
@@ -307,7 +307,24 @@ async fn a_contact_added_by_username_turns_online_live_then_hidden_by_their_priv
         "content touches the right edge: {layout}"
     );
 
+    // The server goes away: the indicator says so in words, first reconnecting with backoff,
+    // then (after three failed attempts) the offline fallback.
+    server.stop().await;
+    alice_page
+        .wait_for(
+            "the indicator to say reconnecting",
+            "const c = document.getElementById('connection'); \
+             return c.dataset.state === 'reconnecting' && c.textContent.startsWith('Reconnecting')",
+        )
+        .await;
+    alice_page
+        .wait_for(
+            "the indicator to say offline fallback",
+            "const c = document.getElementById('connection'); \
+             return c.dataset.state === 'fallback' && c.textContent === 'Offline fallback: live updates over SSE'",
+        )
+        .await;
+
     alice_page.quit().await;
     bob_page.quit().await;
-    server.stop().await;
 }
