@@ -328,3 +328,115 @@ async fn a_contact_added_by_username_turns_online_live_then_hidden_by_their_priv
     alice_page.quit().await;
     bob_page.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_mode_blocking_and_removing_a_contact_from_the_page_change_what_the_other_user_sees()
+ {
+    if !browser_available() {
+        return;
+    }
+    let server = TestServer::start(|_| {}).await;
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    let alice = register(&client, &base, "alice").await;
+    let bob = register(&client, &base, "bob").await;
+
+    let driver = Driver::start().await;
+    let alice_page = driver.browser(&server.profile("alice")).await;
+    let bob_page = driver.browser(&server.profile("bob")).await;
+    alice_page.log_in(&base, "alice").await;
+    bob_page.log_in(&base, "bob").await;
+    alice_page.type_into("#contact-name", "bob").await;
+    alice_page.click("#add-contact").await;
+    let dot = row_part(bob, ".dot");
+    let status = row_part(bob, ".status");
+    let online = format!(
+        "return !!{dot} && {dot}.classList.contains('active') && {status}.textContent === 'online'"
+    );
+    alice_page.wait_for("bob online", &online).await;
+
+    // Invisible mode: Bob appears offline, last seen when he turned it on; his own page says
+    // he is invisible. Turning it off shows him online again.
+    bob_page.click("#open-settings").await;
+    bob_page.click("#privacy-invisible").await;
+    bob_page.click("#save-privacy").await;
+    alice_page
+        .wait_for(
+            "bob offline while invisible",
+            &format!("return {dot}.classList.contains('offline') && {status}.textContent === 'last seen just now'"),
+        )
+        .await;
+    bob_page
+        .wait_for(
+            "bob's invisible badge",
+            "return !document.getElementById('invisible-badge').classList.contains('hidden')",
+        )
+        .await;
+    bob_page.click("#privacy-invisible").await;
+    bob_page.click("#save-privacy").await;
+    alice_page
+        .wait_for("bob online again after invisible mode", &online)
+        .await;
+
+    // Bob cannot block himself; blocking Alice hides him from her, unblocking shows him again.
+    bob_page.type_into("#block-name", "bob").await;
+    bob_page.click("#block").await;
+    bob_page
+        .wait_for(
+            "the message that one cannot block oneself",
+            "return document.getElementById('error').textContent === \"You can't block yourself.\"",
+        )
+        .await;
+    bob_page
+        .eval("document.getElementById('block-name').value = ''; return true")
+        .await;
+    bob_page.type_into("#block-name", "alice").await;
+    bob_page.click("#block").await;
+    bob_page
+        .wait_for(
+            "alice in bob's blocked list",
+            &format!("return document.querySelector('#blocked li[data-user-id=\"{alice}\"]')?.textContent.startsWith('alice') === true"),
+        )
+        .await;
+    alice_page
+        .wait_for(
+            "bob hidden from alice once she is blocked",
+            &format!("return {dot}.classList.contains('unknown') && {status}.textContent === ''"),
+        )
+        .await;
+    bob_page
+        .click(&format!("#blocked li[data-user-id=\"{alice}\"] .unblock"))
+        .await;
+    alice_page
+        .wait_for("bob online again after the unblock", &online)
+        .await;
+    bob_page
+        .wait_for(
+            "bob's blocked list empty",
+            "return !document.getElementById('blocked-empty').classList.contains('hidden')",
+        )
+        .await;
+
+    // Alice removes Bob: his row goes, on the server too (it stays gone after a reload).
+    alice_page
+        .click(&format!("li[data-user-id=\"{bob}\"] .remove"))
+        .await;
+    let gone = format!(
+        "return !{dot} && !document.getElementById('contacts-empty').classList.contains('hidden')"
+    );
+    alice_page.wait_for("bob's row removed", &gone).await;
+    alice_page.open(&format!("{base}/")).await;
+    alice_page
+        .wait_for(
+            "the page loaded after a reload (the device list follows the contacts)",
+            "return document.querySelectorAll('#sessions li').length > 0",
+        )
+        .await;
+    alice_page
+        .wait_for("bob's row still removed after a reload", &gone)
+        .await;
+
+    alice_page.quit().await;
+    bob_page.quit().await;
+    server.stop().await;
+}
