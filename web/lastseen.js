@@ -7,10 +7,21 @@
 //   client.connect();
 //   client.subscribe([2, 3]);
 //
+// Token or cookie: login() also makes the server set the HttpOnly cookie `lastseen_session`.
+// A page served by the server itself can therefore drop the token and pass `null` (or leave
+// `token` out of PresenceClient): requests then rely on the cookie (same-origin fetch sends it),
+// the socket is authenticated by the cookie on its upgrade (no `auth` message), and the SSE
+// fallback is a plain EventSource. A page on another origin must keep passing the token.
+//
+//   await login("", "ahmad", "password123");          // sets the cookie
+//   const me = await getMe("");                        // 401 (error.status) when signed out
+//   const client = new PresenceClient({});             // cookie-authenticated
+//
 // The client keeps one WebSocket open (that alone keeps the user online), reconnects with
 // jittered exponential backoff and resumes with `since`, so it only receives what changed.
-// When sockets are blocked it falls back to an SSE stream read with fetch (so the bearer token
-// stays in a header) plus the classic 30 s HTTP heartbeat.
+// When sockets are blocked it falls back to an SSE stream (read with fetch when a token is given,
+// so the bearer token stays in a header; a plain EventSource with the cookie otherwise) plus the
+// classic 30 s HTTP heartbeat, and keeps retrying the socket.
 //
 // With `trackActivity: true` the client also reports whether the user is at the device: `idle`
 // when the page is hidden or has had no input for `idleAfterMs`, `active` on the next input.
@@ -20,7 +31,9 @@
 //   "presence"  {userId, user}   user = {id, username?, online_status, last_seen, is_online,
 //                                availability, status_text, status_emoji, platforms, seq}
 //   "typing"    {from, expiresInMs}
-//   "status"    {state}          "connecting" | "open" | "fallback" | "closed"
+//   "status"    {state, ...}     "connecting" | "open" | "fallback" | "closed", and
+//                                "reconnecting" with {retryInMs, attempt} while waiting to retry;
+//                                during the fallback, socket retries do not change the state
 //   "error"     {code, detail}   an error frame from the server, or a transport problem
 
 /**
@@ -38,7 +51,10 @@ export function register(baseUrl, username, password) {
   return request(baseUrl, "POST", "/api/users/register/", null, { username, password });
 }
 
-/** Logs the token's session out (the user goes offline unless another device is live). */
+/**
+ * Logs the token's session out (the user goes offline unless another device is live). With a
+ * null token, the cookie's session; the server then clears the cookie.
+ */
 export function logout(baseUrl, token) {
   return request(baseUrl, "POST", "/api/users/logout/", token);
 }
@@ -77,6 +93,51 @@ export function contactsOnline(baseUrl, token) {
   return request(baseUrl, "GET", "/api/users/me/contacts/online/", token);
 }
 
+/** The caller's own presence (UserPresence with id and username); rejects with status 401 when signed out. */
+export function getMe(baseUrl, token) {
+  return request(baseUrl, "GET", "/api/users/me/", token);
+}
+
+/** The caller's contacts: [{id, username}], ordered by id. */
+export async function listContacts(baseUrl, token) {
+  return (await request(baseUrl, "GET", "/api/users/me/contacts/", token)).contacts;
+}
+
+/** Adds a user to the caller's contacts; resolves to {id, username}. */
+export function addContact(baseUrl, token, userId) {
+  return request(baseUrl, "POST", "/api/users/me/contacts/", token, { user_id: userId });
+}
+
+/** Removes a user from the caller's contacts. */
+export function removeContact(baseUrl, token, userId) {
+  return request(baseUrl, "DELETE", `/api/users/me/contacts/${userId}/`, token);
+}
+
+/** The users the caller blocked: [{id, username}]. */
+export async function listBlocked(baseUrl, token) {
+  return (await request(baseUrl, "GET", "/api/users/me/blocked/", token)).blocked;
+}
+
+/** Blocks a user (they see none of the caller's presence; no typing either way). */
+export function blockUser(baseUrl, token, userId) {
+  return request(baseUrl, "POST", "/api/users/me/blocked/", token, { user_id: userId });
+}
+
+/** Unblocks a user. */
+export function unblockUser(baseUrl, token, userId) {
+  return request(baseUrl, "DELETE", `/api/users/me/blocked/${userId}/`, token);
+}
+
+/** The caller's privacy settings: {last_seen, except, online, invisible, invisible_since}. */
+export function getPrivacy(baseUrl, token) {
+  return request(baseUrl, "GET", "/api/users/me/privacy/", token);
+}
+
+/** Changes only the given privacy fields (PATCH); resolves to the whole new settings. */
+export function updatePrivacy(baseUrl, token, changes) {
+  return request(baseUrl, "PATCH", "/api/users/me/privacy/", token, changes);
+}
+
 async function request(baseUrl, method, path, token, json) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -102,7 +163,8 @@ const FINAL_CLOSE_CODES = new Set([4401, 4429]);
 export class PresenceClient extends EventTarget {
   /**
    * @param {object} options
-   * @param {string} options.token           bearer token from login()
+   * @param {string} [options.token]         bearer token from login(); without it the session
+   *                                          cookie authenticates (same origin only)
    * @param {string} [options.baseUrl]       "" for the page's own origin
    * @param {number} [options.heartbeatIntervalMs]  fallback heartbeat period (default 30 s)
    * @param {number} [options.maxBackoffMs]  longest wait between reconnects (default 30 s)
@@ -111,9 +173,9 @@ export class PresenceClient extends EventTarget {
    * @param {number} [options.idleAfterMs]   input-free time before reporting idle (default 60 s)
    */
   constructor({
-    token, baseUrl = "", heartbeatIntervalMs = 30000, maxBackoffMs = 30000, fallbackAfter = 3,
+    token = null, baseUrl = "", heartbeatIntervalMs = 30000, maxBackoffMs = 30000, fallbackAfter = 3,
     trackActivity = false, idleAfterMs = 60000,
-  }) {
+  } = {}) {
     super();
     this.trackActivity = trackActivity;
     this.idleAfterMs = idleAfterMs;
@@ -209,9 +271,9 @@ export class PresenceClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  #status(state) {
+  #status(state, extra = {}) {
     this.state = state;
-    this.#emit("status", { state });
+    this.#emit("status", { state, ...extra });
   }
 
   #send(message) {
@@ -227,14 +289,16 @@ export class PresenceClient extends EventTarget {
 
   #openSocket() {
     if (this.stopped) return;
-    this.#status("connecting");
+    // During the fallback the state stays "fallback" until a socket opens.
+    if (!this.fallback) this.#status("connecting");
     let opened = false;
     const socket = new WebSocket(this.#wsUrl());
     this.socket = socket;
     socket.onopen = () => {
       opened = true;
       this.failures = 0;
-      socket.send(JSON.stringify({ type: "auth", token: this.token }));
+      // Without a token the upgrade request carried the session cookie.
+      if (this.token) socket.send(JSON.stringify({ type: "auth", token: this.token }));
       // A new connection counts as keep-alive only: restate an idle user's state.
       if (this.activityState === "idle") socket.send(JSON.stringify({ type: "activity", state: "idle" }));
       if (this.watched.size) {
@@ -265,7 +329,9 @@ export class PresenceClient extends EventTarget {
   #scheduleReconnect() {
     // Full jitter: a random wait up to an exponentially growing cap.
     const cap = Math.min(this.maxBackoffMs, 500 * 2 ** Math.min(this.failures, 10));
-    this.retryTimer = setTimeout(() => this.#openSocket(), Math.random() * cap);
+    const retryInMs = Math.round(Math.random() * cap);
+    if (!this.fallback) this.#status("reconnecting", { retryInMs, attempt: this.failures + 1 });
+    this.retryTimer = setTimeout(() => this.#openSocket(), retryInMs);
   }
 
   #handle(message) {
@@ -309,7 +375,7 @@ export class PresenceClient extends EventTarget {
   // Fallback for networks that block WebSockets: the seed's HTTP heartbeat, and the SSE
   // stream read through fetch so that the token travels in the Authorization header.
   #startFallback() {
-    this.fallback = { controller: null, timer: null, lastEventId: null };
+    this.fallback = { controller: null, source: null, timer: null, lastEventId: null };
     this.#status("fallback");
     const beat = () =>
       request(this.baseUrl, "POST", "/api/users/heartbeat/", this.token).catch(() => {});
@@ -322,12 +388,17 @@ export class PresenceClient extends EventTarget {
     if (!this.fallback) return;
     clearInterval(this.fallback.timer);
     if (this.fallback.controller) this.fallback.controller.abort();
+    if (this.fallback.source) this.fallback.source.close();
     this.fallback = null;
   }
 
   async #restartFallbackStream() {
     const fallback = this.fallback;
     if (!fallback || !this.watched.size) return;
+    if (!this.token) {
+      this.#openEventSource(fallback);
+      return;
+    }
     if (fallback.controller) fallback.controller.abort();
     const controller = new AbortController();
     fallback.controller = controller;
@@ -359,6 +430,23 @@ export class PresenceClient extends EventTarget {
     }
   }
 
+  // Cookie mode: a plain EventSource, which resends Last-Event-ID on its own reconnects. One
+  // that the server refused (e.g. 401) is closed by the browser; it is reopened later.
+  #openEventSource(fallback) {
+    if (fallback.source) fallback.source.close();
+    const ids = [...this.watched].join(",");
+    const source = new EventSource(`${this.baseUrl}/api/presence/events?user_ids=${ids}`);
+    fallback.source = source;
+    const onEvent = (event) => this.#handle(JSON.parse(event.data));
+    ["snapshot", "presence", "typing"].forEach((type) => source.addEventListener(type, onEvent));
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) return;
+      setTimeout(() => {
+        if (this.fallback === fallback && fallback.source === source && !this.stopped) this.#openEventSource(fallback);
+      }, 1000 + Math.random() * 2000);
+    };
+  }
+
   #handleSseBlock(block, fallback) {
     let data = "";
     for (const line of block.split("\n")) {
@@ -379,8 +467,10 @@ export function availabilityOf(user) {
  * WhatsApp-style "last seen" text: "online" (or "online · away", "online · do not disturb"),
  * "last seen today at 10:30",
  * "last seen yesterday at 22:05", "last seen 12/03/2026 at 09:15", or "" when hidden.
+ * With `{relative: true}` the last hour reads "last seen just now" / "last seen 5 min ago"
+ * (re-render it as time passes).
  */
-export function describePresence(user, now = new Date()) {
+export function describePresence(user, now = new Date(), { relative = false } = {}) {
   if (!user) return "";
   if (user.online_status === "online") {
     if (user.availability === "idle") return "online · away";
@@ -392,6 +482,9 @@ export function describePresence(user, now = new Date()) {
     return user.online_status === "offline" ? "offline" : "";
   }
   const seen = new Date(user.last_seen);
+  const minutes = Math.floor((now.getTime() - seen.getTime()) / 60000);
+  if (relative && minutes < 1) return "last seen just now";
+  if (relative && minutes < 60) return `last seen ${minutes} min ago`;
   const time = seen.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
   const days = Math.round((day(now) - day(seen)) / 86400000);

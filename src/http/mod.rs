@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/presence/events", get(sse::events))
         .route("/", get(web::index))
         .route("/static/lastseen.js", get(web::client_js))
+        .route("/favicon.svg", get(web::favicon))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

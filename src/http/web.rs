@@ -1,9 +1,10 @@
-//! The browser client (`/static/lastseen.js`) and the demo page (`/`), embedded in the binary.
+//! The browser client (`/static/lastseen.js`), the demo page (`/`) and its icon
+//! (`/favicon.svg`), embedded in the binary: no build step, nothing fetched at run time.
 
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 
-/// The demo page: log in, watch users, see live dots, "last seen", "typing…".
+/// The demo page: sign in, contacts with live dots and "last seen", "typing…", settings.
 pub async fn index() -> Html<&'static str> {
     Html(include_str!("../../web/index.html"))
 }
@@ -16,5 +17,16 @@ pub async fn client_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("../../web/lastseen.js"),
+    )
+}
+
+/// The page's icon: a chat bubble with a green "online" dot.
+pub async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../web/favicon.svg"),
     )
 }

@@ -180,12 +180,7 @@ async fn an_admin_watches_users_come_and_go_live_and_ends_a_session() {
     .await;
 
     // Readable on a phone: nothing wider than the screen.
-    page.call(
-        reqwest::Method::POST,
-        "/window/rect",
-        json!({"width": 360, "height": 740}),
-    )
-    .await;
+    page.resize(360, 740).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fits = page
         .eval("return document.documentElement.scrollWidth <= window.innerWidth")

@@ -228,14 +228,46 @@ impl Browser {
         }
     }
 
+    /// Opens the demo page signed out and signs in as `username` (password `password123`).
     pub async fn log_in(&self, base: &str, username: &str) {
         self.open(&format!("{base}/")).await;
+        // The page asks the server first whether its cookie is signed in.
+        self.wait_for(
+            "the sign-in form",
+            "return !document.getElementById('login-view').classList.contains('hidden')",
+        )
+        .await;
         self.type_into("#username", username).await;
         self.type_into("#password", "password123").await;
         self.click("#login").await;
         self.wait_for(
             "the main view",
             "return !document.getElementById('main-view').classList.contains('hidden')",
+        )
+        .await;
+    }
+
+    /// Sets a form control's value (e.g. a `<select>`) as if the user had picked it.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        let script = format!(
+            "const e = document.querySelector({css}); e.value = {value}; \
+             e.dispatchEvent(new Event('change', {{bubbles: true}})); return e.value === {value}",
+            css = json!(css),
+            value = json!(value),
+        );
+        assert_eq!(
+            self.eval(&script).await,
+            Value::Bool(true),
+            "no option {value} in {css}"
+        );
+    }
+
+    /// Resizes the browser window (the viewport follows in headless mode).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
         )
         .await;
     }
