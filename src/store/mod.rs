@@ -158,6 +158,10 @@ impl<'a> CoalescedBatch<'a> {
     }
 }
 
+/// The password hash of users created for an external id: not a PHC string, so no password
+/// matches it and they cannot log in with one.
+pub const NO_PASSWORD: &str = "!";
+
 /// A stored user.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
@@ -226,6 +230,20 @@ pub trait Store: events::EventLog + Send + Sync + 'static {
     ) -> Result<UserRecord, StoreError>;
     /// Looks a user up by name.
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a user up by the id another auth system knows them by (a JWT's user claim).
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Finds the user known elsewhere as `external_id`, or creates them as `username`, not an
+    /// admin, with the password hash [`NO_PASSWORD`] (no password matches it). Concurrent calls
+    /// for one id create one user. [`StoreError::Conflict`] (`UsernameTaken`) if there is no
+    /// such user and another user has `username`: the caller picks another name.
+    async fn external_user(
+        &self,
+        external_id: &str,
+        username: &Username,
+    ) -> Result<UserRecord, StoreError>;
     /// Looks a user up by id.
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks users up by id; unknown ids are left out; order is unspecified.

@@ -316,6 +316,41 @@ impl Store for PostgresStore {
         Ok(self.users_where("username = $1", username).await?.pop())
     }
 
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self
+            .users_where("external_id = $1", external_id)
+            .await?
+            .pop())
+    }
+
+    async fn external_user(
+        &self,
+        external_id: &str,
+        username: &Username,
+    ) -> Result<UserRecord, StoreError> {
+        // Either unique rule (the name, the external id) turns the insert into a no-op.
+        let row: Result<Option<UserRow>, _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "insert into users (username, password_hash, is_admin, created_at, external_id) \
+             values ($1, $2, false, $3, $4) on conflict do nothing returning {USER_COLUMNS}"
+        )))
+        .bind(username.as_str())
+        .bind(super::NO_PASSWORD)
+        .bind(Utc::now())
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::UsernameTaken, Missing::User));
+        if let Some(row) = self.health.observe(row)? {
+            return Ok(row.into());
+        }
+        self.user_by_external_id(external_id)
+            .await?
+            .ok_or(StoreError::Conflict(Conflict::UsernameTaken))
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.users_where("user_id = $1", id.0).await?.pop())
     }

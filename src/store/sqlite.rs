@@ -286,6 +286,41 @@ impl Store for SqliteStore {
         Ok(users.pop())
     }
 
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut users = self
+            .users_where("external_id = $1", external_id.to_owned())
+            .await?;
+        Ok(users.pop())
+    }
+
+    async fn external_user(
+        &self,
+        external_id: &str,
+        username: &Username,
+    ) -> Result<UserRecord, StoreError> {
+        // Either unique rule (the name, the external id) turns the insert into a no-op.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "insert into users (username, password_hash, is_admin, created_at, external_id) \
+             values ($1, $2, 0, $3, $4) on conflict do nothing returning {USER_COLUMNS}"
+        )))
+        .bind(username.as_str())
+        .bind(super::NO_PASSWORD)
+        .bind(ts(Utc::now()))
+        .bind(external_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::UsernameTaken, Missing::User));
+        if let Some(row) = self.health.observe(rows)?.first() {
+            return user_from_row(row);
+        }
+        self.user_by_external_id(external_id)
+            .await?
+            .ok_or(StoreError::Conflict(Conflict::UsernameTaken))
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.users_by_ids(&[id]).await?.pop())
     }

@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod integrations;
+mod jwt;
 mod ops;
 mod persistence;
 mod presence;

@@ -5,6 +5,12 @@
 //! path hashes the token and reads one shard of the cache, without touching the database;
 //! logout removes the entry, so revocation takes effect at once. This module does not track
 //! presence: callers tell the engine about activity.
+//!
+//! External tokens (JWTs, see [`jwt`]) work side by side: a token shaped like a JWT is verified
+//! once (its signature and claims), cached until it expires, and counts as one session of the
+//! user its claim names, created with the user on first sight. That session is stored and
+//! cached like a login's, keyed by the SHA-256 of the token's `jti` (else of the token), so
+//! listing, revoking and the cluster's revocation messages treat both kinds alike.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,8 +30,15 @@ use crate::domain::{Device, Password, Platform, SessionId, SessionRef, UserId, U
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
+pub mod jwt;
+
+use jwt::{JwtVerifier, Verified};
+
 /// Shards of the session cache; a power of two.
 const CACHE_SHARDS: usize = 16;
+/// A shard of the verified-JWT cache drops its expired tokens when it reaches this size, then
+/// again at twice what it kept (so sweeping is amortised O(1) per token).
+const MIN_SWEEP: usize = 1024;
 /// Capacity of the revocation channel; a receiver that falls further behind sees `Lagged`.
 const REVOCATIONS_CAPACITY: usize = 4096;
 
@@ -217,6 +230,16 @@ struct CacheShard {
     revocations: u64,
 }
 
+/// One shard of the verified-JWT cache.
+#[derive(Default)]
+struct VerifiedShard {
+    /// SHA-256 of the whole token -> what it says. Only tokens whose signature and claims were
+    /// checked get here, so a hit needs no signature check; `exp` is still checked on each.
+    tokens: HashMap<TokenHash, Arc<Verified>>,
+    /// Size at which the next insert first drops expired tokens.
+    sweep_at: usize,
+}
+
 /// Accounts, logins and token validation over a [`Store`], with an in-memory session cache.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -235,6 +258,11 @@ pub struct Authenticator {
     revoked: broadcast::Sender<SessionId>,
     /// Tells other nodes about revocations, and hears theirs.
     bus: Bus,
+    /// Checks external tokens; `None` when no JWT key is configured.
+    jwt: Option<Arc<JwtVerifier>>,
+    /// Verified JWTs until they expire, sharded by the token's hash. Revocation does not touch
+    /// it: it says what a token means, the session cache says whether its session still exists.
+    verified: Arc<Sharded<Mutex<VerifiedShard>>>,
 }
 
 impl Authenticator {
@@ -254,7 +282,15 @@ impl Authenticator {
             max_sessions: max_sessions.max(1),
             revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
             bus,
+            jwt: None,
+            verified: Arc::new(Sharded::new(CACHE_SHARDS, Mutex::default)),
         })
+    }
+
+    /// This authenticator, also accepting the JWTs `verifier` accepts.
+    pub fn with_jwt(mut self, verifier: Option<JwtVerifier>) -> Self {
+        self.jwt = verifier.map(Arc::new);
+        self
     }
 
     fn cache_shard(&self, hash: &TokenHash) -> std::sync::MutexGuard<'_, CacheShard> {
@@ -334,12 +370,29 @@ impl Authenticator {
     }
 
     /// Resolves a bearer token to its session: from the cache, else from the store (and then
-    /// cached, unless a logout raced with the lookup).
+    /// cached, unless a logout raced with the lookup). A JWT (when JWTs are configured) is
+    /// verified first (once: the result is cached until it expires); its session, and its user,
+    /// are created on first sight.
     ///
     /// # Errors
-    /// [`AuthError::InvalidToken`] if no session has this token.
+    /// [`AuthError::InvalidToken`] if no session has this token, or the JWT is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
-        let hash = TokenHash::of(token);
+        match self.jwt.as_deref() {
+            Some(verifier) if jwt::looks_like_jwt(token) => {
+                let verified = self.verify_jwt(verifier, token)?;
+                self.session_of(verified.session_key, Some(&verified)).await
+            }
+            _ => self.session_of(TokenHash::of(token), None).await,
+        }
+    }
+
+    /// The session stored under `hash`: cached, else read (and cached), else, for a JWT,
+    /// created.
+    async fn session_of(
+        &self,
+        hash: TokenHash,
+        jwt: Option<&Verified>,
+    ) -> Result<Session, AuthError> {
         loop {
             let revocations = {
                 let shard = self.cache_shard(&hash);
@@ -348,12 +401,16 @@ impl Authenticator {
                 }
                 shard.revocations
             };
-            let session: Session = self
-                .store
-                .session_by_token(hash.as_bytes())
-                .await?
-                .ok_or(AuthError::InvalidToken)?
-                .into();
+            let stored = self.store.session_by_token(hash.as_bytes()).await?;
+            let session = match (stored, jwt) {
+                (Some(record), _) => Session::from(record),
+                (None, None) => return Err(AuthError::InvalidToken),
+                (None, Some(verified)) => match self.open_jwt_session(verified).await? {
+                    Some(session) => session,
+                    // Another request created it meanwhile: read it.
+                    None => continue,
+                },
+            };
             let mut shard = self.cache_shard(&hash);
             if shard.revocations == revocations {
                 shard.sessions.insert(hash, session.clone());
@@ -363,11 +420,109 @@ impl Authenticator {
         }
     }
 
+    /// Checks a JWT, or finds it among those checked before and not yet expired.
+    fn verify_jwt(&self, verifier: &JwtVerifier, token: &str) -> Result<Arc<Verified>, AuthError> {
+        let hash = TokenHash::of(token);
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = verifier.leeway();
+        let live = |v: &Verified| now <= v.expires_at.saturating_add(leeway);
+        {
+            let mut shard = lock(self.verified.get(&hash));
+            if let Some(verified) = shard.tokens.get(&hash) {
+                if live(verified) {
+                    return Ok(verified.clone());
+                }
+                shard.tokens.remove(&hash);
+                return Err(AuthError::InvalidToken);
+            }
+        }
+        let verified = Arc::new(verifier.verify(token).map_err(|reason| {
+            tracing::debug!(%reason, "JWT refused");
+            AuthError::InvalidToken
+        })?);
+        let mut shard = lock(self.verified.get(&hash));
+        if shard.tokens.len() >= shard.sweep_at {
+            shard.tokens.retain(|_, v| live(v));
+            shard.sweep_at = (shard.tokens.len() * 2).max(MIN_SWEEP);
+        }
+        shard.tokens.insert(hash, verified.clone());
+        Ok(verified)
+    }
+
+    /// Opens the session of a verified JWT (creating its user if needed) and revokes the
+    /// user's sessions beyond the limit, as a login does. `None` if another request opened it
+    /// first.
+    async fn open_jwt_session(&self, verified: &Verified) -> Result<Option<Session>, AuthError> {
+        let user = self.external_user(verified).await?;
+        let device = Device::default();
+        let key = verified.session_key.as_bytes();
+        let session_id = match self
+            .store
+            .create_device_session(user.id, key, Utc::now(), &device)
+            .await
+        {
+            Ok(id) => id,
+            Err(StoreError::Conflict(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        for old in self.sessions_over_limit(user.id).await? {
+            self.revoke(old).await?;
+        }
+        Ok(Some(Session {
+            session_id,
+            user_id: user.id,
+            username: user.username,
+            is_admin: user.is_admin,
+            platform: device.platform,
+        }))
+    }
+
+    /// The user a JWT names, created on first sight: named by the token's username claim if
+    /// that name is free, else `user<id>`, else that with a random suffix. A taken name never
+    /// makes provisioning fail, nor gives the token another user's account.
+    async fn external_user(&self, verified: &Verified) -> Result<UserRecord, AuthError> {
+        let external_id = verified.external_id.as_str();
+        if let Some(user) = self.store.user_by_external_id(external_id).await? {
+            return Ok(user);
+        }
+        let fallback = Username::parse(&format!("user{external_id}")).unwrap_or_else(|_| {
+            let digest = hex::encode(&Sha256::digest(external_id.as_bytes())[..6]);
+            Username::parse(&format!("user-{digest}")).expect("BUG: hex digits make a username")
+        });
+        let suffixed = || {
+            Username::parse(&format!("{}-{}", fallback.as_str(), random_secret(3)))
+                .unwrap_or_else(|_| fallback.clone())
+        };
+        let candidates =
+            verified
+                .username
+                .iter()
+                .cloned()
+                .chain([fallback.clone(), suffixed(), suffixed()]);
+        let mut last = StoreError::Conflict(crate::store::Conflict::UsernameTaken);
+        for name in candidates {
+            match self.store.external_user(external_id, &name).await {
+                Ok(user) => return Ok(user),
+                Err(error @ StoreError::Conflict(_)) => last = error,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(last.into())
+    }
+
     /// Whether `token` is still valid as far as this process knows (after a logout it is not).
     /// Callers that recorded activity for a session re-check with this, so a request racing
     /// the session's logout cannot bring it back.
     pub fn is_cached(&self, token: &str) -> bool {
-        let hash = TokenHash::of(token);
+        let hash = if self.jwt.is_some() && jwt::looks_like_jwt(token) {
+            let raw = TokenHash::of(token);
+            match lock(self.verified.get(&raw)).tokens.get(&raw) {
+                Some(verified) => verified.session_key,
+                None => return false,
+            }
+        } else {
+            TokenHash::of(token)
+        };
         self.cache_shard(&hash).sessions.contains_key(&hash)
     }
 
