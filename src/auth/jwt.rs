@@ -85,6 +85,16 @@ pub struct Verified {
     pub expires_at: u64,
 }
 
+impl Verified {
+    /// `exp` as a time (capped at the end of year 9999, which every store can hold).
+    pub fn expires_at_time(&self) -> chrono::DateTime<chrono::Utc> {
+        const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        let secs = i64::try_from(self.expires_at).unwrap_or(LAST).min(LAST);
+        chrono::DateTime::from_timestamp(secs, 0)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+}
+
 /// Why a token was refused (all become 401 `invalid_token`; the reason is only logged).
 #[derive(Debug, thiserror::Error)]
 pub enum JwtRejection {

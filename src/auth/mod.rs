@@ -454,14 +454,15 @@ impl Authenticator {
     /// first.
     async fn open_jwt_session(&self, verified: &Verified) -> Result<Option<Session>, AuthError> {
         let user = self.external_user(verified).await?;
-        let device = Device::default();
         let key = verified.session_key.as_bytes();
         let session_id = match self
             .store
-            .create_device_session(user.id, key, Utc::now(), &device)
+            .create_token_session(user.id, key, Utc::now(), verified.expires_at_time())
             .await
         {
-            Ok(id) => id,
+            Ok(Some(id)) => id,
+            // Revoked before it expired: the token stays refused.
+            Ok(None) => return Err(AuthError::InvalidToken),
             Err(StoreError::Conflict(_)) => return Ok(None),
             Err(error) => return Err(error.into()),
         };
@@ -473,7 +474,7 @@ impl Authenticator {
             user_id: user.id,
             username: user.username,
             is_admin: user.is_admin,
-            platform: device.platform,
+            platform: Device::default().platform,
         }))
     }
 

@@ -268,6 +268,17 @@ pub trait Store: events::EventLog + Send + Sync + 'static {
         at: DateTime<Utc>,
         device: &Device,
     ) -> Result<SessionId, StoreError>;
+    /// Stores the session of an external token (a JWT) that expires at `token_expires_at`,
+    /// identified by `token_hash`; `None` if a session with that hash was revoked and the token
+    /// has not expired yet. [`StoreError::Conflict`] if a session has that hash,
+    /// [`StoreError::NotFound`] if the user does not exist.
+    async fn create_token_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>, StoreError>;
     /// `user`'s sessions, newest first.
     async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError>;
     /// Stores `user`'s manual status; [`StoreError::NotFound`] if the user does not exist.
@@ -282,7 +293,9 @@ pub trait Store: events::EventLog + Send + Sync + 'static {
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Deletes a session (logout, revocation); its token stops working. Returns the deleted
-    /// session's token hash (so caches can drop it), `None` if there was no such session.
+    /// session's token hash (so caches can drop it), `None` if there was no such session. The
+    /// hash of an external token's session is kept as revoked until the token expires (see
+    /// [`Store::create_token_session`]); revoked hashes past their expiry are dropped.
     async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// `user`'s sessions except the `keep` most recently active ones.
     async fn sessions_beyond(

@@ -353,6 +353,24 @@ impl Store for SqliteStore {
         returned(self.health.observe(ids)?).map(SessionId)
     }
 
+    async fn create_token_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>, StoreError> {
+        let ids: Result<Vec<i64>, _> = sqlx::query_scalar(sql::CREATE_TOKEN_SESSION)
+            .bind(user.0)
+            .bind(token_hash)
+            .bind(ts(at))
+            .bind(ts(token_expires_at))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
+        Ok(self.health.observe(ids)?.first().copied().map(SessionId))
+    }
+
     async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError> {
         let rows: Vec<(i64, String, Option<String>, String, String)> =
             sqlx::query_as(sql::SESSIONS_OF)
@@ -404,8 +422,28 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
-        let deleted = sql::Sessions(&self.pool).delete(session).await;
-        self.health.observe(deleted.map_err(other))
+        let deleted = async {
+            let mut tx = self.pool.begin().await?;
+            let row: Option<(Vec<u8>, Option<String>)> =
+                sqlx::query_as(sql::DELETE_SESSION_RETURNING_EXPIRY)
+                    .bind(session.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((hash, Some(until))) = &row {
+                sqlx::query(sql::PURGE_REVOKED)
+                    .bind(ts(Utc::now()))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::REVOKE_TOKEN)
+                    .bind(hash)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(row.map(|(hash, _)| hash))
+        };
+        self.health.observe(deleted.await.map_err(other))
     }
 
     async fn sessions_beyond(

@@ -341,3 +341,27 @@ async fn a_cached_token_stops_working_when_it_expires() {
     }
     refused(&app, &token).await;
 }
+
+#[tokio::test]
+async fn a_revoked_jwt_session_stays_refused_while_another_token_of_the_user_works() {
+    let app = hs256_app().await;
+    let phone = hs256(SECRET, &claims(json!(41), "phone"));
+    let laptop = hs256(SECRET, &claims(json!(41), "laptop"));
+    me(&app, &phone).await;
+    me(&app, &laptop).await;
+    let listed = sessions(&app, &laptop).await;
+    assert_eq!(listed.len(), 2);
+    // Newest first: the laptop's session, then the phone's.
+    let path = format!("/api/users/me/sessions/{}/", listed[1]["id"]);
+    let response = app
+        .client
+        .delete(app.url(&path))
+        .bearer_auth(&laptop)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    refused(&app, &phone).await;
+    refused(&app, &phone).await;
+    assert_eq!(sessions(&app, &laptop).await.len(), 1);
+}

@@ -45,6 +45,7 @@ contract! {
     users::an_external_user_whose_name_is_taken_is_a_conflict_and_nothing_is_created,
     users::concurrent_provisioning_of_one_external_id_creates_one_user,
     users::users_by_ids_returns_the_known_ones,
+    sessions::a_revoked_token_session_stays_revoked_until_its_token_expires,
     sessions::a_session_is_found_by_its_token_hash_until_it_is_deleted,
     sessions::a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found,
     sessions::sessions_beyond_a_cap_are_the_least_recently_active_of_one_user,
