@@ -100,9 +100,21 @@ pub struct Session {
     pub is_admin: bool,
     /// The session's device platform.
     pub platform: Platform,
+    /// When its token stops being accepted (a JWT's `exp` plus the leeway); `None` for a
+    /// login's token, valid until revoked. Connections close then.
+    pub valid_until: Option<std::time::SystemTime>,
 }
 
 impl Session {
+    /// [`Session::valid_until`] on tokio's clock.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        let left = self
+            .valid_until?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
+
     /// The session as the presence engine needs it.
     pub fn reference(&self) -> SessionRef {
         SessionRef {
@@ -128,6 +140,7 @@ impl From<SessionRecord> for Session {
             username: r.username,
             is_admin: r.is_admin,
             platform: r.platform,
+            valid_until: None,
         }
     }
 }
@@ -362,6 +375,7 @@ impl Authenticator {
             username: user.username,
             is_admin: user.is_admin,
             platform: device.platform,
+            valid_until: None,
         };
         self.cache_shard(&hash)
             .sessions
@@ -380,7 +394,12 @@ impl Authenticator {
         match self.jwt.as_deref() {
             Some(verifier) if jwt::looks_like_jwt(token) => {
                 let verified = self.verify_jwt(verifier, token)?;
-                self.session_of(verified.session_key, Some(&verified)).await
+                let mut session = self
+                    .session_of(verified.session_key, Some(&verified))
+                    .await?;
+                let until = verified.expires_at.saturating_add(verifier.leeway());
+                session.valid_until = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(until));
+                Ok(session)
             }
             _ => self.session_of(TokenHash::of(token), None).await,
         }
@@ -475,6 +494,7 @@ impl Authenticator {
             username: user.username,
             is_admin: user.is_admin,
             platform: Device::default().platform,
+            valid_until: None,
         }))
     }
 

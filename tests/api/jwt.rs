@@ -365,3 +365,30 @@ async fn a_revoked_jwt_session_stays_refused_while_another_token_of_the_user_wor
     refused(&app, &phone).await;
     assert_eq!(sessions(&app, &laptop).await.len(), 1);
 }
+
+#[tokio::test]
+async fn sockets_and_streams_of_a_jwt_close_when_it_expires() {
+    let app = spawn_app_with(|s| {
+        s.jwt_hs256_secret = Some(SECRET.into());
+        s.jwt_leeway = Duration::ZERO;
+    })
+    .await;
+    let (bob, _) = app.user("bob").await;
+    let mut expiring = claims(json!(51), "soon");
+    let exp = now() + 2;
+    expiring["exp"] = json!(exp);
+    let token = hs256(SECRET, &expiring);
+    let mut socket = app.ws(&token).await;
+    socket.subscribe(&[bob]).await;
+    let mut stream = app
+        .get(&format!("/api/presence/events?user_ids={bob}"), &token)
+        .await;
+    assert_eq!(stream.status(), 200);
+
+    assert_eq!(socket.close_code().await, Some(4401));
+    assert!(now() >= exp, "closed at the expiry, not before");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while stream.chunk().await.unwrap().is_some() {}
+    });
+    assert!(end.await.is_ok(), "the SSE stream ends too");
+}
