@@ -913,6 +913,30 @@ mod tests {
     }
 
     #[test]
+    fn jwt_settings_name_their_key_when_unusable() {
+        let err = load(
+            None,
+            &[],
+            &[("jwt_public_key_file", "/nonexistent/key.pem")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "jwt_public_key_file");
+        assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("key.txt");
+        std::fs::write(&not_pem, "secret").unwrap();
+        let path = not_pem.to_str().unwrap();
+        let err = load(None, &[("jwt_public_key_file", path)], &[]).unwrap_err();
+        assert!(err.to_string().contains("not a PEM file"), "{err}");
+        let err = load(None, &[], &[("jwt_user_claim", " ")]).unwrap_err();
+        assert_eq!(err.key, "jwt_user_claim");
+        let s = load(Some("jwt_leeway = \"5s\"\njwt_issuer = \"me\""), &[], &[]).unwrap();
+        assert_eq!(s.jwt_leeway, Duration::from_secs(5));
+        assert_eq!(s.jwt_issuer.as_deref(), Some("me"));
+        assert_eq!(s.jwt_user_claim, "user_id");
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         let missing = PathBuf::from("/nonexistent/lastseen.toml");
         let err = Settings::load(Some(&missing), &Overrides::default()).unwrap_err();
