@@ -30,15 +30,14 @@ use crate::domain::{Device, Password, Platform, SessionId, SessionRef, UserId, U
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
+mod external;
 pub mod jwt;
 
+use external::VerifiedShard;
 use jwt::{JwtVerifier, Verified};
 
 /// Shards of the session cache; a power of two.
 const CACHE_SHARDS: usize = 16;
-/// A shard of the verified-JWT cache drops its expired tokens when it reaches this size, then
-/// again at twice what it kept (so sweeping is amortised O(1) per token).
-const MIN_SWEEP: usize = 1024;
 /// Capacity of the revocation channel; a receiver that falls further behind sees `Lagged`.
 const REVOCATIONS_CAPACITY: usize = 4096;
 
@@ -243,16 +242,6 @@ struct CacheShard {
     revocations: u64,
 }
 
-/// One shard of the verified-JWT cache.
-#[derive(Default)]
-struct VerifiedShard {
-    /// SHA-256 of the whole token -> what it says. Only tokens whose signature and claims were
-    /// checked get here, so a hit needs no signature check; `exp` is still checked on each.
-    tokens: HashMap<TokenHash, Arc<Verified>>,
-    /// Size at which the next insert first drops expired tokens.
-    sweep_at: usize,
-}
-
 /// Accounts, logins and token validation over a [`Store`], with an in-memory session cache.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -439,106 +428,13 @@ impl Authenticator {
         }
     }
 
-    /// Checks a JWT, or finds it among those checked before and not yet expired.
-    fn verify_jwt(&self, verifier: &JwtVerifier, token: &str) -> Result<Arc<Verified>, AuthError> {
-        let hash = TokenHash::of(token);
-        let now = jsonwebtoken::get_current_timestamp();
-        let leeway = verifier.leeway();
-        let live = |v: &Verified| now <= v.expires_at.saturating_add(leeway);
-        {
-            let mut shard = lock(self.verified.get(&hash));
-            if let Some(verified) = shard.tokens.get(&hash) {
-                if live(verified) {
-                    return Ok(verified.clone());
-                }
-                shard.tokens.remove(&hash);
-                return Err(AuthError::InvalidToken);
-            }
-        }
-        let verified = Arc::new(verifier.verify(token).map_err(|reason| {
-            tracing::debug!(%reason, "JWT refused");
-            AuthError::InvalidToken
-        })?);
-        let mut shard = lock(self.verified.get(&hash));
-        if shard.tokens.len() >= shard.sweep_at {
-            shard.tokens.retain(|_, v| live(v));
-            shard.sweep_at = (shard.tokens.len() * 2).max(MIN_SWEEP);
-        }
-        shard.tokens.insert(hash, verified.clone());
-        Ok(verified)
-    }
-
-    /// Opens the session of a verified JWT (creating its user if needed) and revokes the
-    /// user's sessions beyond the limit, as a login does. `None` if another request opened it
-    /// first.
-    async fn open_jwt_session(&self, verified: &Verified) -> Result<Option<Session>, AuthError> {
-        let user = self.external_user(verified).await?;
-        let key = verified.session_key.as_bytes();
-        let session_id = match self
-            .store
-            .create_token_session(user.id, key, Utc::now(), verified.expires_at_time())
-            .await
-        {
-            Ok(Some(id)) => id,
-            // Revoked before it expired: the token stays refused.
-            Ok(None) => return Err(AuthError::InvalidToken),
-            Err(StoreError::Conflict(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        for old in self.sessions_over_limit(user.id).await? {
-            self.revoke(old).await?;
-        }
-        Ok(Some(Session {
-            session_id,
-            user_id: user.id,
-            username: user.username,
-            is_admin: user.is_admin,
-            platform: Device::default().platform,
-            valid_until: None,
-        }))
-    }
-
-    /// The user a JWT names, created on first sight: named by the token's username claim if
-    /// that name is free, else `user<id>`, else that with a random suffix. A taken name never
-    /// makes provisioning fail, nor gives the token another user's account.
-    async fn external_user(&self, verified: &Verified) -> Result<UserRecord, AuthError> {
-        let external_id = verified.external_id.as_str();
-        if let Some(user) = self.store.user_by_external_id(external_id).await? {
-            return Ok(user);
-        }
-        let fallback = Username::parse(&format!("user{external_id}")).unwrap_or_else(|_| {
-            let digest = hex::encode(&Sha256::digest(external_id.as_bytes())[..6]);
-            Username::parse(&format!("user-{digest}")).expect("BUG: hex digits make a username")
-        });
-        let suffixed = || {
-            Username::parse(&format!("{}-{}", fallback.as_str(), random_secret(3)))
-                .unwrap_or_else(|_| fallback.clone())
-        };
-        let candidates =
-            verified
-                .username
-                .iter()
-                .cloned()
-                .chain([fallback.clone(), suffixed(), suffixed()]);
-        let mut last = StoreError::Conflict(crate::store::Conflict::UsernameTaken);
-        for name in candidates {
-            match self.store.external_user(external_id, &name).await {
-                Ok(user) => return Ok(user),
-                Err(error @ StoreError::Conflict(_)) => last = error,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(last.into())
-    }
-
     /// Whether `token` is still valid as far as this process knows (after a logout it is not).
     /// Callers that recorded activity for a session re-check with this, so a request racing
     /// the session's logout cannot bring it back.
     pub fn is_cached(&self, token: &str) -> bool {
         let hash = if self.jwt.is_some() && jwt::looks_like_jwt(token) {
-            let raw = TokenHash::of(token);
-            match lock(self.verified.get(&raw)).tokens.get(&raw) {
-                Some(verified) => verified.session_key,
+            match self.verified_session_key(token) {
+                Some(key) => key,
                 None => return false,
             }
         } else {
