@@ -108,6 +108,24 @@ pub struct Settings {
     /// Whether the `lastseen_session` cookie is marked `Secure` (sent over HTTPS only); turn it
     /// on behind TLS (default `false`).
     pub cookie_secure: bool,
+    /// Shared secret of the HS256 JWTs accepted as bearer tokens (unset: none), e.g. Django's
+    /// `SIGNING_KEY` for simplejwt.
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file of the public key of accepted RS256 (RSA) or ES256 (P-256) JWTs (unset: none).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` of accepted JWTs (unset: not checked).
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of accepted JWTs (unset: not checked).
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's `exp` (default `30s`).
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// The JWT claim holding the user's id in the other system (default `user_id`, as
+    /// simplejwt's `USER_ID_CLAIM`).
+    pub jwt_user_claim: String,
+    /// The JWT claim holding the username given to a user created on first sight (default
+    /// `username`).
+    pub jwt_username_claim: String,
 }
 
 impl Default for Settings {
@@ -140,6 +158,13 @@ impl Default for Settings {
             webhook_retry_for: Duration::from_secs(24 * 3600),
             event_retention: Duration::from_secs(24 * 3600),
             cookie_secure: false,
+            jwt_hs256_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(30),
+            jwt_user_claim: "user_id".into(),
+            jwt_username_claim: "username".into(),
         }
     }
 }
@@ -398,6 +423,48 @@ pub const SPECS: &[Spec] = &[
         Scope::Serve,
         "Mark the browser session cookie Secure (HTTPS only)",
     ),
+    spec(
+        "jwt_hs256_secret",
+        Kind::Text,
+        Scope::Serve,
+        "Shared secret of accepted HS256 JWTs (e.g. simplejwt's SIGNING_KEY)",
+    ),
+    spec(
+        "jwt_public_key_file",
+        Kind::Text,
+        Scope::Serve,
+        "PEM public key of accepted RS256 (RSA) or ES256 (P-256) JWTs",
+    ),
+    spec(
+        "jwt_issuer",
+        Kind::Text,
+        Scope::Serve,
+        "Required iss claim of JWTs (unset: not checked)",
+    ),
+    spec(
+        "jwt_audience",
+        Kind::Text,
+        Scope::Serve,
+        "Required aud claim of JWTs (unset: not checked)",
+    ),
+    spec(
+        "jwt_leeway",
+        Kind::Duration,
+        Scope::Serve,
+        "Clock skew allowed on a JWT's exp",
+    ),
+    spec(
+        "jwt_user_claim",
+        Kind::Text,
+        Scope::Serve,
+        "JWT claim with the user's id in the issuing system",
+    ),
+    spec(
+        "jwt_username_claim",
+        Kind::Text,
+        Scope::Serve,
+        "JWT claim with the username of a user created on first sight",
+    ),
 ];
 
 /// The spec of `key`.
@@ -499,6 +566,12 @@ impl Settings {
             .filter(|url| !url.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The JWT public key file, if one is set (an empty path counts as unset).
+    pub fn jwt_public_key_file(&self) -> Option<&std::path::Path> {
+        let path = self.jwt_public_key_file.as_deref()?;
+        (!path.as_os_str().is_empty()).then_some(path)
     }
 
     /// When an online user turns idle without real activity (`None`: never).
@@ -614,11 +687,44 @@ impl Settings {
                 "must be greater than zero with webhook_urls (webhooks are sent from the event log), e.g. 24h".into(),
             ));
         }
+        self.validate_jwt()?;
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return Err((
                 "redis_key_prefix",
                 "must be non-empty, without spaces or braces, e.g. lastseen".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// The JWT settings: claim names are set, the key file is readable PEM (what key it holds
+    /// is checked when the server starts).
+    fn validate_jwt(&self) -> Result<(), (&'static str, String)> {
+        for (key, claim) in [
+            ("jwt_user_claim", &self.jwt_user_claim),
+            ("jwt_username_claim", &self.jwt_username_claim),
+        ] {
+            if claim.trim().is_empty() {
+                return Err((key, "must name a claim, e.g. user_id".into()));
+            }
+        }
+        if let Some(path) = self.jwt_public_key_file() {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                let problem = format!("cannot be read ({}: {error})", path.display());
+                ("jwt_public_key_file", problem)
+            })?;
+            if !text.contains("-----BEGIN ") {
+                return Err((
+                    "jwt_public_key_file",
+                    format!(
+                        "is not a PEM file ({}); expected a public key such as \
+                         -----BEGIN PUBLIC KEY-----",
+                        path.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -814,6 +920,30 @@ mod tests {
         assert_eq!(s.bind.to_string(), "127.0.0.1:8002");
         let s = load(None, &[], &[("bind", "[::1]:0")]).unwrap();
         assert_eq!(s.bind.to_string(), "[::1]:0");
+    }
+
+    #[test]
+    fn jwt_settings_name_their_key_when_unusable() {
+        let err = load(
+            None,
+            &[],
+            &[("jwt_public_key_file", "/nonexistent/key.pem")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "jwt_public_key_file");
+        assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("key.txt");
+        std::fs::write(&not_pem, "secret").unwrap();
+        let path = not_pem.to_str().unwrap();
+        let err = load(None, &[("jwt_public_key_file", path)], &[]).unwrap_err();
+        assert!(err.to_string().contains("not a PEM file"), "{err}");
+        let err = load(None, &[], &[("jwt_user_claim", " ")]).unwrap_err();
+        assert_eq!(err.key, "jwt_user_claim");
+        let s = load(Some("jwt_leeway = \"5s\"\njwt_issuer = \"me\""), &[], &[]).unwrap();
+        assert_eq!(s.jwt_leeway, Duration::from_secs(5));
+        assert_eq!(s.jwt_issuer.as_deref(), Some("me"));
+        assert_eq!(s.jwt_user_claim, "user_id");
     }
 
     #[test]

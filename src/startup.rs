@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::bus::Bus;
 use crate::cluster::{Feed, Redis};
 use crate::domain::{PresenceEvent, PrivacyChanged};
@@ -68,6 +69,28 @@ impl Handle {
     }
 }
 
+/// The verifier of external tokens the settings describe (`None` without a JWT key).
+fn jwt_verifier(settings: &Settings) -> anyhow::Result<Option<JwtVerifier>> {
+    let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    let public_key_pem = match settings.jwt_public_key_file() {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("while reading jwt_public_key_file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let config = JwtConfig {
+        hs256_secret: set(&settings.jwt_hs256_secret),
+        public_key_pem,
+        issuer: set(&settings.jwt_issuer),
+        audience: set(&settings.jwt_audience),
+        leeway: settings.jwt_leeway,
+        user_claim: settings.jwt_user_claim.clone(),
+        username_claim: settings.jwt_username_claim.clone(),
+    };
+    Ok(JwtVerifier::new(config)?)
+}
+
 /// A server that is bound and restored, ready to run.
 pub struct App {
     listener: TcpListener,
@@ -92,7 +115,8 @@ impl App {
         let (engine, bus) = presence(&settings, &background).await?;
         persister::restore(&engine, store.as_ref(), settings.inactivity_timeout).await?;
         let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user, bus.clone())
-            .context("while preparing authentication")?;
+            .context("while preparing authentication")?
+            .with_jwt(jwt_verifier(&settings)?);
         let privacy = Privacy::new(store.clone(), settings.last_seen_approx, bus.clone());
         let listener = TcpListener::bind(settings.bind)
             .await

@@ -107,7 +107,11 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
-            .description(Some("Opaque access token from POST /api/users/login/"))
+            .description(Some(
+                "Opaque access token from POST /api/users/login/, or a JWT minted by another \
+                 auth system (e.g. a Django simplejwt access token) when jwt_hs256_secret or \
+                 jwt_public_key_file is set; see docs/INTEGRATIONS.md",
+            ))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
         let cookie = ApiKeyValue::with_description(

@@ -32,6 +32,14 @@ pub use outbox::CloseReason;
 use outbox::Seen;
 use protocol::ServerMessage;
 
+/// Waits until `deadline` (a session's token expiry), or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Timing and limits of sockets and streams (from the settings).
 #[derive(Debug, Clone, Copy)]
 pub struct RealtimeConfig {
@@ -289,6 +297,7 @@ pub(crate) mod testing {
             username: name.to_owned(),
             is_admin: false,
             platform: crate::domain::Platform::Web,
+            valid_until: None,
         }
     }
 }

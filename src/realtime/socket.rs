@@ -72,6 +72,7 @@ where
         realtime: &realtime,
         connection,
         session: session.reference(),
+        expires: session.deadline(),
         delivered: Delivered::default(),
         typing: TypingBudget::new(realtime.config.typing_per_second),
         activity: TypingBudget::new(realtime.config.typing_per_second),
@@ -137,6 +138,8 @@ struct SocketLoop<'a> {
     connection: Connection,
     /// The socket's session, for the activity it reports.
     session: SessionRef,
+    /// When the session's token expires; the socket closes then (4401).
+    expires: Option<tokio::time::Instant>,
     delivered: Delivered,
     typing: TypingBudget,
     activity: TypingBudget,
@@ -156,10 +159,15 @@ impl SocketLoop<'_> {
         let mut awaiting_pong = false;
         let shutdown = self.realtime.shutdown.clone();
         let outbox = self.connection.outbox().clone();
+        let expired = super::until(self.expires);
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     return Some(CloseReason { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+                }
+                () = &mut expired => {
+                    return Some(CloseReason { code: CLOSE_UNAUTHORIZED, reason: "token expired" });
                 }
                 frame = socket.next() => {
                     let Some(Ok(frame)) = frame else { return None };

@@ -42,6 +42,7 @@ pub async fn open(
         delivered: Delivered::default(),
         pending: VecDeque::new(),
         shutdown: realtime.shutdown.clone(),
+        expires: session.deadline(),
         done: false,
     };
     Ok(futures_util::stream::unfold(stream, EventStream::next))
@@ -54,6 +55,8 @@ struct EventStream {
     delivered: Delivered,
     pending: VecDeque<Event>,
     shutdown: CancellationToken,
+    /// When the session's token expires; the stream ends then (a reconnect needs a new one).
+    expires: Option<tokio::time::Instant>,
     done: bool,
 }
 
@@ -69,6 +72,7 @@ impl EventStream {
             let outbox = self.connection.outbox().clone();
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
+                () = super::until(self.expires) => return None,
                 () = outbox.ready() => {}
             }
             let (messages, close) = outbox.drain();

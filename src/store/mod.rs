@@ -159,6 +159,10 @@ impl<'a> CoalescedBatch<'a> {
     }
 }
 
+/// The password hash of users created for an external id: not a PHC string, so no password
+/// matches it and they cannot log in with one.
+pub const NO_PASSWORD: &str = "!";
+
 /// A stored user.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
@@ -227,6 +231,20 @@ pub trait Store: events::EventLog + samples::OnlineSamples + Send + Sync + 'stat
     ) -> Result<UserRecord, StoreError>;
     /// Looks a user up by name.
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a user up by the id another auth system knows them by (a JWT's user claim).
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Finds the user known elsewhere as `external_id`, or creates them as `username`, not an
+    /// admin, with the password hash [`NO_PASSWORD`] (no password matches it). Concurrent calls
+    /// for one id create one user. [`StoreError::Conflict`] (`UsernameTaken`) if there is no
+    /// such user and another user has `username`: the caller picks another name.
+    async fn external_user(
+        &self,
+        external_id: &str,
+        username: &Username,
+    ) -> Result<UserRecord, StoreError>;
     /// Looks a user up by id.
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// Looks users up by id; unknown ids are left out; order is unspecified.
@@ -259,6 +277,17 @@ pub trait Store: events::EventLog + samples::OnlineSamples + Send + Sync + 'stat
         at: DateTime<Utc>,
         device: &Device,
     ) -> Result<SessionId, StoreError>;
+    /// Stores the session of an external token (a JWT) that expires at `token_expires_at`,
+    /// identified by `token_hash`; `None` if a session with that hash was revoked and the token
+    /// has not expired yet. [`StoreError::Conflict`] if a session has that hash,
+    /// [`StoreError::NotFound`] if the user does not exist.
+    async fn create_token_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>, StoreError>;
     /// `user`'s sessions, newest first.
     async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError>;
     /// Stores `user`'s manual status; [`StoreError::NotFound`] if the user does not exist.
@@ -273,7 +302,9 @@ pub trait Store: events::EventLog + samples::OnlineSamples + Send + Sync + 'stat
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError>;
     /// Deletes a session (logout, revocation); its token stops working. Returns the deleted
-    /// session's token hash (so caches can drop it), `None` if there was no such session.
+    /// session's token hash (so caches can drop it), `None` if there was no such session. The
+    /// hash of an external token's session is kept as revoked until the token expires (see
+    /// [`Store::create_token_session`]); revoked hashes past their expiry are dropped.
     async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError>;
     /// `user`'s sessions except the `keep` most recently active ones.
     async fn sessions_beyond(

@@ -317,6 +317,41 @@ impl Store for PostgresStore {
         Ok(self.users_where("username = $1", username).await?.pop())
     }
 
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self
+            .users_where("external_id = $1", external_id)
+            .await?
+            .pop())
+    }
+
+    async fn external_user(
+        &self,
+        external_id: &str,
+        username: &Username,
+    ) -> Result<UserRecord, StoreError> {
+        // Either unique rule (the name, the external id) turns the insert into a no-op.
+        let row: Result<Option<UserRow>, _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "insert into users (username, password_hash, is_admin, created_at, external_id) \
+             values ($1, $2, false, $3, $4) on conflict do nothing returning {USER_COLUMNS}"
+        )))
+        .bind(username.as_str())
+        .bind(super::NO_PASSWORD)
+        .bind(Utc::now())
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| refused(e, Conflict::UsernameTaken, Missing::User));
+        if let Some(row) = self.health.observe(row)? {
+            return Ok(row.into());
+        }
+        self.user_by_external_id(external_id)
+            .await?
+            .ok_or(StoreError::Conflict(Conflict::UsernameTaken))
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.users_where("user_id = $1", id.0).await?.pop())
     }
@@ -358,6 +393,24 @@ impl Store for PostgresStore {
         .await
         .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
         self.health.observe(id).map(SessionId)
+    }
+
+    async fn create_token_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8],
+        at: DateTime<Utc>,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<SessionId>, StoreError> {
+        let ids: Result<Vec<i64>, _> = sqlx::query_scalar(sql::CREATE_TOKEN_SESSION)
+            .bind(user.0)
+            .bind(token_hash)
+            .bind(at)
+            .bind(token_expires_at)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| refused(e, Conflict::TokenInUse, Missing::User));
+        Ok(self.health.observe(ids)?.first().copied().map(SessionId))
     }
 
     async fn sessions_of(&self, user: UserId) -> Result<Vec<SessionInfo>, StoreError> {
@@ -412,8 +465,28 @@ impl Store for PostgresStore {
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
-        let deleted = sql::Sessions(&self.pool).delete(session).await;
-        self.health.observe(deleted.map_err(other))
+        let deleted = async {
+            let mut tx = self.pool.begin().await?;
+            let row: Option<(Vec<u8>, Option<DateTime<Utc>>)> =
+                sqlx::query_as(sql::DELETE_SESSION_RETURNING_EXPIRY)
+                    .bind(session.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((hash, Some(until))) = &row {
+                sqlx::query(sql::PURGE_REVOKED)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::REVOKE_TOKEN)
+                    .bind(hash)
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(row.map(|(hash, _)| hash))
+        };
+        self.health.observe(deleted.await.map_err(other))
     }
 
     async fn sessions_beyond(

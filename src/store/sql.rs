@@ -54,6 +54,25 @@ pub(super) const HAS_STATUS: &str =
 pub(super) const SET_STATUS: &str = "update users set status_mode = $2, status_text = $3, \
      status_emoji = $4, status_expires_at = $5 where user_id = $1";
 
+/// Opens an external token's session: user `$1`, token hash `$2`, at `$3`, until `$4`,
+/// unless the hash was revoked (no row is returned then).
+pub(super) const CREATE_TOKEN_SESSION: &str = "insert into sessions \
+     (user_id, token_hash, created_at, last_activity, token_expires_at) \
+     select $1, $2, $3, $3, $4 \
+     where not exists (select 1 from revoked_tokens where token_hash = $2) \
+     returning session_id";
+
+/// Deletes session `$1`, returning its token hash and its token's expiry (if an external one).
+pub(super) const DELETE_SESSION_RETURNING_EXPIRY: &str =
+    "delete from sessions where session_id = $1 returning token_hash, token_expires_at";
+
+/// Drops revoked token hashes that expired before `$1`.
+pub(super) const PURGE_REVOKED: &str = "delete from revoked_tokens where expires_at < $1";
+
+/// Keeps token hash `$1` revoked until `$2`.
+pub(super) const REVOKE_TOKEN: &str = "insert into revoked_tokens (token_hash, expires_at) \
+     values ($1, $2) on conflict do nothing";
+
 /// User `$1`'s sessions, newest first.
 pub(super) const SESSIONS_OF: &str = "select session_id, platform, device_name, created_at, \
      last_activity from sessions where user_id = $1 order by created_at desc, session_id desc";
@@ -98,10 +117,6 @@ pub(super) fn mark_offline() -> String {
 pub(super) const SESSIONS_BEYOND: &str = "select session_id from sessions where user_id = $1 and session_id not in (\
      select session_id from sessions where user_id = $1 \
      order by last_activity desc, session_id desc limit $2)";
-
-/// Deletes session `$1`, returning its token hash.
-pub(super) const DELETE_SESSION: &str =
-    "delete from sessions where session_id = $1 returning token_hash";
 
 /// The session a token hash (`$1`) belongs to, with what authentication needs of its user.
 pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, \
@@ -377,7 +392,6 @@ where
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
-    for<'r> (Vec<u8>,): sqlx::FromRow<'r, DB::Row>,
     for<'r> (i64, i64, String, bool, String): sqlx::FromRow<'r, DB::Row>,
 {
     /// The session a token hash belongs to.
@@ -404,15 +418,5 @@ where
             .fetch_all(self.0)
             .await?;
         Ok(rows.into_iter().map(|(id,)| SessionId(id)).collect())
-    }
-
-    /// Deletes a session, returning its token hash. Read with `fetch_all`, so an autocommit
-    /// that fails is reported (see the SQLite store's `returned`).
-    pub(super) async fn delete(&self, session: SessionId) -> Result<Option<Vec<u8>>, sqlx::Error> {
-        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(DELETE_SESSION)
-            .bind(session.0)
-            .fetch_all(self.0)
-            .await?;
-        Ok(rows.into_iter().next().map(|(hash,)| hash))
     }
 }

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod integrations;
+mod jwt;
 mod ops;
 mod persistence;
 mod presence;

@@ -362,3 +362,67 @@ async fn three_nodes_send_each_change_to_a_webhook_once_and_in_order() {
     )
     .await;
 }
+
+/// An HS256 access token of user `user_id` with `jti`, valid for an hour.
+fn jwt(secret: &str, user_id: i64, jti: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = B64.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string());
+    let claims = json!({"token_type": "access", "exp": now + 3600, "jti": jti, "user_id": user_id});
+    let input = format!("{header}.{}", B64.encode(claims.to_string()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", B64.encode(tag.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_is_one_session_on_every_node_and_its_revocation_holds_everywhere() {
+    deployment("jwt_across_nodes", |mut shared| async move {
+        let secret = "cluster-test-secret";
+        shared
+            .env
+            .push(("LASTSEEN_JWT_HS256_SECRET".into(), secret.into()));
+        let (a, b, _c) = three(&shared).await;
+        let phone = jwt(secret, 77, "phone");
+        let laptop = jwt(secret, 77, "laptop");
+        let (status, on_a) = a
+            .call("GET", "/api/users/me/", Some(&phone), Value::Null)
+            .await;
+        assert_eq!(status, 200, "{on_a}");
+        let (status, on_b) = b
+            .call("GET", "/api/users/me/", Some(&phone), Value::Null)
+            .await;
+        assert_eq!((status, &on_b["id"]), (200, &on_a["id"]), "{on_b}");
+        let mut socket = a.socket(&phone).await;
+
+        let (_, listed) = b
+            .call("GET", "/api/users/me/sessions/", Some(&laptop), Value::Null)
+            .await;
+        let sessions = listed["sessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), 2, "one per token, whichever node: {listed}");
+        // Newest first: the laptop's, then the phone's.
+        let path = format!("/api/users/me/sessions/{}/", sessions[1]["id"]);
+        let (status, body) = b.call("DELETE", &path, Some(&laptop), Value::Null).await;
+        assert!((200..300).contains(&status), "{status} {body}");
+
+        assert!(
+            socket.next(Duration::from_secs(3)).await.is_none(),
+            "closed"
+        );
+        for node in [&a, &b] {
+            let (status, body) = node
+                .call("GET", "/api/users/me/", Some(&phone), Value::Null)
+                .await;
+            assert_eq!(status, 401, "{body}");
+        }
+        let (status, _) = a
+            .call("GET", "/api/users/me/", Some(&laptop), Value::Null)
+            .await;
+        assert_eq!(status, 200);
+    })
+    .await;
+}

@@ -170,3 +170,66 @@ pub async fn device_sessions_keep_their_platform_and_name_and_list_newest_first(
             .is_empty()
     );
 }
+
+pub async fn a_revoked_token_session_stays_revoked_until_its_token_expires(store: Arc<dyn Store>) {
+    let ahmad = user(store.as_ref(), "ahmad").await;
+    let now = Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let jwt = store
+        .create_token_session(ahmad.id, b"jwt", now, now + hour)
+        .await
+        .unwrap()
+        .expect("not revoked");
+    let found = store.session_by_token(b"jwt").await.unwrap().unwrap();
+    assert_eq!((found.session_id, found.user_id), (jwt, ahmad.id));
+    let again = store
+        .create_token_session(ahmad.id, b"jwt", now, now + hour)
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+
+    assert_eq!(
+        store.delete_session(jwt).await.unwrap(),
+        Some(b"jwt".to_vec())
+    );
+    assert!(store.session_by_token(b"jwt").await.unwrap().is_none());
+    let reopened = store
+        .create_token_session(ahmad.id, b"jwt", now, now + hour)
+        .await
+        .unwrap();
+    assert_eq!(reopened, None, "revoked until the token expires");
+
+    // A login's session leaves nothing behind.
+    let login = store.create_session(ahmad.id, b"login", now).await.unwrap();
+    store.delete_session(login).await.unwrap();
+    let reused = store
+        .create_token_session(ahmad.id, b"login", now, now + hour)
+        .await
+        .unwrap();
+    assert!(reused.is_some());
+
+    // Revoked hashes whose token expired are dropped by a later revocation.
+    let old = store
+        .create_token_session(ahmad.id, b"old", now - hour, now - hour)
+        .await
+        .unwrap()
+        .unwrap();
+    store.delete_session(old).await.unwrap();
+    let other = store
+        .create_token_session(ahmad.id, b"other", now, now + hour)
+        .await
+        .unwrap()
+        .unwrap();
+    store.delete_session(other).await.unwrap();
+    let after_expiry = store
+        .create_token_session(ahmad.id, b"old", now, now + hour)
+        .await
+        .unwrap();
+    assert!(after_expiry.is_some());
+    let unknown = store
+        .create_token_session(UserId(i64::MAX), b"nobody", now, now + hour)
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
+}

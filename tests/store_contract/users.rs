@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lastseen::domain::{PresenceStatus, UserId, Username};
-use lastseen::store::{Store, StoreError, UserRecord};
+use lastseen::store::{Conflict, NO_PASSWORD, Store, StoreError, UserRecord};
 
 /// Creates a non-admin user named `name`.
 pub async fn user(store: &dyn Store, name: &str) -> UserRecord {
@@ -128,4 +128,84 @@ pub async fn online_samples_keep_one_count_per_minute_and_prune_old_ones(store: 
     );
     assert_eq!(store.prune_online_samples(100).await.unwrap(), 1);
     assert_eq!(store.online_samples(0).await.unwrap(), [(100, 5), (101, 8)]);
+}
+
+pub async fn an_external_user_is_created_once_and_found_by_its_external_id(store: Arc<dyn Store>) {
+    let name = Username::parse("jwt_alice").unwrap();
+    let created = store.external_user("42", &name).await.unwrap();
+    assert_eq!(created.username, "jwt_alice");
+    assert!(!created.is_admin);
+    assert_eq!(created.password_hash, NO_PASSWORD);
+
+    let other_name = Username::parse("someone_else").unwrap();
+    let again = store.external_user("42", &other_name).await.unwrap();
+    assert_eq!(
+        (again.id, again.username.as_str()),
+        (created.id, "jwt_alice")
+    );
+    assert!(
+        store
+            .user_by_username("someone_else")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let found = store.user_by_external_id("42").await.unwrap().unwrap();
+    assert_eq!(found.id, created.id);
+    assert!(store.user_by_external_id("43").await.unwrap().is_none());
+    // A user registered here has no external id, whatever its name.
+    let sara = user(store.as_ref(), "sara").await;
+    assert!(store.user_by_external_id("sara").await.unwrap().is_none());
+    let second = store
+        .external_user("sara", &Username::parse("user_sara").unwrap())
+        .await
+        .unwrap();
+    assert_ne!(second.id, sara.id);
+}
+
+pub async fn an_external_user_whose_name_is_taken_is_a_conflict_and_nothing_is_created(
+    store: Arc<dyn Store>,
+) {
+    let alice = user(store.as_ref(), "alice").await;
+    let taken = store
+        .external_user("7", &Username::parse("alice").unwrap())
+        .await;
+    assert!(
+        matches!(taken, Err(StoreError::Conflict(Conflict::UsernameTaken))),
+        "{taken:?}"
+    );
+    assert!(store.user_by_external_id("7").await.unwrap().is_none());
+    let kept = store.user_by_username("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.id, kept.password_hash.as_str()),
+        (alice.id, "hash-of-a-password")
+    );
+    let fallback = store
+        .external_user("7", &Username::parse("user7").unwrap())
+        .await
+        .unwrap();
+    assert_ne!(fallback.id, alice.id);
+}
+
+pub async fn concurrent_provisioning_of_one_external_id_creates_one_user(store: Arc<dyn Store>) {
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let name = Username::parse(&format!("racer{i}")).unwrap();
+            store.external_user("99", &name).await.unwrap().id
+        })
+    });
+    let mut ids = Vec::new();
+    for attempt in attempts.collect::<Vec<_>>() {
+        ids.push(attempt.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let racers = (0..8).map(|i| format!("racer{i}"));
+    let mut created = 0;
+    for name in racers {
+        created += usize::from(store.user_by_username(&name).await.unwrap().is_some());
+    }
+    assert_eq!(created, 1);
 }

@@ -5,6 +5,12 @@
 //! path hashes the token and reads one shard of the cache, without touching the database;
 //! logout removes the entry, so revocation takes effect at once. This module does not track
 //! presence: callers tell the engine about activity.
+//!
+//! External tokens (JWTs, see [`jwt`]) work side by side: a token shaped like a JWT is verified
+//! once (its signature and claims), cached until it expires, and counts as one session of the
+//! user its claim names, created with the user on first sight. That session is stored and
+//! cached like a login's, keyed by the SHA-256 of the token's `jti` (else of the token), so
+//! listing, revoking and the cluster's revocation messages treat both kinds alike.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +29,12 @@ use crate::bus::{Bus, BusMessage};
 use crate::domain::{Device, Password, Platform, SessionId, SessionRef, UserId, Username, Viewer};
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
+
+mod external;
+pub mod jwt;
+
+use external::VerifiedShard;
+use jwt::{JwtVerifier, Verified};
 
 /// Shards of the session cache; a power of two.
 const CACHE_SHARDS: usize = 16;
@@ -87,9 +99,21 @@ pub struct Session {
     pub is_admin: bool,
     /// The session's device platform.
     pub platform: Platform,
+    /// When its token stops being accepted (a JWT's `exp` plus the leeway); `None` for a
+    /// login's token, valid until revoked. Connections close then.
+    pub valid_until: Option<std::time::SystemTime>,
 }
 
 impl Session {
+    /// [`Session::valid_until`] on tokio's clock.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        let left = self
+            .valid_until?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
+
     /// The session as the presence engine needs it.
     pub fn reference(&self) -> SessionRef {
         SessionRef {
@@ -115,6 +139,7 @@ impl From<SessionRecord> for Session {
             username: r.username,
             is_admin: r.is_admin,
             platform: r.platform,
+            valid_until: None,
         }
     }
 }
@@ -235,6 +260,11 @@ pub struct Authenticator {
     revoked: broadcast::Sender<SessionId>,
     /// Tells other nodes about revocations, and hears theirs.
     bus: Bus,
+    /// Checks external tokens; `None` when no JWT key is configured.
+    jwt: Option<Arc<JwtVerifier>>,
+    /// Verified JWTs until they expire, sharded by the token's hash. Revocation does not touch
+    /// it: it says what a token means, the session cache says whether its session still exists.
+    verified: Arc<Sharded<Mutex<VerifiedShard>>>,
 }
 
 impl Authenticator {
@@ -254,7 +284,15 @@ impl Authenticator {
             max_sessions: max_sessions.max(1),
             revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
             bus,
+            jwt: None,
+            verified: Arc::new(Sharded::new(CACHE_SHARDS, Mutex::default)),
         })
+    }
+
+    /// This authenticator, also accepting the JWTs `verifier` accepts.
+    pub fn with_jwt(mut self, verifier: Option<JwtVerifier>) -> Self {
+        self.jwt = verifier.map(Arc::new);
+        self
     }
 
     fn cache_shard(&self, hash: &TokenHash) -> std::sync::MutexGuard<'_, CacheShard> {
@@ -326,6 +364,7 @@ impl Authenticator {
             username: user.username,
             is_admin: user.is_admin,
             platform: device.platform,
+            valid_until: None,
         };
         self.cache_shard(&hash)
             .sessions
@@ -334,12 +373,34 @@ impl Authenticator {
     }
 
     /// Resolves a bearer token to its session: from the cache, else from the store (and then
-    /// cached, unless a logout raced with the lookup).
+    /// cached, unless a logout raced with the lookup). A JWT (when JWTs are configured) is
+    /// verified first (once: the result is cached until it expires); its session, and its user,
+    /// are created on first sight.
     ///
     /// # Errors
-    /// [`AuthError::InvalidToken`] if no session has this token.
+    /// [`AuthError::InvalidToken`] if no session has this token, or the JWT is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
-        let hash = TokenHash::of(token);
+        match self.jwt.as_deref() {
+            Some(verifier) if jwt::looks_like_jwt(token) => {
+                let verified = self.verify_jwt(verifier, token)?;
+                let mut session = self
+                    .session_of(verified.session_key, Some(&verified))
+                    .await?;
+                let until = verified.expires_at.saturating_add(verifier.leeway());
+                session.valid_until = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(until));
+                Ok(session)
+            }
+            _ => self.session_of(TokenHash::of(token), None).await,
+        }
+    }
+
+    /// The session stored under `hash`: cached, else read (and cached), else, for a JWT,
+    /// created.
+    async fn session_of(
+        &self,
+        hash: TokenHash,
+        jwt: Option<&Verified>,
+    ) -> Result<Session, AuthError> {
         loop {
             let revocations = {
                 let shard = self.cache_shard(&hash);
@@ -348,12 +409,16 @@ impl Authenticator {
                 }
                 shard.revocations
             };
-            let session: Session = self
-                .store
-                .session_by_token(hash.as_bytes())
-                .await?
-                .ok_or(AuthError::InvalidToken)?
-                .into();
+            let stored = self.store.session_by_token(hash.as_bytes()).await?;
+            let session = match (stored, jwt) {
+                (Some(record), _) => Session::from(record),
+                (None, None) => return Err(AuthError::InvalidToken),
+                (None, Some(verified)) => match self.open_jwt_session(verified).await? {
+                    Some(session) => session,
+                    // Another request created it meanwhile: read it.
+                    None => continue,
+                },
+            };
             let mut shard = self.cache_shard(&hash);
             if shard.revocations == revocations {
                 shard.sessions.insert(hash, session.clone());
@@ -367,7 +432,14 @@ impl Authenticator {
     /// Callers that recorded activity for a session re-check with this, so a request racing
     /// the session's logout cannot bring it back.
     pub fn is_cached(&self, token: &str) -> bool {
-        let hash = TokenHash::of(token);
+        let hash = if self.jwt.is_some() && jwt::looks_like_jwt(token) {
+            match self.verified_session_key(token) {
+                Some(key) => key,
+                None => return false,
+            }
+        } else {
+            TokenHash::of(token)
+        };
         self.cache_shard(&hash).sessions.contains_key(&hash)
     }
 
