@@ -4,6 +4,7 @@
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (installed by `scripts/test`). Without
 //! them the test is skipped with a notice, unless `LASTSEEN_REQUIRE_SERVICES=1`.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -209,7 +210,10 @@ fn browser_available() -> bool {
             std::env::var("LASTSEEN_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "chromium/chromedriver missing but LASTSEEN_REQUIRE_SERVICES=1 (scripts/test installs them)"
         );
-        eprintln!(
+        // Straight to the process's standard error: the harness captures `eprintln!` of a
+        // passing test, which would hide that nothing was checked.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED browser test: {CHROMIUM} or {CHROMEDRIVER} not installed (run scripts/test)"
         );
     }
