@@ -277,6 +277,8 @@ pub struct WsClient {
     pub stream: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// The `ready` message, once received.
+    ready: Option<Value>,
 }
 
 impl TestApp {
@@ -292,7 +294,10 @@ impl TestApp {
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        WsClient { stream }
+        WsClient {
+            stream,
+            ready: None,
+        }
     }
 
     /// Opens a socket without a header (as browsers do); the caller sends `auth` itself.
@@ -300,7 +305,10 @@ impl TestApp {
         let (stream, _) = tokio_tungstenite::connect_async(self.ws_url())
             .await
             .unwrap();
-        WsClient { stream }
+        WsClient {
+            stream,
+            ready: None,
+        }
     }
 }
 
@@ -333,8 +341,35 @@ impl WsClient {
         self.stream.send(Message::Text(text.into())).await.unwrap();
     }
 
-    /// The next JSON message or close, within `within`; `None` on timeout.
+    /// The `ready` message the socket opened with (fails if anything else comes first).
+    pub async fn ready(&mut self) -> Value {
+        if self.ready.is_none() {
+            match self.next_frame(Duration::from_secs(5)).await {
+                Some(Frame::Json(message)) if message["type"] == "ready" => {
+                    self.ready = Some(message);
+                }
+                other => panic!("expected ready first, got {other:?}"),
+            }
+        }
+        self.ready.clone().unwrap()
+    }
+
+    /// The next JSON message or close, within `within`; `None` on timeout. The `ready` a
+    /// socket opens with is kept aside for [`WsClient::ready`], not returned.
     pub async fn next_within(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await? {
+                Frame::Json(message) if message["type"] == "ready" && self.ready.is_none() => {
+                    self.ready = Some(message);
+                }
+                frame => return Some(frame),
+            }
+        }
+    }
+
+    async fn next_frame(&mut self, within: Duration) -> Option<Frame> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         let deadline = tokio::time::Instant::now() + within;
