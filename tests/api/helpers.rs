@@ -47,7 +47,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Starts a server on `settings` (e.g. again on the same database after `stop`).
 pub async fn start(settings: Settings, dir: std::sync::Arc<TempDir>) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        lastseen::telemetry::init(std::io::stderr);
+        lastseen::telemetry::init(
+            std::io::stderr,
+            lastseen::settings::LogFormat::Text,
+            lastseen::telemetry::stderr_wants_colours(),
+        );
     }
     let app = App::build(settings.clone()).await.expect("app builds");
     let addr = app.local_addr().unwrap();
