@@ -346,6 +346,6 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         () = ctrl_c => {}
         () = term => {}
     }
-    tracing::info!("shutdown signal received; draining");
     shutdown.cancel();
+    tracing::info!("shutdown signal received; draining");
 }

@@ -21,9 +21,13 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written (a closed pipe) is dropped: by default the subscriber
+    // reports it with `eprintln!`, which panics on that same closed stderr, in whatever task
+    // was logging, e.g. the one that handles SIGTERM.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(colours).try_init(),
         LogFormat::Json => builder

@@ -541,3 +541,37 @@ fn a_subcommands_help_lists_only_what_it_uses() {
     let serve = stdout(&run(&db, &["serve", "--help"], None));
     assert!(serve.contains("--bind") && serve.contains("--log-format"));
 }
+
+#[test]
+fn a_closed_log_pipe_does_not_stop_sigterm_from_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pipe.db");
+    let mut child = lastseen(&db)
+        .env("RUST_LOG", "info")
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `lastseen serve 2>&1 | head -1` does: the reader goes away after the first lines.
+    drop(child.stderr.take());
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
