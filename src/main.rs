@@ -29,10 +29,6 @@ async fn run() -> ExitCode {
         Ok(invocation) => invocation,
         Err(error) => error.exit(),
     };
-    telemetry::init(std::io::stderr);
-    for name in settings::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
-        tracing::warn!(variable = %name, "unknown LASTSEEN_* variable ignored (misspelt?)");
-    }
     let overrides = Overrides {
         flags: invocation.flags,
         ..Overrides::from_env(std::env::vars())
@@ -44,6 +40,19 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::init(
+        std::io::stderr,
+        settings.log_format,
+        telemetry::stderr_wants_colours(),
+    );
+    for name in settings::unknown_env_vars(std::env::vars().map(|(k, _)| k)) {
+        let similar = settings::similar_env_vars(&name).join(", ");
+        tracing::warn!(
+            "unknown variable {name} ignored (misspelt? similar settings: {}); the settings \
+             are listed in docs/CONFIGURATION.md",
+            if similar.is_empty() { "none" } else { &similar }
+        );
+    }
     let result = match invocation.cli.command {
         Command::Serve => startup::serve(settings).await.map(|()| String::new()),
         Command::Migrate => commands::migrate(&settings).await,
@@ -70,8 +79,9 @@ async fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            let (line, status) = commands::failure(&error);
+            eprintln!("error: {line}");
+            ExitCode::from(status)
         }
     }
 }

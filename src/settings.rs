@@ -126,6 +126,20 @@ pub struct Settings {
     /// The JWT claim holding the username given to a user created on first sight (default
     /// `username`).
     pub jwt_username_claim: String,
+    /// How log lines are written to standard error: `text` (default; colours only on a
+    /// terminal) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when standard error is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Settings {
@@ -165,6 +179,7 @@ impl Default for Settings {
             jwt_leeway: Duration::from_secs(30),
             jwt_user_claim: "user_id".into(),
             jwt_username_claim: "username".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -184,6 +199,8 @@ pub enum Kind {
     Count,
     /// Any text.
     Text,
+    /// `text` or `json`.
+    LogFormat,
 }
 
 impl Kind {
@@ -196,6 +213,7 @@ impl Kind {
             Self::Bool => "BOOL",
             Self::Count => "N",
             Self::Text => "TEXT",
+            Self::LogFormat => "FORMAT",
         }
     }
 
@@ -208,6 +226,7 @@ impl Kind {
             Self::Bool => "true or false",
             Self::Count => "a whole number such as 100",
             Self::Text => "some text",
+            Self::LogFormat => "text or json",
         }
     }
 }
@@ -246,6 +265,16 @@ impl Spec {
     /// `LASTSEEN_KEY`.
     pub fn env(&self) -> String {
         format!("LASTSEEN_{}", self.key.to_ascii_uppercase())
+    }
+
+    /// The three ways to set it, for error messages.
+    pub fn where_to_set(&self) -> String {
+        format!(
+            "Set it with --{}, {} or `{} = ...` in the --config file.",
+            self.flag(),
+            self.env(),
+            self.key
+        )
     }
 }
 
@@ -465,6 +494,12 @@ pub const SPECS: &[Spec] = &[
         Scope::Serve,
         "JWT claim with the username of a user created on first sight",
     ),
+    spec(
+        "log_format",
+        Kind::LogFormat,
+        Scope::All,
+        "Log lines on standard error: text (coloured only on a terminal) or json",
+    ),
 ];
 
 /// The spec of `key`.
@@ -609,9 +644,12 @@ impl Settings {
             .map_err(|e| explain(&e, config, overrides))?;
         settings.validate().map_err(|(key, problem)| {
             let source = overrides.source(key, config);
+            let set = spec_of(key).map(Spec::where_to_set).unwrap_or_default();
             SettingsError {
                 key: key.into(),
-                message: format!("{key} {problem} (from {source})"),
+                message: format!("{key} {problem} (from {source}). {set}")
+                    .trim_end()
+                    .to_owned(),
             }
         })?;
         Ok(settings)
@@ -734,7 +772,7 @@ impl Settings {
 /// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
     match spec_of(key).map(|s| s.kind) {
-        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text) => {
+        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text | Kind::LogFormat) => {
             Value::from(raw.to_owned())
         }
         _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),
@@ -748,7 +786,7 @@ fn explain(
     config: Option<&PathBuf>,
     overrides: &Overrides,
 ) -> SettingsError {
-    use figment::error::Kind as E;
+    use figment::error::{Actual, Kind as E};
     let key = error.path.join(".");
     if key.is_empty() {
         let message = match config {
@@ -771,17 +809,44 @@ fn explain(
         ),
         (kind, Some(spec)) => {
             let given = match kind {
-                E::InvalidType(actual, _) | E::InvalidValue(actual, _) => format!(" {actual}"),
+                E::InvalidType(Actual::Str(text), _) | E::InvalidValue(Actual::Str(text), _) => {
+                    format!(" {text:?}")
+                }
+                E::InvalidType(actual, _) | E::InvalidValue(actual, _) => format!(" ({actual})"),
                 _ => String::new(),
             };
             format!(
-                "invalid value{given} for {key} (from {source}): expected {}",
-                spec.kind.example()
+                "invalid {key}{given} (from {source}): expected {}. {}",
+                spec.kind.example(),
+                spec.where_to_set()
             )
         }
         (kind, None) => format!("invalid {key} (from {source}): {kind}"),
     };
     SettingsError { key, message }
+}
+
+/// The variables of the settings whose names share a word with the unknown variable `name`
+/// (`LASTSEEN_HEARTBEAT_TIMEOUT` → `LASTSEEN_INACTIVITY_TIMEOUT`, `LASTSEEN_HEARTBEAT_INTERVAL`,
+/// ...), best first, at most three.
+pub fn similar_env_vars(name: &str) -> Vec<String> {
+    let words: Vec<String> = name
+        .trim_start_matches("LASTSEEN_")
+        .to_ascii_lowercase()
+        .split('_')
+        .map(str::to_owned)
+        .collect();
+    let mut scored: Vec<(usize, usize, String)> = SPECS
+        .iter()
+        .enumerate()
+        .map(|(order, spec)| {
+            let shared = spec.key.split('_').filter(|w| words.iter().any(|x| x == w));
+            (shared.count(), order, spec.env())
+        })
+        .filter(|(shared, _, _)| *shared > 0)
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(3).map(|(_, _, env)| env).collect()
 }
 
 /// Names of `LASTSEEN_*` variables in `vars` that match no setting: likely typos.
@@ -812,12 +877,28 @@ mod bind_address {
         })
     }
 
+    /// An IP address with a port, `localhost:PORT` (always 127.0.0.1, whatever the resolver
+    /// prefers), or `HOST:PORT` with a host name the resolver knows (its first IPv4 address,
+    /// else its first address).
     fn parse(raw: &str) -> Option<SocketAddr> {
         if let Ok(addr) = raw.parse() {
             return Some(addr);
         }
-        let port = raw.strip_prefix("localhost:")?.parse().ok()?;
-        Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        if let Some(port) = raw.strip_prefix("localhost:") {
+            return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port.parse().ok()?)));
+        }
+        let (host, port) = raw.rsplit_once(':')?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return None;
+        }
+        let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(raw)
+            .ok()?
+            .collect();
+        resolved
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or(resolved.first())
+            .copied()
     }
 }
 
@@ -880,9 +961,10 @@ mod tests {
         assert_eq!(err.key, "inactivity_timeout");
         assert_eq!(
             err.to_string(),
-            "invalid value string \"banana\" for inactivity_timeout \
-             (from LASTSEEN_INACTIVITY_TIMEOUT): expected a duration such as 500ms, 30s, 5m \
-             or 1h 30m"
+            "invalid inactivity_timeout \"banana\" (from LASTSEEN_INACTIVITY_TIMEOUT): \
+             expected a duration such as 500ms, 30s, 5m or 1h 30m. Set it with \
+             --inactivity-timeout, LASTSEEN_INACTIVITY_TIMEOUT or `inactivity_timeout = ...` in \
+             the --config file."
         );
         let err = load(None, &[], &[("inactivity_timeout", "5 parsecs")]).unwrap_err();
         assert!(
@@ -899,7 +981,9 @@ mod tests {
         assert_eq!(err.key, "persist_interval");
         assert_eq!(
             err.to_string(),
-            "persist_interval must be greater than zero, e.g. 30s (from --persist-interval)"
+            "persist_interval must be greater than zero, e.g. 30s (from --persist-interval). \
+             Set it with --persist-interval, LASTSEEN_PERSIST_INTERVAL or \
+             `persist_interval = ...` in the --config file."
         );
         let err = load(None, &[], &[("last_seen_approx", "sometimes")]).unwrap_err();
         assert_eq!(err.key, "last_seen_approx");
@@ -915,9 +999,35 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(load(None, &[], &[]).unwrap().log_format, LogFormat::Text);
+        let s = load(None, &[("log_format", "json")], &[]).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        let err = load(None, &[], &[("log_format", "xml")]).unwrap_err();
+        assert_eq!(err.key, "log_format");
+        assert!(err.to_string().contains("expected text or json"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_variable_is_matched_to_the_settings_it_resembles() {
+        let similar = similar_env_vars("LASTSEEN_HEARTBEAT_TIMEOUT");
+        assert!(
+            similar.contains(&"LASTSEEN_HEARTBEAT_INTERVAL".to_owned()),
+            "{similar:?}"
+        );
+        assert!(
+            similar.contains(&"LASTSEEN_INACTIVITY_TIMEOUT".to_owned()),
+            "{similar:?}"
+        );
+        assert!(similar_env_vars("LASTSEEN_COLOUR").is_empty());
+    }
+
+    #[test]
     fn localhost_is_accepted_as_a_bind_address() {
         let s = load(None, &[], &[("bind", "localhost:8002")]).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8002");
+        let err = load(None, &[], &[("bind", "localhost")]).unwrap_err();
+        assert!(err.to_string().contains("localhost:8000"), "{err}");
         let s = load(None, &[], &[("bind", "[::1]:0")]).unwrap();
         assert_eq!(s.bind.to_string(), "[::1]:0");
     }

@@ -350,6 +350,8 @@ async fn presence(
 /// # Errors
 /// If the app cannot be built or serving fails.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Held until the process ends: a second server on the same SQLite file refuses to start.
+    let _lock = store::lock_data_file(&settings.database_url)?;
     let app = App::build(settings).await?;
     let addr = app.local_addr()?;
     // Scripts and tests read the bound address from this first line of standard output.
@@ -379,6 +381,6 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         () = ctrl_c => {}
         () = term => {}
     }
-    tracing::info!("shutdown signal received; draining");
     shutdown.cancel();
+    tracing::info!("shutdown signal received; draining");
 }

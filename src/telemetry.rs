@@ -3,6 +3,8 @@
 //!
 //! The server writes logs to standard error so that standard output carries only what scripts
 //! read (the `listening on ...` line, command results). `RUST_LOG` filters, default `info`.
+//! Lines are plain text (coloured only when asked, i.e. on a terminal) or JSON objects
+//! (`log_format = "json"`, for log shippers).
 
 use std::sync::OnceLock;
 
@@ -10,16 +12,37 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Installs the global subscriber. Later calls (e.g. from tests) are no-ops.
-pub fn init<W>(writer: W)
+use crate::settings::LogFormat;
+
+/// Installs the global subscriber writing `format` lines to `writer`, with ANSI colours only
+/// if `colours` (text only). Later calls (e.g. from tests) are no-ops.
+pub fn init<W>(writer: W, format: LogFormat, colours: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    // A log line that cannot be written (a closed pipe) is dropped: by default the subscriber
+    // reports it with `eprintln!`, which panics on that same closed stderr, in whatever task
+    // was logging, e.g. the one that handles SIGTERM.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .try_init();
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colours).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// Whether log lines on standard error may be coloured: it is a terminal and `NO_COLOR` is not
+/// set (<https://no-color.org>).
+pub fn stderr_wants_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Latency buckets (seconds) for the request histogram: 100 µs to 10 s.

@@ -356,3 +356,222 @@ fn version_and_help_work_for_every_subcommand() {
     }
     assert!(!db.exists(), "--help touches no database");
 }
+
+/// Runs `lastseen ARGS` on `db` with extra environment variables; returns the output.
+fn run_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = lastseen(db);
+    command.args(args).envs(env.iter().copied());
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_duration_names_the_key_its_flag_and_variable_and_a_valid_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    let out = run_with_env(
+        &db,
+        &["serve", "--bind", "127.0.0.1:0"],
+        &[("LASTSEEN_HEARTBEAT_INTERVAL", "banana")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: invalid heartbeat_interval \"banana\" (from LASTSEEN_HEARTBEAT_INTERVAL): \
+         expected a duration such as 500ms, 30s, 5m or 1h 30m. Set it with \
+         --heartbeat-interval, LASTSEEN_HEARTBEAT_INTERVAL or `heartbeat_interval = ...` in the \
+         --config file."
+    );
+    assert!(
+        !db.exists(),
+        "nothing is opened before the settings are valid"
+    );
+}
+
+#[test]
+fn bind_takes_a_host_name_and_a_bad_address_says_what_form_is_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bind.db");
+    let mut child = lastseen(&db)
+        .args(["serve", "--bind", "localhost:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+
+    let out = run(&db, &["serve", "--bind", "8002"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(
+        text.starts_with("error: invalid bind \"8002\" (from --bind): expected an address such as 127.0.0.1:8000, 0.0.0.0:8000 or localhost:8000."),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_sqlite_file_in_a_missing_directory_names_the_directory_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing").join("x.db");
+    let out = run(&db, &["serve", "--bind", "127.0.0.1:0"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    let missing = dir.path().join("missing");
+    assert_eq!(
+        text.trim(),
+        format!(
+            "error: cannot create the SQLite database {}: the directory {} does not exist; \
+             create it (mkdir -p {}) or choose another path, e.g. --database-url \
+             sqlite://lastseen.db",
+            db.display(),
+            missing.display(),
+            missing.display()
+        )
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn an_unreachable_postgresql_is_one_line_without_the_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lastseen"))
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://someone:hunter2@127.0.0.1:1/app",
+        ])
+        .env_remove("LASTSEEN_DATABASE_URL")
+        .env_remove("LASTSEEN_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: PostgreSQL at 127.0.0.1:1 (database \"app\", from database_url) refused the \
+         connection: is PostgreSQL running there?"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_sqlite_file_refuses_and_names_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let first = Server::start(&db, &[]);
+    let pid = first.child.id();
+    let expected = format!(
+        "error: the SQLite database {} is in use by another lastseen process (pid {pid} holds \
+         {}.lock); stop that process first, or give this one its own --database-url",
+        db.display(),
+        db.display()
+    );
+    for args in [
+        &["serve", "--bind", "127.0.0.1:0"][..],
+        &["check-offline-users"],
+        &["migrate"],
+    ] {
+        let out = run(&db, args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out).trim(), expected, "{args:?}");
+    }
+    // Reading, and adding a user, go on next to the server.
+    let dry = stdout(&run(&db, &["check-offline-users", "--dry-run"], None));
+    assert_eq!(dry.trim(), "Would mark 0 users offline");
+    stdout(&run(
+        &db,
+        &["user", "create", "ahmad", "--password-stdin"],
+        Some("password123\n"),
+    ));
+    first.stop();
+    let second = Server::start(&db, &[]);
+    login(&second.base, "ahmad", "password123");
+    second.stop();
+}
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("logs.db");
+    let typo = [("LASTSEEN_HEARTBEAT_TIMEOUT", "30s")];
+    let text = stderr(&run_with_env(&db, &["migrate"], &typo));
+    assert!(
+        text.contains("WARN") && text.contains("LASTSEEN_HEARTBEAT_INTERVAL"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "no colour escapes: {text:?}");
+
+    let json = stderr(&run_with_env(
+        &db,
+        &["--log-format", "json", "migrate"],
+        &typo,
+    ));
+    let line: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("LASTSEEN_HEARTBEAT_TIMEOUT")
+    );
+}
+
+#[test]
+fn a_subcommands_help_lists_only_what_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("help.db");
+    let help = stdout(&run(&db, &["user", "create", "--help"], None));
+    for flag in ["--admin", "--password-stdin", "--database-url", "--config"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    for flag in [
+        "--bind",
+        "--inactivity-timeout",
+        "--webhook-urls",
+        "--redis-url",
+    ] {
+        assert!(!help.contains(flag), "{flag}: {help}");
+    }
+    let serve = stdout(&run(&db, &["serve", "--help"], None));
+    assert!(serve.contains("--bind") && serve.contains("--log-format"));
+}
+
+#[test]
+fn a_closed_log_pipe_does_not_stop_sigterm_from_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pipe.db");
+    let mut child = lastseen(&db)
+        .env("RUST_LOG", "info")
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `lastseen serve 2>&1 | head -1` does: the reader goes away after the first lines.
+    drop(child.stderr.take());
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -182,7 +182,7 @@ impl From<StoreError> for ApiError {
                 Missing::Contact => "That user is not in your contacts.",
                 Missing::Block => "You have not blocked that user.",
             }),
-            StoreError::Unavailable(_) => Self::Unavailable(e.into()),
+            StoreError::Unavailable(_) | StoreError::Setup(_) => Self::Unavailable(e.into()),
             StoreError::Other(_) => Self::Internal(e.into()),
         }
     }

@@ -21,8 +21,8 @@ use crate::realtime::stream;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// Comma-separated user ids to watch, e.g. `1,2,3`.
-    pub user_ids: String,
+    /// Comma-separated user ids to watch, e.g. `1,2,3` (required; may be empty).
+    pub user_ids: Option<String>,
 }
 
 fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
@@ -54,7 +54,13 @@ pub async fn events(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let ids = parse_ids(&query.user_ids)?;
+    let Some(user_ids) = query.user_ids else {
+        return Err(ApiError::invalid(
+            "user_ids is required: the users to watch, comma-separated, e.g. \
+             /api/presence/events?user_ids=1,2",
+        ));
+    };
+    let ids = parse_ids(&user_ids)?;
     if ids.len() > state.settings.max_subscriptions {
         return Err(ApiError::invalid(format!(
             "at most {} user_ids per stream",

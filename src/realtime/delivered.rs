@@ -17,6 +17,9 @@ use crate::presence::UserPresence;
 #[derive(Debug, Default)]
 pub struct Delivered {
     last: HashMap<UserId, (u64, VisiblePresence)>,
+    /// Usernames of the watched users, from their subscription: events carry them without a
+    /// read per event, on whichever node the event came from.
+    names: HashMap<UserId, String>,
     high_water: u64,
 }
 
@@ -30,8 +33,13 @@ impl Delivered {
                     return None;
                 }
                 let seq = self.expose(&seen);
-                let update = PresenceUpdate::new(seen.owner, seen.visible, seq);
+                let name = self.names.get(&seen.owner).cloned();
+                let update = PresenceUpdate::new(seen.owner, name, seen.visible, seq);
                 Some(ServerMessage::Presence(update))
+            }
+            Outgoing::Names(names) => {
+                self.names.extend(names);
+                None
             }
             Outgoing::Snapshot(entries) => {
                 let users = entries

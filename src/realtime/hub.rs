@@ -371,11 +371,17 @@ impl Connection {
         self.outbox.push(Outgoing::Message(message));
     }
 
-    /// Queues the snapshot answering [`Connection::subscribe`] of `users`, or, with `None`
-    /// (building it failed), releases their held-back updates. Until then, updates of those
-    /// users are held back, so none reaches the client before its snapshot.
-    pub fn finish_snapshot(&self, users: &[UserId], entries: Option<Vec<(Seen, String)>>) {
-        self.outbox.finish_snapshot(users, entries);
+    /// Queues the snapshot answering [`Connection::subscribe`] of `users` (named by `names`,
+    /// which later updates carry too), or, with `None` (building it failed), releases their
+    /// held-back updates. Until then, updates of those users are held back, so none reaches
+    /// the client before its snapshot.
+    pub fn finish_snapshot(
+        &self,
+        users: &[UserId],
+        names: HashMap<UserId, String>,
+        entries: Option<Vec<(Seen, String)>>,
+    ) {
+        self.outbox.finish_snapshot(users, names, entries);
     }
 
     /// Starts watching `users` (all or none). Returns the ones not watched before.
@@ -468,7 +474,7 @@ mod tests {
     /// Subscribes as a connection does: subscribe, then the (here empty) snapshot.
     fn watch(connection: &mut Connection, users: &[UserId]) {
         connection.subscribe(users).unwrap();
-        connection.finish_snapshot(users, None);
+        connection.finish_snapshot(users, HashMap::new(), None);
     }
 
     fn viewer(id: i64) -> Viewer {
@@ -541,9 +547,12 @@ mod tests {
             a.outbox().drain().0.is_empty(),
             "held back until the snapshot"
         );
-        a.finish_snapshot(&[UserId(9)], Some(Vec::new()));
+        let names = HashMap::from([(UserId(9), "nine".to_owned())]);
+        a.finish_snapshot(&[UserId(9)], names, Some(Vec::new()));
         let (items, _) = a.outbox().drain();
-        assert!(matches!(&items[..], [Outgoing::Snapshot(_), Outgoing::Presence(s)] if s.seq == 5));
+        assert!(
+            matches!(&items[..], [Outgoing::Names(_), Outgoing::Snapshot(_), Outgoing::Presence(s)] if s.seq == 5)
+        );
         hub.publish(&event(9, 6));
         assert_eq!(a.outbox().drain().0.len(), 1, "flowing normally afterwards");
     }

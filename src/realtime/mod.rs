@@ -213,7 +213,7 @@ pub async fn subscribe(
     let views = match realtime.reader.views(&existing).await {
         Ok(views) => views,
         Err(error) => {
-            connection.finish_snapshot(&existing, None);
+            connection.finish_snapshot(&existing, names, None);
             return Err(error.into());
         }
     };
@@ -226,7 +226,7 @@ pub async fn subscribe(
         .filter_map(|seen| names.get(&seen.owner).cloned().map(|name| (seen, name)))
         .collect();
     entries.sort_by_key(|(seen, _)| seen.owner);
-    connection.finish_snapshot(&existing, Some(entries));
+    connection.finish_snapshot(&existing, names, Some(entries));
     Ok(())
 }
 

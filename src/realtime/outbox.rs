@@ -48,6 +48,8 @@ pub enum Outgoing {
     Presence(Seen),
     /// The answer to a subscribe: each owner with their username.
     Snapshot(Vec<(Seen, String)>),
+    /// The usernames of newly watched users, for their later updates (not sent by itself).
+    Names(HashMap<UserId, String>),
 }
 
 #[derive(Debug)]
@@ -170,8 +172,16 @@ impl Outbox {
 
     /// Queues the snapshot answering the subscription of `users` (or nothing, if it failed),
     /// then the updates of those users that arrived while it was being built.
-    pub(super) fn finish_snapshot(&self, users: &[UserId], snapshot: Option<Vec<(Seen, String)>>) {
+    pub(super) fn finish_snapshot(
+        &self,
+        users: &[UserId],
+        names: HashMap<UserId, String>,
+        snapshot: Option<Vec<(Seen, String)>>,
+    ) {
         self.enqueue(|state| {
+            if !names.is_empty() {
+                state.queue.push_back(Pending::Item(Outgoing::Names(names)));
+            }
             if let Some(entries) = snapshot {
                 state
                     .queue

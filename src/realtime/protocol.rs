@@ -96,6 +96,9 @@ pub struct SnapshotEntry {
 pub struct PresenceUpdate {
     /// Whose presence changed.
     pub user_id: i64,
+    /// Their username, as in the snapshot (null only if the connection never had it).
+    #[serde(default)]
+    pub username: Option<String>,
     /// The new status; null when the owner hides it from this viewer.
     pub online_status: Option<PresenceStatus>,
     /// Time of the last activity; null when hidden (or never active).
@@ -121,10 +124,16 @@ pub struct PresenceUpdate {
 }
 
 impl PresenceUpdate {
-    /// The update telling a viewer that `owner`'s presence now looks like `visible`.
-    pub fn new(owner: UserId, visible: VisiblePresence, seq: Option<u64>) -> Self {
+    /// The update telling a viewer that `owner` (named `username`) now looks like `visible`.
+    pub fn new(
+        owner: UserId,
+        username: Option<String>,
+        visible: VisiblePresence,
+        seq: Option<u64>,
+    ) -> Self {
         Self {
             user_id: owner.0,
+            username,
             online_status: visible.status,
             last_seen: visible.last_seen,
             last_seen_approx: visible.last_seen_approx,
@@ -141,6 +150,13 @@ impl PresenceUpdate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
+    /// The socket is authenticated (by header or by `auth`): sent once, first.
+    Ready {
+        /// The authenticated user.
+        user_id: i64,
+        /// Their username.
+        username: String,
+    },
     /// Current presence of newly subscribed users.
     Snapshot {
         /// One entry per subscribed user (left out if unchanged since the client's `since`).
@@ -181,19 +197,80 @@ impl ServerMessage {
     }
 }
 
-/// Parses a client frame, turning serde's error into an error frame.
+/// The client message types, each with an example of a valid message, for error frames.
+const CLIENT_EXAMPLES: &[(&str, &str)] = &[
+    ("auth", r#"{"type":"auth","token":"<token from login>"}"#),
+    ("subscribe", r#"{"type":"subscribe","user_ids":[1,2]}"#),
+    ("unsubscribe", r#"{"type":"unsubscribe","user_ids":[2]}"#),
+    ("typing", r#"{"type":"typing","to":2}"#),
+    (
+        "activity",
+        r#"{"type":"activity","state":"idle"} (or "active")"#,
+    ),
+];
+
+/// What every client message looks like, for the errors that cannot tell which was meant.
+pub const MESSAGE_SHAPE: &str =
+    r#"Messages must be JSON objects like {"type":"subscribe","user_ids":[1,2]}."#;
+
+/// A client message that could not be read; sent back as an error frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadMessage {
+    /// `parse_error` (not a JSON object) or `invalid` (no or unknown `type`, bad fields).
+    pub code: &'static str,
+    /// What was wrong, with a valid example.
+    pub detail: String,
+}
+
+impl BadMessage {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<BadMessage> for ServerMessage {
+    fn from(bad: BadMessage) -> Self {
+        Self::error(bad.code, bad.detail)
+    }
+}
+
+/// Parses a client frame. Errors are worded by us (what was wrong and a valid example), never
+/// by the JSON parser.
 ///
 /// # Errors
-/// An [`ServerMessage::Error`] with code `parse_error` (not JSON) or `invalid` (unknown type,
-/// wrong or missing fields).
-pub fn parse_client(text: &str) -> Result<ClientMessage, ServerMessage> {
-    serde_json::from_str(text).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "parse_error"
-        } else {
-            "invalid"
-        };
-        ServerMessage::error(code, e.to_string())
+/// A [`BadMessage`] with code `parse_error` (not a JSON object) or `invalid` (no or unknown
+/// `type`, wrong or missing fields).
+pub fn parse_client(text: &str) -> Result<ClientMessage, BadMessage> {
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_str(text) else {
+        return Err(BadMessage::new("parse_error", MESSAGE_SHAPE));
+    };
+    let types = || {
+        let names: Vec<&str> = CLIENT_EXAMPLES.iter().map(|(name, _)| *name).collect();
+        names.join(", ")
+    };
+    let kind = match object.get("type") {
+        Some(serde_json::Value::String(kind)) => kind.clone(),
+        _ => {
+            return Err(BadMessage::new(
+                "invalid",
+                format!("{} The \"type\" is one of: {}.", MESSAGE_SHAPE, types()),
+            ));
+        }
+    };
+    let Some((_, example)) = CLIENT_EXAMPLES.iter().find(|(name, _)| *name == kind) else {
+        return Err(BadMessage::new(
+            "invalid",
+            format!("Unknown message type {kind:?}; the types are: {}.", types()),
+        ));
+    };
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| {
+        BadMessage::new(
+            "invalid",
+            format!("Bad {kind} message; it looks like {example}."),
+        )
     })
 }
 
@@ -256,8 +333,13 @@ mod tests {
                     seq: Some(9),
                 }],
             },
+            ServerMessage::Ready {
+                user_id: 1,
+                username: "ahmad".into(),
+            },
             ServerMessage::Presence(PresenceUpdate {
                 user_id: 1,
+                username: Some("ahmad".into()),
                 online_status: Some(PresenceStatus::Offline),
                 last_seen: Some(at),
                 last_seen_approx: None,
@@ -269,6 +351,7 @@ mod tests {
             }),
             ServerMessage::Presence(PresenceUpdate {
                 user_id: 1,
+                username: Some("ahmad".into()),
                 online_status: None,
                 last_seen: None,
                 last_seen_approx: Some(LastSeenApprox::Recently),
@@ -295,6 +378,7 @@ mod tests {
     fn presence_and_snapshot_have_the_documented_shape() {
         let update = ServerMessage::Presence(PresenceUpdate {
             user_id: 5,
+            username: Some("bob".into()),
             online_status: Some(PresenceStatus::Online),
             last_seen: None,
             last_seen_approx: None,
@@ -307,7 +391,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&update).unwrap(),
             json!({
-                "type": "presence", "user_id": 5, "online_status": "online", "last_seen": null,
+                "type": "presence", "user_id": 5, "username": "bob", "online_status": "online",
+                "last_seen": null,
                 "seq": 3, "availability": "idle", "status_text": null, "status_emoji": "🌴",
                 "platforms": ["desktop"]
             })
@@ -330,11 +415,37 @@ mod tests {
             (r#"{"type":"activity","state":"asleep"}"#, "invalid"),
             (r#"{"type":"activity"}"#, "invalid"),
             (r#"{"user_ids":[1]}"#, "invalid"),
-            ("[1,2]", "invalid"),
+            ("[1,2]", "parse_error"),
         ] {
             match parse_client(text) {
-                Err(ServerMessage::Error { code: got, .. }) => assert_eq!(got, code, "{text}"),
+                Err(BadMessage { code: got, .. }) => assert_eq!(got, code, "{text}"),
                 other => panic!("{text}: expected an error frame, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_frames_are_in_our_words_with_a_valid_example() {
+        let detail = |text: &str| match parse_client(text) {
+            Err(BadMessage { detail, .. }) => detail,
+            other => panic!("{text}: expected an error frame, got {other:?}"),
+        };
+        assert_eq!(detail("{not json"), MESSAGE_SHAPE);
+        assert_eq!(detail("hello"), MESSAGE_SHAPE);
+        assert_eq!(
+            detail(r#"{"type":"dance"}"#),
+            "Unknown message type \"dance\"; the types are: auth, subscribe, unsubscribe, \
+             typing, activity."
+        );
+        assert_eq!(
+            detail(r#"{"type":"subscribe","user_ids":"1"}"#),
+            r#"Bad subscribe message; it looks like {"type":"subscribe","user_ids":[1,2]}."#
+        );
+        assert!(detail(r#"{"user_ids":[1]}"#).contains(r#"The "type" is one of"#));
+        for text in ["{not json", r#"{"type":"typing"}"#, r#"{"type":7}"#] {
+            let detail = detail(text);
+            for serde_words in ["line 1", "column", "expected", "missing field", "variant"] {
+                assert!(!detail.contains(serde_words), "{text}: {detail}");
             }
         }
     }

@@ -13,7 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use super::hub::Connection;
 use super::protocol::{
     CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY_SOCKETS,
-    CLOSE_UNAUTHORIZED, ClientMessage, ServerMessage, parse_client,
+    CLOSE_UNAUTHORIZED, ClientMessage, MESSAGE_SHAPE, ServerMessage, parse_client,
 };
 use super::{CloseReason, Delivered, LiveSession, Realtime};
 use crate::auth::Session;
@@ -68,6 +68,11 @@ where
     let Ok(live) = LiveSession::open(&realtime, session.user_id, session.reference()).await else {
         return;
     };
+    // First on the fresh outbox, so it precedes every other message.
+    connection.send(ServerMessage::Ready {
+        user_id: session.user_id.0,
+        username: session.username.clone(),
+    });
     let mut client = SocketLoop {
         realtime: &realtime,
         connection,
@@ -175,7 +180,7 @@ impl SocketLoop<'_> {
                     match frame {
                         Message::Text(text) => self.handle_text(&text).await,
                         Message::Binary(_) => self.connection.send(ServerMessage::error(
-                            "invalid", "binary frames are not supported; send JSON text")),
+                            "invalid", format!("Binary frames are not read. {MESSAGE_SHAPE}"))),
                         Message::Close(_) => return None,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
@@ -226,12 +231,13 @@ impl SocketLoop<'_> {
     async fn handle_text(&mut self, text: &str) {
         let message = match parse_client(text) {
             Ok(message) => message,
-            Err(error) => return self.connection.send(error),
+            Err(error) => return self.connection.send(error.into()),
         };
         match message {
-            ClientMessage::Auth { .. } => self
-                .connection
-                .send(ServerMessage::error("invalid", "already authenticated")),
+            ClientMessage::Auth { .. } => self.connection.send(ServerMessage::error(
+                "invalid",
+                "This socket is already authenticated; send auth only as the first message.",
+            )),
             ClientMessage::Subscribe { user_ids, since } => {
                 let known = |id: i64| since.get(&id).copied();
                 if let Err(error) =
@@ -386,6 +392,9 @@ mod tests {
 
         client.send(json!({"type": "auth", "token": "alice-token"}));
         client.send(json!({"type": "subscribe", "user_ids": [bob.user_id.0]}));
+        let ready = client.next_json().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        assert_eq!(ready["username"], "alice");
         let snapshot = client.next_json().await;
         assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
         assert_eq!(snapshot["users"][0]["username"], "bob");

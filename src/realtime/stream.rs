@@ -88,6 +88,7 @@ impl EventStream {
 
     fn to_event(&self, message: &ServerMessage) -> Event {
         let name = match message {
+            ServerMessage::Ready { .. } => "ready",
             ServerMessage::Snapshot { .. } => "snapshot",
             ServerMessage::Presence(_) => "presence",
             ServerMessage::Typing { .. } => "typing",

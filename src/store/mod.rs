@@ -6,6 +6,7 @@
 //! URL's scheme. `tests/store_contract.rs` runs one suite against both. The store owns SQL and
 //! its error mapping; it knows nothing about HTTP or the in-memory engine's locking.
 
+pub mod datafile;
 pub mod events;
 pub mod postgres;
 pub mod samples;
@@ -36,6 +37,10 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database error")]
     Other(#[source] anyhow::Error),
+    /// The database cannot be opened as configured (a missing directory, a refused connection
+    /// or login); the message says what is wrong and what to change, without a password.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Which uniqueness rule a write broke.
@@ -365,6 +370,42 @@ fn scheme(url: &str) -> Option<&str> {
     spelt_right.then_some(scheme)
 }
 
+/// Takes the exclusive hold on a SQLite database file for as long as the returned lock lives,
+/// so that a second server (or a command that writes presence) on the same file refuses to
+/// start instead of running a second engine over the same rows. Nothing to hold for
+/// PostgreSQL, which several nodes share by design, or an in-memory database.
+///
+/// # Errors
+/// [`LockError::Held`] naming the process that holds it; [`LockError::Setup`] if the file's
+/// directory is missing or the lock file cannot be written.
+pub fn lock_data_file(url: &str) -> Result<Option<datafile::DataLock>, LockError> {
+    match scheme(url).map(str::to_ascii_lowercase).as_deref() {
+        Some("sqlite") => datafile::DataLock::acquire(url),
+        _ => Ok(None),
+    }
+}
+
+/// Why [`lock_data_file`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the database file.
+    #[error(
+        "the SQLite database {database} is in use by another lastseen process ({holder} holds \
+         {lock}); stop that process first, or give this one its own --database-url"
+    )]
+    Held {
+        /// The database file.
+        database: String,
+        /// The lock file.
+        lock: String,
+        /// `pid N` when the holder wrote its pid, else `a process`.
+        holder: String,
+    },
+    /// The database's location cannot be used.
+    #[error(transparent)]
+    Setup(#[from] StoreError),
+}
+
 fn unsupported(what: &str) -> StoreError {
     StoreError::Other(anyhow::anyhow!(
         "unsupported database_url ({what}): use sqlite://PATH or postgres://USER@HOST/DB"
@@ -418,7 +459,12 @@ mod tests {
             .await
             .err()
             .expect("nothing listens on port 1");
-        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+        assert!(matches!(refused, StoreError::Setup(_)), "{refused:?}");
+        assert_eq!(
+            refused.to_string(),
+            "PostgreSQL at 127.0.0.1:1 (database \"app\", from database_url) refused the \
+             connection: is PostgreSQL running there?"
+        );
         let text = error_text(&refused);
         assert!(!text.contains("hunter2"), "{text}");
     }

@@ -74,7 +74,7 @@ impl PostgresStore {
                 if let Err(error) = sqlx::Postgres::create_database(url).await {
                     // Another node starting at the same moment may have created it first.
                     if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) {
-                        return Err(StoreError::Unavailable(error));
+                        return Err(explain(&options, error));
                     }
                 }
             }
@@ -86,8 +86,8 @@ impl PostgresStore {
             // timeout; one direct attempt tells the operator why (e.g. "Connection refused").
             Err(sqlx::Error::PoolTimedOut) => {
                 match tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect()).await {
-                    Ok(Err(error)) => Err(StoreError::Unavailable(error)),
-                    Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+                    Ok(Err(error)) => Err(explain(&options, error)),
+                    Err(_) => Err(explain(&options, sqlx::Error::PoolTimedOut)),
                     // It came up meanwhile: the pool connects on first use.
                     Ok(Ok(conn)) => {
                         let _ = conn.close().await;
@@ -95,7 +95,7 @@ impl PostgresStore {
                     }
                 }
             }
-            Err(error) => Err(StoreError::Unavailable(error)),
+            Err(error) => Err(explain(&options, error)),
         }
     }
 
@@ -105,6 +105,27 @@ impl PostgresStore {
             health: Arc::default(),
         }
     }
+}
+
+/// One line on why the server at `options` cannot be used: where it is (host, port and
+/// database, never the password), what went wrong, in PostgreSQL's words where it gave any.
+fn explain(options: &PgConnectOptions, error: sqlx::Error) -> StoreError {
+    let at = format!(
+        "PostgreSQL at {}:{} (database {:?}, from database_url)",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let problem = match &error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "refused the connection: is PostgreSQL running there?".to_owned()
+        }
+        sqlx::Error::Io(io) => format!("cannot be reached: {io}"),
+        sqlx::Error::PoolTimedOut => format!("did not answer within {ACQUIRE_TIMEOUT:?}"),
+        sqlx::Error::Database(db) => format!("refused: {}", db.message()),
+        _ => return StoreError::Unavailable(error),
+    };
+    StoreError::Setup(format!("{at} {problem}"))
 }
 
 fn pool_options() -> PgPoolOptions {

@@ -55,6 +55,10 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`] if the file cannot be opened.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let file = super::datafile::database_file(url)?;
+        if let Some(file) = &file {
+            super::datafile::check_directory(file)?;
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Unavailable)?
             .create_if_missing(true)
@@ -69,7 +73,15 @@ impl SqliteStore {
             .after_release(|conn, _| Box::pin(ended_cleanly(conn)))
             .connect_with(options)
             .await
-            .map_err(StoreError::Unavailable)?;
+            .map_err(|error| match (&file, &error) {
+                // SQLite's own words ("unable to open database file") name no path.
+                (Some(file), sqlx::Error::Database(db)) => StoreError::Setup(format!(
+                    "cannot open the SQLite database {}: {}",
+                    file.display(),
+                    db.message()
+                )),
+                _ => StoreError::Unavailable(error),
+            })?;
         Ok(Self {
             pool,
             health: Arc::default(),

@@ -183,7 +183,8 @@ async fn a_socket_opened_from_our_page_is_authenticated_by_the_cookie() {
     headers.insert("cookie", cookie_pair(&set_cookie).parse().unwrap());
     headers.insert("origin", app.base.parse().unwrap());
     let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let mut socket = crate::helpers::WsClient { stream };
+    let mut socket = crate::helpers::WsClient::over(stream);
+    assert_eq!(socket.ready().await["username"], "alice");
     let snapshot = socket.subscribe(&[bob]).await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
 

@@ -47,7 +47,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Starts a server on `settings` (e.g. again on the same database after `stop`).
 pub async fn start(settings: Settings, dir: std::sync::Arc<TempDir>) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        lastseen::telemetry::init(std::io::stderr);
+        lastseen::telemetry::init(
+            std::io::stderr,
+            lastseen::settings::LogFormat::Text,
+            lastseen::telemetry::stderr_wants_colours(),
+        );
     }
     let app = App::build(settings.clone()).await.expect("app builds");
     let addr = app.local_addr().unwrap();
@@ -277,6 +281,8 @@ pub struct WsClient {
     pub stream: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// The `ready` message, once received.
+    ready: Option<Value>,
 }
 
 impl TestApp {
@@ -292,7 +298,10 @@ impl TestApp {
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        WsClient { stream }
+        WsClient {
+            stream,
+            ready: None,
+        }
     }
 
     /// Opens a socket without a header (as browsers do); the caller sends `auth` itself.
@@ -300,7 +309,10 @@ impl TestApp {
         let (stream, _) = tokio_tungstenite::connect_async(self.ws_url())
             .await
             .unwrap();
-        WsClient { stream }
+        WsClient {
+            stream,
+            ready: None,
+        }
     }
 }
 
@@ -333,8 +345,47 @@ impl WsClient {
         self.stream.send(Message::Text(text.into())).await.unwrap();
     }
 
-    /// The next JSON message or close, within `within`; `None` on timeout.
+    /// A client over a socket opened some other way (e.g. with a cookie).
+    pub fn over(
+        stream: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Self {
+        Self {
+            stream,
+            ready: None,
+        }
+    }
+
+    /// The `ready` message the socket opened with (fails if anything else comes first).
+    pub async fn ready(&mut self) -> Value {
+        if self.ready.is_none() {
+            match self.next_frame(Duration::from_secs(5)).await {
+                Some(Frame::Json(message)) if message["type"] == "ready" => {
+                    self.ready = Some(message);
+                }
+                other => panic!("expected ready first, got {other:?}"),
+            }
+        }
+        self.ready.clone().unwrap()
+    }
+
+    /// The next JSON message or close, within `within`; `None` on timeout. The `ready` a
+    /// socket opens with is kept aside for [`WsClient::ready`], not returned.
     pub async fn next_within(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await? {
+                Frame::Json(message) if message["type"] == "ready" && self.ready.is_none() => {
+                    self.ready = Some(message);
+                }
+                frame => return Some(frame),
+            }
+        }
+    }
+
+    async fn next_frame(&mut self, within: Duration) -> Option<Frame> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         let deadline = tokio::time::Instant::now() + within;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lastseen::domain::Username;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, spawn_app, spawn_app_with, wall_clock_past};
+use crate::helpers::{TestApp, expect, expect_error, spawn_app, spawn_app_with, wall_clock_past};
 
 const GRACE: Duration = Duration::from_millis(600);
 
@@ -43,6 +43,10 @@ async fn a_subscriber_sees_a_login_and_a_logout_as_they_happen() {
     let online = socket.next_json().await;
     let latency = started.elapsed();
     assert_eq!(presence(&online), (bob, "online".into()));
+    assert_eq!(
+        online["username"], "bob",
+        "events name the user as snapshots do"
+    );
     assert!(
         latency < Duration::from_secs(1),
         "pushed at once, took {latency:?}"
@@ -53,6 +57,61 @@ async fn a_subscriber_sees_a_login_and_a_logout_as_they_happen() {
     let offline = socket.next_json().await;
     assert_eq!(presence(&offline), (bob, "offline".into()));
     assert!(offline["last_seen"].is_string());
+    assert_eq!(offline["username"], "bob");
+}
+
+#[tokio::test]
+async fn a_socket_is_told_it_is_ready_with_who_it_is_by_header_and_by_auth_message() {
+    let app = spawn_app().await;
+    let (alice_id, alice) = app.user("alice").await;
+    let mut by_header = app.ws(&alice).await;
+    assert_eq!(
+        by_header.ready().await,
+        json!({"type": "ready", "user_id": alice_id, "username": "alice"})
+    );
+
+    let mut by_message = app.ws_anonymous().await;
+    by_message.expect_silence(Duration::from_millis(200)).await;
+    by_message
+        .send_json(json!({"type": "auth", "token": alice}))
+        .await;
+    assert_eq!(
+        by_message.ready().await,
+        json!({"type": "ready", "user_id": alice_id, "username": "alice"})
+    );
+}
+
+#[tokio::test]
+async fn bad_messages_are_answered_in_our_words_with_an_example() {
+    let app = spawn_app().await;
+    let (_, alice) = app.user("alice").await;
+    let mut socket = app.ws(&alice).await;
+    socket.ready().await;
+    let shape = r#"Messages must be JSON objects like {"type":"subscribe","user_ids":[1,2]}."#;
+    for (text, code, detail) in [
+        ("hello", "parse_error", shape.to_owned()),
+        ("{not json", "parse_error", shape.to_owned()),
+        (
+            r#"{"type":"dance"}"#,
+            "invalid",
+            "Unknown message type \"dance\"; the types are: auth, subscribe, unsubscribe, \
+             typing, activity."
+                .to_owned(),
+        ),
+        (
+            r#"{"type":"typing","to":"bob"}"#,
+            "invalid",
+            r#"Bad typing message; it looks like {"type":"typing","to":2}."#.to_owned(),
+        ),
+    ] {
+        socket.send_text(text).await;
+        let frame = socket.next_json().await;
+        assert_eq!(
+            frame,
+            json!({"type": "error", "code": code, "detail": detail}),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -421,6 +480,7 @@ async fn sse_streams_the_same_snapshot_and_presence_events() {
     let online = sse_events(&mut stream, 1).await;
     assert_eq!(online[0].0, "presence");
     assert_eq!(presence(&online[0].1), (bob, "online".into()));
+    assert_eq!(online[0].1["username"], "bob", "{}", online[0].1);
     expect(app.post("/api/users/logout/", &bob_token).await, 200).await;
     let offline = sse_events(&mut stream, 1).await;
     assert_eq!(presence(&offline[0].1), (bob, "offline".into()));
@@ -479,6 +539,17 @@ async fn sse_rejects_bad_user_ids_and_missing_auth() {
     let (_, alice) = app.user("alice").await;
     let response = app.get("/api/presence/events?user_ids=1,abc", &alice).await;
     assert_eq!(response.status(), 400);
+    let missing = expect_error(
+        app.get("/api/presence/events", &alice).await,
+        400,
+        "invalid",
+    )
+    .await;
+    assert_eq!(
+        missing["detail"],
+        "user_ids is required: the users to watch, comma-separated, e.g. \
+         /api/presence/events?user_ids=1,2"
+    );
     let response = app
         .client
         .get(app.url("/api/presence/events?user_ids=1"))

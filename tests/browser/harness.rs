@@ -2,6 +2,7 @@
 //! and one headless Chromium per profile (each profile is a separate browser with its own cookies
 //! and storage), driven over the WebDriver protocol with plain HTTP.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -284,7 +285,10 @@ pub fn browser_available() -> bool {
             std::env::var("LASTSEEN_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "chromium/chromedriver missing but LASTSEEN_REQUIRE_SERVICES=1 (scripts/test installs them)"
         );
-        eprintln!(
+        // Straight to the process's standard error: the harness captures `eprintln!` of a
+        // passing test, which would hide that nothing was checked.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED browser test: {CHROMIUM} or {CHROMEDRIVER} not installed (run scripts/test)"
         );
     }

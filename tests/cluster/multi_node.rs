@@ -80,6 +80,10 @@ async fn three_nodes_give_one_answer_and_announce_each_transition_once() {
             .expect("online on C");
         assert_eq!(online["online_status"], "online");
         assert_eq!(
+            online["username"], "ahmad",
+            "the name crosses nodes too: {online}"
+        );
+        assert_eq!(
             on_b.presence_of(ahmad, Duration::from_secs(2))
                 .await
                 .unwrap()["online_status"],

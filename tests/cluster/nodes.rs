@@ -239,12 +239,18 @@ impl Socket {
             .unwrap();
     }
 
-    /// The next JSON message within `within`, or `None`.
+    /// The next JSON message within `within` (past the `ready` a socket opens with), or
+    /// `None`.
     pub async fn next(&mut self, within: Duration) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let message: Value = serde_json::from_str(&text).ok()?;
+                    if message["type"] != "ready" {
+                        return Some(message);
+                    }
+                }
                 Ok(Some(Ok(_))) => continue,
                 Ok(_) | Err(_) => return None,
             }
