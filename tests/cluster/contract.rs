@@ -482,9 +482,11 @@ pub async fn a_session_without_real_activity_turns_idle_after_idle_after(h: Harn
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
+    // Taken before the call: the session's last real activity is at or after this instant
+    // (the online event may reach us later on a loaded machine).
+    let opened = Instant::now();
     h.engine.open_socket(user, session).await.unwrap();
     let online = event_of(&mut events, user, LATE).await.expect("online");
-    let opened = Instant::now();
     assert_eq!(online.availability, Some(Availability::Active));
     // Keep-alives (the seed's heartbeat timer) do not keep anyone active.
     while opened.elapsed() < IDLE_AFTER / 2 {
