@@ -313,7 +313,10 @@ impl Store for PostgresStore {
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        Ok(self.users_where("username = $1", username).await?.pop())
+        Ok(self
+            .users_where("lower(username) = lower($1)", username)
+            .await?
+            .pop())
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {

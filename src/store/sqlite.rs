@@ -281,7 +281,7 @@ impl Store for SqliteStore {
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let mut users = self
-            .users_where("username = $1", username.to_owned())
+            .users_where("lower(username) = lower($1)", username.to_owned())
             .await?;
         Ok(users.pop())
     }

@@ -7,6 +7,7 @@
 //! `contract!` below creates `sqlite::<case>` and `postgres::<case>`.
 
 mod backends;
+mod migrations;
 mod presence;
 mod privacy;
 mod server;
@@ -40,7 +41,7 @@ macro_rules! contract {
 contract! {
     users::migrating_again_changes_nothing_and_ping_answers,
     users::a_created_user_is_found_by_name_and_by_id,
-    users::a_taken_username_is_a_conflict_but_names_are_case_sensitive,
+    users::a_taken_username_is_a_conflict_in_any_case_and_found_in_any_case,
     users::users_by_ids_returns_the_known_ones,
     sessions::a_session_is_found_by_its_token_hash_until_it_is_deleted,
     sessions::a_token_hash_in_use_is_a_conflict_and_an_unknown_user_not_found,
