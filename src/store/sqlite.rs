@@ -54,8 +54,11 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`] if the file cannot be opened.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::Unavailable)?
+        let options = SqliteConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
+        if !url.contains(":memory:") {
+            create_private(options.get_filename())?;
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -73,6 +76,24 @@ impl SqliteStore {
             pool,
             health: Arc::default(),
         })
+    }
+}
+
+/// Creates the database file readable and writable by its owner only (0600) if it is missing:
+/// it holds password and token hashes. SQLite gives the `-wal` and `-shm` files it creates the
+/// database file's permissions, so they are 0600 too. An existing file keeps its mode, which the
+/// operator may have chosen. (A one-off blocking call at start-up.)
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(sqlx::Error::Io(e))),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Migrations that meet data they cannot take: the case-insensitive username index stops on
-//! accounts that differ only in case, says so, and leaves them as they were.
+//! Backend-specific storage promises: the case-insensitive username migration stops on
+//! accounts that differ only in case, says so, and leaves them as they were; SQLite files are
+//! private to their owner.
 
 use lastseen::store::{self, Store};
 use sqlx::{Connection, Executor};
@@ -76,4 +77,21 @@ async fn postgres_usernames_differing_only_in_case_stop_the_migration_loudly() {
         .await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn sqlite_files_are_created_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.db");
+    let store = store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    crate::users::user(store.as_ref(), "sara").await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} is {mode:o}");
+    }
 }
