@@ -278,17 +278,44 @@ fn migrate_creates_the_database() {
     );
 }
 
+/// Sleeps until more than 100 ms have passed since `since`.
+fn past_100ms(since: std::time::SystemTime) {
+    let deadline = Duration::from_millis(150);
+    while let Some(left) = deadline.checked_sub(since.elapsed().unwrap_or_default()) {
+        std::thread::sleep(left.max(Duration::from_millis(1)));
+    }
+}
+
+/// Logs `root` in on a fresh start of the server and returns the ids of the users online.
+fn online_after_restart(db: &Path) -> Vec<i64> {
+    let server = Server::start(db, &[]);
+    let admin = login(&server.base, "root", "root-password");
+    let (status, online) = http(
+        "GET",
+        &format!("{}/api/users/admin/users/online/", server.base),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200, "{online}");
+    server.stop();
+    let users = online["online_users"].as_array().unwrap();
+    users.iter().map(|u| u["id"].as_i64().unwrap()).collect()
+}
+
 #[test]
-fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
+fn check_offline_users_ends_sessions_so_a_restart_keeps_them_offline_and_dry_run_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("check.db");
-    stdout(&run(
-        &db,
-        &["user", "create", "ahmad", "--password-stdin"],
-        Some("password123\n"),
-    ));
+    for (name, extra) in [("ahmad", None), ("root", Some("--admin"))] {
+        let args = [
+            &["user", "create", name, "--password-stdin"][..],
+            extra.as_slice(),
+        ]
+        .concat();
+        stdout(&run(&db, &args, Some(&format!("{name}-password\n"))));
+    }
     let server = Server::start(&db, &[]);
-    login(&server.base, "ahmad", "password123");
+    login(&server.base, "ahmad", "ahmad-password");
     server.stop();
     let stopped = std::time::SystemTime::now();
 
@@ -298,21 +325,28 @@ fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
         "Marked 0 users offline"
     );
     // Once the last activity is more than 100 ms old, a 100 ms timeout has passed.
-    let deadline = Duration::from_millis(150);
-    while let Some(left) = deadline.checked_sub(stopped.elapsed().unwrap_or_default()) {
-        std::thread::sleep(left.max(Duration::from_millis(1)));
-    }
+    past_100ms(stopped);
     let short = ["check-offline-users", "--inactivity-timeout", "100ms"];
     let dry = stdout(&run(&db, &[&short[..], &["--dry-run"]].concat(), None));
     assert_eq!(dry.trim(), "Would mark 1 users offline");
     assert_eq!(
+        online_after_restart(&db).len(),
+        2,
+        "after a dry run a restart still finds ahmad online (and root)"
+    );
+    let stopped = std::time::SystemTime::now();
+
+    past_100ms(stopped);
+    assert_eq!(
         stdout(&run(&db, &short, None)).trim(),
-        "Marked 1 users offline"
+        "Marked 2 users offline"
     );
     assert_eq!(
         stdout(&run(&db, &short, None)).trim(),
         "Marked 0 users offline"
     );
+    let online = online_after_restart(&db);
+    assert_eq!(online.len(), 1, "only root, who just logged in: {online:?}");
 }
 
 #[test]
