@@ -13,3 +13,4 @@ mod privacy;
 mod privacy_push;
 mod realtime;
 mod rich;
+mod ws_protocol;
