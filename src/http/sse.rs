@@ -19,6 +19,7 @@ use crate::realtime::stream;
 
 /// Query of the SSE endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Comma-separated user ids to watch, e.g. `1,2,3`.
