@@ -15,11 +15,13 @@
 //! - `realtime`: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - `http`: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page, and
 //!   the socket and stream upgrades.
+//! - `accept`: the accept loop: the node-wide connection cap, header-read and idle timeouts.
 //! - [`startup`] wires a server; [`commands`] are the one-shot subcommands; [`settings`],
 //!   [`cli`] and [`telemetry`] are configuration, the command line and observability.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 
+mod accept;
 mod auth;
 mod bus;
 pub mod cli;

@@ -65,6 +65,17 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Largest accepted request body in bytes (default `65536`).
     pub max_body_bytes: usize,
+    /// Time to receive a request's head, counted from when the server starts waiting for it,
+    /// so it also bounds a keep-alive connection waiting for its next request (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time without a byte read or written after which a connection is closed (default `60s`;
+    /// more than `ping_interval` and 15 s, so sockets and SSE streams are never idle that long).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open TCP connections at most (default `10000`, lowered to stay below the open-file
+    /// limit); more are answered `503` and closed.
+    pub max_connections: usize,
     /// Period of server pings on sockets (default `15s`); a socket that has not answered the
     /// previous ping by the next one is closed.
     #[serde(with = "humantime_serde")]
@@ -123,6 +134,9 @@ impl Default for Settings {
             open_registration: true,
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             ping_interval: Duration::from_secs(15),
             max_subscriptions: 1000,
             max_sockets_per_user: 16,
@@ -309,6 +323,24 @@ pub const SPECS: &[Spec] = &[
         Kind::Count,
         Scope::Serve,
         "Largest accepted request body in bytes",
+    ),
+    spec(
+        "header_read_timeout",
+        Kind::Duration,
+        Scope::Serve,
+        "Time to receive a request head (also bounds an idle keep-alive connection)",
+    ),
+    spec(
+        "idle_timeout",
+        Kind::Duration,
+        Scope::Serve,
+        "Time without traffic after which a connection is closed",
+    ),
+    spec(
+        "max_connections",
+        Kind::Count,
+        Scope::Serve,
+        "Open TCP connections at most; more are refused with 503",
     ),
     spec(
         "ping_interval",
@@ -541,6 +573,7 @@ impl Settings {
             ("persist_interval", self.persist_interval),
             ("request_timeout", self.request_timeout),
             ("ping_interval", self.ping_interval),
+            ("header_read_timeout", self.header_read_timeout),
         ] {
             if value.is_zero() {
                 return Err((key, "must be greater than zero, e.g. 30s".into()));
@@ -553,10 +586,19 @@ impl Settings {
             ("max_message_bytes", self.max_message_bytes, 256),
             ("send_queue", self.send_queue, 8),
             ("max_sessions_per_user", self.max_sessions_per_user, 1),
+            ("max_connections", self.max_connections, 1),
         ] {
             if value < min {
                 return Err((key, format!("must be at least {min}")));
             }
+        }
+        if self.idle_timeout <= self.ping_interval.max(Duration::from_secs(15)) {
+            return Err((
+                "idle_timeout",
+                "must be more than ping_interval and 15s (sockets and SSE streams send \
+                 something that often), e.g. 60s"
+                    .into(),
+            ));
         }
         if self.node_lease < Duration::from_secs(1) {
             return Err(("node_lease", "must be at least 1s, e.g. 15s".into()));

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::ServiceExt;
-use axum::extract::Request;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{self, ConnectionLimits};
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::cluster::{Feed, Redis};
@@ -196,22 +194,15 @@ impl App {
         tasks.close();
 
         let (closing, connections) = (realtime.shutdown.clone(), realtime.connections);
+        let limits = connection_limits(&state.settings);
         let service = http::service(state);
-        // Without TCP_NODELAY a small push frame written while the previous one is still
-        // unacknowledged waits for the client's delayed ACK (~40 ms on Linux).
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::trace!(%error, "cannot set TCP_NODELAY");
-            }
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            // Sockets and SSE streams end themselves (sockets with close code 1001).
+            closing.cancel();
         });
-        let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                // Sockets and SSE streams end themselves (sockets with close code 1001).
-                closing.cancel();
-            })
-            .await
-            .context("while serving HTTP");
+        accept::serve(listener, service, limits, shutdown).await;
         // Upgraded sockets outlive the HTTP server; let them record their close first.
         connections.close();
         if tokio::time::timeout(SOCKET_DRAIN, connections.wait())
@@ -223,7 +214,7 @@ impl App {
         stop_tasks.cancel();
         tasks.wait().await;
         background.cancel();
-        served
+        Ok(())
     }
 }
 
@@ -272,6 +263,29 @@ fn start_integrations(
             queued: queued.clone(),
         };
         tasks.spawn(deliverer.run(stop.clone()));
+    }
+}
+
+/// The accept loop's limits: `max_connections`, lowered (with a warning) to stay below the
+/// process's open-file limit, so the listener never runs out of descriptors.
+fn connection_limits(settings: &Settings) -> ConnectionLimits {
+    let mut max_connections = settings.max_connections;
+    if let Some(files) = accept::open_file_limit() {
+        let room = files.saturating_sub(accept::RESERVED_FILES).max(1);
+        if room < max_connections {
+            tracing::warn!(
+                max_connections,
+                open_file_limit = files,
+                using = room,
+                "max_connections lowered to stay below the open-file limit (ulimit -n)"
+            );
+            max_connections = room;
+        }
+    }
+    ConnectionLimits {
+        max_connections,
+        header_read_timeout: settings.header_read_timeout,
+        idle_timeout: settings.idle_timeout,
     }
 }
 

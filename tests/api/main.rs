@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod connections;
 mod errors;
 mod faults;
 mod helpers;
