@@ -19,6 +19,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Rate;
+
 /// Server settings. Every field is a key of the TOML file, a `--flag` and a `LASTSEEN_*`
 /// variable (see [`SPECS`] and `docs/CONFIGURATION.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +78,13 @@ pub struct Settings {
     /// Open TCP connections at most (default `10000`, lowered to stay below the open-file
     /// limit); more are answered `503` and closed.
     pub max_connections: usize,
+    /// Failed logins per username per window (default `10/15m`); per client address the limit
+    /// is ten times this. Over it, logins answer `429` until the window ends.
+    pub login_failure_limit: Rate,
+    /// Registrations per client address per window (default `60/1h`).
+    pub register_rate_limit: Rate,
+    /// WebSocket and SSE opens per client address per window (default `120/1m`).
+    pub connect_rate_limit: Rate,
     /// Period of server pings on sockets (default `15s`); a socket that has not answered the
     /// previous ping by the next one is closed.
     #[serde(with = "humantime_serde")]
@@ -137,6 +146,18 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            login_failure_limit: Rate {
+                limit: 10,
+                window: Duration::from_secs(15 * 60),
+            },
+            register_rate_limit: Rate {
+                limit: 60,
+                window: Duration::from_secs(3600),
+            },
+            connect_rate_limit: Rate {
+                limit: 120,
+                window: Duration::from_secs(60),
+            },
             ping_interval: Duration::from_secs(15),
             max_subscriptions: 1000,
             max_sockets_per_user: 16,
@@ -169,6 +190,8 @@ pub enum Kind {
     Count,
     /// Any text.
     Text,
+    /// `N/DURATION`, e.g. `10/15m`.
+    Rate,
 }
 
 impl Kind {
@@ -181,6 +204,7 @@ impl Kind {
             Self::Bool => "BOOL",
             Self::Count => "N",
             Self::Text => "TEXT",
+            Self::Rate => "RATE",
         }
     }
 
@@ -193,6 +217,7 @@ impl Kind {
             Self::Bool => "true or false",
             Self::Count => "a whole number such as 100",
             Self::Text => "some text",
+            Self::Rate => "a rate N/DURATION such as 10/15m",
         }
     }
 }
@@ -341,6 +366,24 @@ pub const SPECS: &[Spec] = &[
         Kind::Count,
         Scope::Serve,
         "Open TCP connections at most; more are refused with 503",
+    ),
+    spec(
+        "login_failure_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "Failed logins per username per window (N/DURATION); per address ten times that",
+    ),
+    spec(
+        "register_rate_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "Registrations per client address per window (N/DURATION)",
+    ),
+    spec(
+        "connect_rate_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "WebSocket and SSE opens per client address per window (N/DURATION)",
     ),
     spec(
         "ping_interval",
@@ -660,7 +703,7 @@ impl Settings {
 /// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
     match spec_of(key).map(|s| s.kind) {
-        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text) => {
+        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text | Kind::Rate) => {
             Value::from(raw.to_owned())
         }
         _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),

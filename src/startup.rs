@@ -31,6 +31,7 @@ use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::events::WebhookPlan;
 use crate::store::{self, Store};
+use crate::throttle::Throttle;
 
 /// Longest shutdown waits for open sockets to close.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -86,7 +87,8 @@ impl App {
             .context("while opening the database")?;
         store.migrate().await.context("while applying migrations")?;
         let background = CancellationToken::new();
-        let (engine, bus) = presence(&settings, &background).await?;
+        let (engine, bus, redis) = presence(&settings, &background).await?;
+        let throttle = redis.map_or_else(Throttle::local, Throttle::redis);
         persister::restore(&engine, store.as_ref(), settings.inactivity_timeout).await?;
         let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user, bus.clone())
             .context("while preparing authentication")?;
@@ -131,6 +133,7 @@ impl App {
             privacy,
             realtime,
             metrics: crate::telemetry::metrics_handle(),
+            throttle,
         };
         Ok(Self {
             listener,
@@ -299,14 +302,15 @@ pub(crate) fn redis_timing(settings: &Settings) -> RedisTiming {
     }
 }
 
-/// The presence backend and the bus the settings ask for: in-process, or shared in Redis.
+/// The presence backend and the bus the settings ask for: in-process, or shared in Redis
+/// (then also the Redis handle, for the other shared state).
 async fn presence(
     settings: &Settings,
     background: &CancellationToken,
-) -> anyhow::Result<(PresenceEngine, Bus)> {
+) -> anyhow::Result<(PresenceEngine, Bus, Option<Redis>)> {
     let Some(url) = settings.redis_url() else {
         let backend = LocalBackend::new(settings.inactivity_timeout, settings.idle_after());
-        return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local()));
+        return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local(), None));
     };
     let redis = Redis::connect(url, &settings.redis_key_prefix)
         .await
@@ -314,13 +318,13 @@ async fn presence(
     let channels = [crate::engine::redis::EVENTS, crate::bus::CHANNEL];
     let feed = Feed::start(redis.clone(), &channels, background.clone());
     let bus = Bus::redis(redis.clone(), &feed, background.clone());
-    let backend = RedisBackend::new(redis, feed, redis_timing(settings))
+    let backend = RedisBackend::new(redis.clone(), feed, redis_timing(settings))
         .await
         .context("while joining the presence state in Redis")?;
     if !backend.subscribed(Duration::from_secs(5)).await {
         anyhow::bail!("cannot subscribe to Redis for presence events (redis_url)");
     }
-    Ok((PresenceEngine::new(Arc::new(backend)), bus))
+    Ok((PresenceEngine::new(Arc::new(backend)), bus, Some(redis)))
 }
 
 /// `lastseen serve`: builds the app, prints `listening on http://ADDR` as the first line of

@@ -7,6 +7,7 @@ mod admin;
 mod dto;
 mod error;
 mod extract;
+mod limits;
 mod me;
 pub mod ops;
 mod presence;
@@ -40,6 +41,7 @@ use crate::realtime::Realtime;
 use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::throttle::Throttle;
 
 /// What every handler may use. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -64,6 +66,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The event log's recorder (the admin event stream waits on it before replaying).
     pub event_log: EventLog,
+    /// Counters of the login, registration and connection throttles.
+    pub throttle: Throttle,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.

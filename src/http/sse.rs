@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Authenticated};
+use super::limits::{self, ClientAddr};
 use crate::realtime::stream;
 
 /// Query of the SSE endpoint.
@@ -46,15 +47,17 @@ fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
         (status = 200, description = "text/event-stream of snapshot, presence and typing events", content_type = "text/event-stream"),
         (status = 400, description = "Bad user_ids or too many of them", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 429, description = "Too many open connections for this user", body = ErrorBody),
+        (status = 429, description = "Too many open connections for this user, or too many opened from this address (`connect_rate_limit`)", body = ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
+    addr: ClientAddr,
     caller: Authenticated,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    limits::count_connect(&state, &addr).await?;
     let ids = parse_ids(&query.user_ids)?;
     if ids.len() > state.settings.max_subscriptions {
         return Err(ApiError::invalid(format!(

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::bearer_from_headers;
+use super::limits::{self, ClientAddr};
 use crate::realtime::socket;
 
 /// Initial read buffer of a socket; it grows for larger frames (up to `max_message_bytes`).
@@ -24,13 +25,16 @@ const WRITE_BUFFER: usize = 4 * 1024;
         (status = 101, description = "Switching to the WebSocket protocol (see docs/REALTIME.md)"),
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
         (status = 401, description = "The Authorization header carries an invalid token", body = ErrorBody),
+        (status = 429, description = "Too many sockets and streams opened from this address (`connect_rate_limit`); see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    limits::count_connect(&state, &addr).await?;
     let session = match bearer_from_headers(&headers) {
         Ok(token) => Some(state.auth.authenticate(&token).await?),
         Err(ApiError::NotAuthenticated) => None,

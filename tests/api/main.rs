@@ -14,4 +14,5 @@ mod privacy;
 mod privacy_push;
 mod realtime;
 mod rich;
+mod throttling;
 mod ws_protocol;

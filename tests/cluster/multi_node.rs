@@ -362,3 +362,32 @@ async fn three_nodes_send_each_change_to_a_webhook_once_and_in_order() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_across_nodes_in_redis() {
+    deployment("failed_logins_across_nodes", |mut shared| async move {
+        shared
+            .env
+            .push(("LASTSEEN_LOGIN_FAILURE_LIMIT".into(), "4/1m".into()));
+        let a = shared.node().await;
+        let b = shared.node().await;
+        a.register("alice").await;
+        let wrong = json!({"username": "alice", "password": "wrong-password"});
+        for node in [&a, &b, &a, &b] {
+            let (status, _) = node
+                .call("POST", "/api/users/login/", None, wrong.clone())
+                .await;
+            assert_eq!(status, 401);
+        }
+        for node in [&a, &b] {
+            let right = json!({"username": "alice", "password": "password123"});
+            let (status, body) = node.call("POST", "/api/users/login/", None, right).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (429, Some("throttled")),
+                "{body}"
+            );
+        }
+    })
+    .await;
+}
