@@ -93,6 +93,12 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// Open sockets and SSE streams per user (default `16`).
     pub max_sockets_per_user: usize,
+    /// Open sockets and SSE streams on one node, all users together (default `10000`); more
+    /// are refused (close 1013, or 503 for SSE).
+    pub max_node_connections: usize,
+    /// Subscriptions (watched users summed over all sockets and streams) on one node (default
+    /// `2000000`); more are refused.
+    pub max_node_subscriptions: usize,
     /// Largest WebSocket message in bytes (default `16384`).
     pub max_message_bytes: usize,
     /// Typing messages a socket may send per second (default `5`); more are answered with a
@@ -161,6 +167,8 @@ impl Default for Settings {
             ping_interval: Duration::from_secs(15),
             max_subscriptions: 1000,
             max_sockets_per_user: 16,
+            max_node_connections: 10_000,
+            max_node_subscriptions: 2_000_000,
             max_message_bytes: 16 * 1024,
             typing_per_second: 5,
             send_queue: 256,
@@ -404,6 +412,18 @@ pub const SPECS: &[Spec] = &[
         "Open sockets and SSE streams per user",
     ),
     spec(
+        "max_node_connections",
+        Kind::Count,
+        Scope::Serve,
+        "Open sockets and SSE streams on this node; more are refused (1013 / 503)",
+    ),
+    spec(
+        "max_node_subscriptions",
+        Kind::Count,
+        Scope::Serve,
+        "Watched users summed over this node's sockets and streams; more are refused",
+    ),
+    spec(
         "max_message_bytes",
         Kind::Count,
         Scope::Serve,
@@ -626,6 +646,8 @@ impl Settings {
             ("max_body_bytes", self.max_body_bytes, 1024),
             ("max_subscriptions", self.max_subscriptions, 1),
             ("max_sockets_per_user", self.max_sockets_per_user, 1),
+            ("max_node_connections", self.max_node_connections, 1),
+            ("max_node_subscriptions", self.max_node_subscriptions, 1),
             ("max_message_bytes", self.max_message_bytes, 256),
             ("send_queue", self.send_queue, 8),
             ("max_sessions_per_user", self.max_sessions_per_user, 1),

@@ -100,6 +100,8 @@ impl App {
             max_subscriptions: settings.max_subscriptions,
             max_connections_per_user: settings.max_sockets_per_user,
             send_queue: settings.send_queue,
+            max_node_connections: settings.max_node_connections,
+            max_node_subscriptions: settings.max_node_subscriptions,
         };
         let reader = PresenceReader::new(engine.clone(), store.clone());
         let realtime = Realtime {

@@ -22,6 +22,7 @@ use crate::engine::EngineError;
 use crate::presence::ReadError;
 use crate::privacy::PrivacyError;
 use crate::realtime::RealtimeError;
+use crate::realtime::hub::HubError;
 use crate::sessions::SessionError;
 use crate::store::{Conflict, Missing, StoreError};
 
@@ -231,6 +232,9 @@ impl From<RealtimeError> for ApiError {
             RealtimeError::Read(e) => e.into(),
             RealtimeError::Privacy(e) => e.into(),
             RealtimeError::Engine(e) => e.into(),
+            RealtimeError::Limit(e @ HubError::NodeFull(_)) => {
+                Self::Unavailable(anyhow::Error::new(e))
+            }
             RealtimeError::Limit(e) => Self::TooManyRequests(e.to_string()),
         }
     }

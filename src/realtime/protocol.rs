@@ -27,6 +27,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code (standard): the client broke the WebSocket protocol (an unmasked frame, a
 /// reserved opcode or reserved bits, a malformed control frame).
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code (standard): the node is at `max_node_connections`; reconnect later (another
+/// node may have room).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code (standard): a text frame that is not valid UTF-8.
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code (standard): a frame or message larger than `max_message_bytes`, also when only

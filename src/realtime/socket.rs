@@ -10,11 +10,11 @@ use std::time::{Duration, Instant as StdInstant};
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use super::hub::Connection;
+use super::hub::{Connection, HubError};
 use super::protocol::{
     CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR,
-    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_TOO_MANY_SOCKETS, CLOSE_UNAUTHORIZED, ClientMessage,
-    ServerMessage, parse_client,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_TOO_MANY_SOCKETS, CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED, ClientMessage, ServerMessage, parse_client,
 };
 use super::{CloseReason, Delivered, LiveSession, Realtime};
 use crate::auth::Session;
@@ -85,9 +85,15 @@ where
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "socket refused");
-            let reason = CloseReason {
-                code: CLOSE_TOO_MANY_SOCKETS,
-                reason: "too many open sockets",
+            let reason = match error {
+                HubError::NodeFull(_) => CloseReason {
+                    code: CLOSE_TRY_AGAIN_LATER,
+                    reason: "server at capacity; retry later",
+                },
+                _ => CloseReason {
+                    code: CLOSE_TOO_MANY_SOCKETS,
+                    reason: "too many open sockets",
+                },
             };
             let _ = socket.send(close_message(reason)).await;
             return;

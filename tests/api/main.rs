@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod capacity;
 mod connections;
 mod errors;
 mod faults;
