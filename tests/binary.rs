@@ -101,6 +101,14 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Power loss: SIGKILL, nothing flushed or closed.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -347,6 +355,55 @@ fn check_offline_users_ends_sessions_so_a_restart_keeps_them_offline_and_dry_run
     );
     let online = online_after_restart(&db);
     assert_eq!(online.len(), 1, "only root, who just logged in: {online:?}");
+}
+
+/// `last_seen` of `username` as stored in the SQLite file `db`.
+fn stored_last_seen(db: &Path, username: &str) -> chrono::DateTime<chrono::Utc> {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let raw: String = sqlx::query_scalar("select last_seen from users where username = ?1")
+            .bind(username)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        chrono::DateTime::parse_from_rfc3339(&raw).unwrap().to_utc()
+    })
+}
+
+#[test]
+fn after_sigkill_under_heartbeats_last_seen_lags_the_last_acknowledged_one_by_at_most_persist_interval()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let create = ["user", "create", "ahmad", "--password-stdin"];
+    stdout(&run(&db, &create, Some("password123\n")));
+    let server = Server::start(&db, &["--persist-interval", "1s"]);
+    let token = login(&server.base, "ahmad", "password123");
+    let beat = format!("{}/api/users/heartbeat/", server.base);
+    // Heartbeats for a few intervals; the kill lands anywhere in a flush cycle.
+    let until = Instant::now() + Duration::from_millis(3300 + u64::from(rand::random::<u8>()) * 4);
+    let mut acknowledged = chrono::Utc::now();
+    while Instant::now() < until {
+        let sent = chrono::Utc::now();
+        let (status, _) = http("POST", &beat, Some(&token), None);
+        assert_eq!(status, 200);
+        acknowledged = sent;
+    }
+    server.kill();
+    let stored = stored_last_seen(&db, "ahmad");
+    let lost = (acknowledged - stored).to_std().unwrap_or_default();
+    eprintln!("crash loss after SIGKILL with persist_interval 1s: {lost:?}");
+    // The bound is the interval; 50 ms covers the difference between two flush durations.
+    assert!(
+        lost <= Duration::from_millis(1050),
+        "lost {lost:?} of activity"
+    );
 }
 
 #[test]
