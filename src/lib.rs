@@ -16,11 +16,15 @@
 //! - `realtime`: WebSocket and SSE push through a subscription-indexed fan-out hub.
 //! - `http`: the JSON API (seed-compatible), errors, metrics, OpenAPI, the demo page, and
 //!   the socket and stream upgrades.
+//! - `throttle`: fixed-window counters (sharded in memory, or in Redis) behind the login,
+//!   registration and connection throttles.
+//! - `accept`: the accept loop: the node-wide connection cap, header-read and idle timeouts.
 //! - [`startup`] wires a server; [`commands`] are the one-shot subcommands; [`settings`],
 //!   [`cli`] and [`telemetry`] are configuration, the command line and observability.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 
+mod accept;
 mod auth;
 mod bus;
 pub mod cli;
@@ -41,3 +45,4 @@ mod shards;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+mod throttle;

@@ -2,9 +2,14 @@
 //! engine from the store when its state is new or was lost.
 //!
 //! One step ([`flush`]) takes everything that changed since the last step and writes it in one
-//! transaction; the loop runs it every `persist_interval` and once more at shutdown. A
+//! transaction; the loop runs it about every `persist_interval` and once more at shutdown. A
 //! heartbeat therefore never writes to the database; a user active all the time costs one row
 //! update per interval. A failed write is logged and retried at the next step.
+//!
+//! The loop is deadline-based: a step starts `persist_interval` minus the previous step's
+//! duration after the previous one started, so it commits about `persist_interval` after the
+//! previous snapshot. A crash (SIGKILL, power loss) then loses at most about `persist_interval`
+//! of activity, rather than an interval plus a flush.
 //!
 //! [`restore`] rebuilds presence from the store: users whose sessions all ended while nothing
 //! tracked them become offline with `last_seen` kept; the others are online for their
@@ -81,6 +86,13 @@ pub async fn restore(
     Ok(())
 }
 
+/// How long after a step's start the next one starts: `interval` less the step's duration
+/// (the next one probably takes as long), so it commits about `interval` after this one's
+/// snapshot; at least a quarter of `interval`, so a slow store is not written back to back.
+fn next_step_after(interval: Duration, took: Duration) -> Duration {
+    interval.saturating_sub(took).max(interval / 4)
+}
+
 /// Runs [`flush`] every `interval` until `shutdown`, then once more; restores again whenever
 /// the engine lost its state.
 pub async fn run(
@@ -90,15 +102,14 @@ pub async fn run(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now() + interval;
     let mut lost = engine.maintenance().lost_state();
     lost.mark_unchanged();
     let mut failing = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep_until(next) => {}
             Ok(()) = lost.changed() => {
                 if let Err(error) = restore(&engine, store.as_ref(), timeout).await {
                     tracing::error!(error = format!("{error:#}"), "restoring presence failed");
@@ -106,7 +117,10 @@ pub async fn run(
                 continue;
             }
         }
-        match flush(&engine, store.as_ref()).await {
+        let started = tokio::time::Instant::now();
+        let flushed = flush(&engine, store.as_ref()).await;
+        next = started + next_step_after(interval, started.elapsed());
+        match flushed {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!("presence flush succeeded again; the retried changes are stored");
@@ -125,5 +139,21 @@ pub async fn run(
         Err(error) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "final presence flush failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_step_after;
+    use std::time::Duration;
+
+    #[test]
+    fn the_next_step_starts_early_by_the_duration_of_the_last_one() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(next_step_after(second, ms(0)), second);
+        assert_eq!(next_step_after(second, ms(160)), ms(840));
+        assert_eq!(next_step_after(second, ms(900)), ms(250));
+        assert_eq!(next_step_after(second, ms(5000)), ms(250));
     }
 }

@@ -19,6 +19,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Rate;
+
 /// Server settings. Every field is a key of the TOML file, a `--flag` and a `LASTSEEN_*`
 /// variable (see [`SPECS`] and `docs/CONFIGURATION.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,24 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Largest accepted request body in bytes (default `65536`).
     pub max_body_bytes: usize,
+    /// Time to receive a request's head, counted from when the server starts waiting for it,
+    /// so it also bounds a keep-alive connection waiting for its next request (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time without a byte read or written after which a connection is closed (default `60s`;
+    /// more than `ping_interval` and 15 s, so sockets and SSE streams are never idle that long).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open TCP connections at most (default `10000`, lowered to stay below the open-file
+    /// limit); more are answered `503` and closed.
+    pub max_connections: usize,
+    /// Failed logins per username per window (default `10/15m`); per client address the limit
+    /// is ten times this. Over it, logins answer `429` until the window ends.
+    pub login_failure_limit: Rate,
+    /// Registrations per client address per window (default `60/1h`).
+    pub register_rate_limit: Rate,
+    /// WebSocket and SSE opens per client address per window (default `120/1m`).
+    pub connect_rate_limit: Rate,
     /// Period of server pings on sockets (default `15s`); a socket that has not answered the
     /// previous ping by the next one is closed.
     #[serde(with = "humantime_serde")]
@@ -73,6 +93,12 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// Open sockets and SSE streams per user (default `16`).
     pub max_sockets_per_user: usize,
+    /// Open sockets and SSE streams on one node, all users together (default `10000`); more
+    /// are refused (close 1013, or 503 for SSE).
+    pub max_node_connections: usize,
+    /// Subscriptions (watched users summed over all sockets and streams) on one node (default
+    /// `2000000`); more are refused.
+    pub max_node_subscriptions: usize,
     /// Largest WebSocket message in bytes (default `16384`).
     pub max_message_bytes: usize,
     /// Typing messages a socket may send per second (default `5`); more are answered with a
@@ -158,9 +184,26 @@ impl Default for Settings {
             open_registration: true,
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            login_failure_limit: Rate {
+                limit: 10,
+                window: Duration::from_secs(15 * 60),
+            },
+            register_rate_limit: Rate {
+                limit: 60,
+                window: Duration::from_secs(3600),
+            },
+            connect_rate_limit: Rate {
+                limit: 120,
+                window: Duration::from_secs(60),
+            },
             ping_interval: Duration::from_secs(15),
             max_subscriptions: 1000,
             max_sockets_per_user: 16,
+            max_node_connections: 10_000,
+            max_node_subscriptions: 2_000_000,
             max_message_bytes: 16 * 1024,
             typing_per_second: 5,
             send_queue: 256,
@@ -201,6 +244,8 @@ pub enum Kind {
     Text,
     /// `text` or `json`.
     LogFormat,
+    /// `N/DURATION`, e.g. `10/15m`.
+    Rate,
 }
 
 impl Kind {
@@ -214,6 +259,7 @@ impl Kind {
             Self::Count => "N",
             Self::Text => "TEXT",
             Self::LogFormat => "FORMAT",
+            Self::Rate => "RATE",
         }
     }
 
@@ -227,6 +273,7 @@ impl Kind {
             Self::Count => "a whole number such as 100",
             Self::Text => "some text",
             Self::LogFormat => "text or json",
+            Self::Rate => "a rate N/DURATION such as 10/15m",
         }
     }
 }
@@ -369,6 +416,42 @@ pub const SPECS: &[Spec] = &[
         "Largest accepted request body in bytes",
     ),
     spec(
+        "header_read_timeout",
+        Kind::Duration,
+        Scope::Serve,
+        "Time to receive a request head (also bounds an idle keep-alive connection)",
+    ),
+    spec(
+        "idle_timeout",
+        Kind::Duration,
+        Scope::Serve,
+        "Time without traffic after which a connection is closed",
+    ),
+    spec(
+        "max_connections",
+        Kind::Count,
+        Scope::Serve,
+        "Open TCP connections at most; more are refused with 503",
+    ),
+    spec(
+        "login_failure_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "Failed logins per username per window (N/DURATION); per address ten times that",
+    ),
+    spec(
+        "register_rate_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "Registrations per client address per window (N/DURATION)",
+    ),
+    spec(
+        "connect_rate_limit",
+        Kind::Rate,
+        Scope::Serve,
+        "WebSocket and SSE opens per client address per window (N/DURATION)",
+    ),
+    spec(
         "ping_interval",
         Kind::Duration,
         Scope::Serve,
@@ -385,6 +468,18 @@ pub const SPECS: &[Spec] = &[
         Kind::Count,
         Scope::Serve,
         "Open sockets and SSE streams per user",
+    ),
+    spec(
+        "max_node_connections",
+        Kind::Count,
+        Scope::Serve,
+        "Open sockets and SSE streams on this node; more are refused (1013 / 503)",
+    ),
+    spec(
+        "max_node_subscriptions",
+        Kind::Count,
+        Scope::Serve,
+        "Watched users summed over this node's sockets and streams; more are refused",
     ),
     spec(
         "max_message_bytes",
@@ -662,6 +757,7 @@ impl Settings {
             ("persist_interval", self.persist_interval),
             ("request_timeout", self.request_timeout),
             ("ping_interval", self.ping_interval),
+            ("header_read_timeout", self.header_read_timeout),
         ] {
             if value.is_zero() {
                 return Err((key, "must be greater than zero, e.g. 30s".into()));
@@ -671,13 +767,24 @@ impl Settings {
             ("max_body_bytes", self.max_body_bytes, 1024),
             ("max_subscriptions", self.max_subscriptions, 1),
             ("max_sockets_per_user", self.max_sockets_per_user, 1),
+            ("max_node_connections", self.max_node_connections, 1),
+            ("max_node_subscriptions", self.max_node_subscriptions, 1),
             ("max_message_bytes", self.max_message_bytes, 256),
             ("send_queue", self.send_queue, 8),
             ("max_sessions_per_user", self.max_sessions_per_user, 1),
+            ("max_connections", self.max_connections, 1),
         ] {
             if value < min {
                 return Err((key, format!("must be at least {min}")));
             }
+        }
+        if self.idle_timeout <= self.ping_interval.max(Duration::from_secs(15)) {
+            return Err((
+                "idle_timeout",
+                "must be more than ping_interval and 15s (sockets and SSE streams send \
+                 something that often), e.g. 60s"
+                    .into(),
+            ));
         }
         if self.node_lease < Duration::from_secs(1) {
             return Err(("node_lease", "must be at least 1s, e.g. 15s".into()));
@@ -772,9 +879,9 @@ impl Settings {
 /// addresses and URLs, which stay strings whatever they look like (`[::1]:8000`).
 fn parse_value(key: &str, raw: &str) -> Value {
     match spec_of(key).map(|s| s.kind) {
-        Some(Kind::Address | Kind::Url | Kind::Duration | Kind::Text | Kind::LogFormat) => {
-            Value::from(raw.to_owned())
-        }
+        Some(
+            Kind::Address | Kind::Url | Kind::Duration | Kind::Text | Kind::LogFormat | Kind::Rate,
+        ) => Value::from(raw.to_owned()),
         _ => Value::from_str(raw).unwrap_or_else(|e| match e {}),
     }
 }

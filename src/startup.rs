@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::ServiceExt;
-use axum::extract::Request;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{self, ConnectionLimits};
 use crate::auth::Authenticator;
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::bus::Bus;
@@ -35,6 +33,7 @@ use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::events::WebhookPlan;
 use crate::store::{self, Store};
+use crate::throttle::Throttle;
 
 /// Longest shutdown waits for open sockets to close.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -112,7 +111,8 @@ impl App {
             .context("while opening the database")?;
         store.migrate().await.context("while applying migrations")?;
         let background = CancellationToken::new();
-        let (engine, bus) = presence(&settings, &background).await?;
+        let (engine, bus, redis) = presence(&settings, &background).await?;
+        let throttle = redis.map_or_else(Throttle::local, Throttle::redis);
         persister::restore(&engine, store.as_ref(), settings.inactivity_timeout).await?;
         let auth = Authenticator::new(store.clone(), settings.max_sessions_per_user, bus.clone())
             .context("while preparing authentication")?
@@ -125,6 +125,8 @@ impl App {
             max_subscriptions: settings.max_subscriptions,
             max_connections_per_user: settings.max_sockets_per_user,
             send_queue: settings.send_queue,
+            max_node_connections: settings.max_node_connections,
+            max_node_subscriptions: settings.max_node_subscriptions,
         };
         let reader = PresenceReader::new(engine.clone(), store.clone());
         let realtime = Realtime {
@@ -162,6 +164,7 @@ impl App {
             privacy,
             realtime,
             metrics: crate::telemetry::metrics_handle(),
+            throttle,
         };
         Ok(Self {
             listener,
@@ -231,22 +234,15 @@ impl App {
         tasks.close();
 
         let (closing, connections) = (realtime.shutdown.clone(), realtime.connections);
+        let limits = connection_limits(&state.settings);
         let service = http::service(state);
-        // Without TCP_NODELAY a small push frame written while the previous one is still
-        // unacknowledged waits for the client's delayed ACK (~40 ms on Linux).
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::trace!(%error, "cannot set TCP_NODELAY");
-            }
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            // Sockets and SSE streams end themselves (sockets with close code 1001).
+            closing.cancel();
         });
-        let served = axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                // Sockets and SSE streams end themselves (sockets with close code 1001).
-                closing.cancel();
-            })
-            .await
-            .context("while serving HTTP");
+        accept::serve(listener, service, limits, shutdown).await;
         // Upgraded sockets outlive the HTTP server; let them record their close first.
         connections.close();
         if tokio::time::timeout(SOCKET_DRAIN, connections.wait())
@@ -258,7 +254,7 @@ impl App {
         stop_tasks.cancel();
         tasks.wait().await;
         background.cancel();
-        served
+        Ok(())
     }
 }
 
@@ -310,6 +306,29 @@ fn start_integrations(
     }
 }
 
+/// The accept loop's limits: `max_connections`, lowered (with a warning) to stay below the
+/// process's open-file limit, so the listener never runs out of descriptors.
+fn connection_limits(settings: &Settings) -> ConnectionLimits {
+    let mut max_connections = settings.max_connections;
+    if let Some(files) = accept::open_file_limit() {
+        let room = files.saturating_sub(accept::RESERVED_FILES).max(1);
+        if room < max_connections {
+            tracing::warn!(
+                max_connections,
+                open_file_limit = files,
+                using = room,
+                "max_connections lowered to stay below the open-file limit (ulimit -n)"
+            );
+            max_connections = room;
+        }
+    }
+    ConnectionLimits {
+        max_connections,
+        header_read_timeout: settings.header_read_timeout,
+        idle_timeout: settings.idle_timeout,
+    }
+}
+
 /// The timing of the shared presence in Redis, from the settings.
 pub(crate) fn redis_timing(settings: &Settings) -> RedisTiming {
     RedisTiming {
@@ -320,14 +339,15 @@ pub(crate) fn redis_timing(settings: &Settings) -> RedisTiming {
     }
 }
 
-/// The presence backend and the bus the settings ask for: in-process, or shared in Redis.
+/// The presence backend and the bus the settings ask for: in-process, or shared in Redis
+/// (then also the Redis handle, for the other shared state).
 async fn presence(
     settings: &Settings,
     background: &CancellationToken,
-) -> anyhow::Result<(PresenceEngine, Bus)> {
+) -> anyhow::Result<(PresenceEngine, Bus, Option<Redis>)> {
     let Some(url) = settings.redis_url() else {
         let backend = LocalBackend::new(settings.inactivity_timeout, settings.idle_after());
-        return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local()));
+        return Ok((PresenceEngine::new(Arc::new(backend)), Bus::local(), None));
     };
     let redis = Redis::connect(url, &settings.redis_key_prefix)
         .await
@@ -335,13 +355,13 @@ async fn presence(
     let channels = [crate::engine::redis::EVENTS, crate::bus::CHANNEL];
     let feed = Feed::start(redis.clone(), &channels, background.clone());
     let bus = Bus::redis(redis.clone(), &feed, background.clone());
-    let backend = RedisBackend::new(redis, feed, redis_timing(settings))
+    let backend = RedisBackend::new(redis.clone(), feed, redis_timing(settings))
         .await
         .context("while joining the presence state in Redis")?;
     if !backend.subscribed(Duration::from_secs(5)).await {
         anyhow::bail!("cannot subscribe to Redis for presence events (redis_url)");
     }
-    Ok((PresenceEngine::new(Arc::new(backend)), bus))
+    Ok((PresenceEngine::new(Arc::new(backend)), bus, Some(redis)))
 }
 
 /// `lastseen serve`: builds the app, prints `listening on http://ADDR` as the first line of

@@ -101,6 +101,14 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Power loss: SIGKILL, nothing flushed or closed.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -278,17 +286,44 @@ fn migrate_creates_the_database() {
     );
 }
 
+/// Sleeps until more than 100 ms have passed since `since`.
+fn past_100ms(since: std::time::SystemTime) {
+    let deadline = Duration::from_millis(150);
+    while let Some(left) = deadline.checked_sub(since.elapsed().unwrap_or_default()) {
+        std::thread::sleep(left.max(Duration::from_millis(1)));
+    }
+}
+
+/// Logs `root` in on a fresh start of the server and returns the ids of the users online.
+fn online_after_restart(db: &Path) -> Vec<i64> {
+    let server = Server::start(db, &[]);
+    let admin = login(&server.base, "root", "root-password");
+    let (status, online) = http(
+        "GET",
+        &format!("{}/api/users/admin/users/online/", server.base),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 200, "{online}");
+    server.stop();
+    let users = online["online_users"].as_array().unwrap();
+    users.iter().map(|u| u["id"].as_i64().unwrap()).collect()
+}
+
 #[test]
-fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
+fn check_offline_users_ends_sessions_so_a_restart_keeps_them_offline_and_dry_run_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("check.db");
-    stdout(&run(
-        &db,
-        &["user", "create", "ahmad", "--password-stdin"],
-        Some("password123\n"),
-    ));
+    for (name, extra) in [("ahmad", None), ("root", Some("--admin"))] {
+        let args = [
+            &["user", "create", name, "--password-stdin"][..],
+            extra.as_slice(),
+        ]
+        .concat();
+        stdout(&run(&db, &args, Some(&format!("{name}-password\n"))));
+    }
     let server = Server::start(&db, &[]);
-    login(&server.base, "ahmad", "password123");
+    login(&server.base, "ahmad", "ahmad-password");
     server.stop();
     let stopped = std::time::SystemTime::now();
 
@@ -298,20 +333,76 @@ fn check_offline_users_marks_inactive_users_and_supports_dry_run() {
         "Marked 0 users offline"
     );
     // Once the last activity is more than 100 ms old, a 100 ms timeout has passed.
-    let deadline = Duration::from_millis(150);
-    while let Some(left) = deadline.checked_sub(stopped.elapsed().unwrap_or_default()) {
-        std::thread::sleep(left.max(Duration::from_millis(1)));
-    }
+    past_100ms(stopped);
     let short = ["check-offline-users", "--inactivity-timeout", "100ms"];
     let dry = stdout(&run(&db, &[&short[..], &["--dry-run"]].concat(), None));
     assert_eq!(dry.trim(), "Would mark 1 users offline");
     assert_eq!(
+        online_after_restart(&db).len(),
+        2,
+        "after a dry run a restart still finds ahmad online (and root)"
+    );
+    let stopped = std::time::SystemTime::now();
+
+    past_100ms(stopped);
+    assert_eq!(
         stdout(&run(&db, &short, None)).trim(),
-        "Marked 1 users offline"
+        "Marked 2 users offline"
     );
     assert_eq!(
         stdout(&run(&db, &short, None)).trim(),
         "Marked 0 users offline"
+    );
+    let online = online_after_restart(&db);
+    assert_eq!(online.len(), 1, "only root, who just logged in: {online:?}");
+}
+
+/// `last_seen` of `username` as stored in the SQLite file `db`.
+fn stored_last_seen(db: &Path, username: &str) -> chrono::DateTime<chrono::Utc> {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let raw: String = sqlx::query_scalar("select last_seen from users where username = ?1")
+            .bind(username)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        chrono::DateTime::parse_from_rfc3339(&raw).unwrap().to_utc()
+    })
+}
+
+#[test]
+fn after_sigkill_under_heartbeats_last_seen_lags_the_last_acknowledged_one_by_at_most_persist_interval()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let create = ["user", "create", "ahmad", "--password-stdin"];
+    stdout(&run(&db, &create, Some("password123\n")));
+    let server = Server::start(&db, &["--persist-interval", "1s"]);
+    let token = login(&server.base, "ahmad", "password123");
+    let beat = format!("{}/api/users/heartbeat/", server.base);
+    // Heartbeats for a few intervals; the kill lands anywhere in a flush cycle.
+    let until = Instant::now() + Duration::from_millis(3300 + u64::from(rand::random::<u8>()) * 4);
+    let mut acknowledged = chrono::Utc::now();
+    while Instant::now() < until {
+        let sent = chrono::Utc::now();
+        let (status, _) = http("POST", &beat, Some(&token), None);
+        assert_eq!(status, 200);
+        acknowledged = sent;
+    }
+    server.kill();
+    let stored = stored_last_seen(&db, "ahmad");
+    let lost = (acknowledged - stored).to_std().unwrap_or_default();
+    eprintln!("crash loss after SIGKILL with persist_interval 1s: {lost:?}");
+    // The bound is the interval; 50 ms covers the difference between two flush durations.
+    assert!(
+        lost <= Duration::from_millis(1050),
+        "lost {lost:?} of activity"
     );
 }
 

@@ -6,6 +6,7 @@
 mod account;
 mod presence;
 mod privacy;
+mod rate;
 mod visibility;
 
 use std::fmt;
@@ -21,6 +22,7 @@ pub use privacy::{
     LastSeenAudience, MAX_LIST_LEN, OnlineAudience, PrivacyChange, PrivacyChanged, PrivacySettings,
     SettingsUpdate, StoredPrivacy, UserPrivacy, Viewer,
 };
+pub use rate::Rate;
 pub use visibility::{LastSeenApprox, Relationship, Visibility, VisiblePresence, decide};
 
 /// A user's numeric id, as stored in the `users` table.

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use super::AppState;
 use super::dto::{OnlineUsersQuery, OnlineUsersResponse, UserStatusResponse};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiPath, ApiQuery};
+use super::extract::{Admin, ApiQuery, PathId};
 use crate::domain::UserId;
 use crate::integrations::stream::ChangeStream;
 use crate::presence::UserPresence;
@@ -89,7 +89,7 @@ pub async fn online_users(
 pub async fn user_status(
     State(state): State<AppState>,
     _admin: Admin,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Json<UserStatusResponse>, ApiError> {
     let user = state
         .reader

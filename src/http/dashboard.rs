@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::dto::SessionResponse;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiPath, ApiQuery};
+use super::extract::{Admin, ApiQuery, PathId, PathIds};
 use crate::domain::{SessionId, UserId};
 use crate::presence::{UserPresence, rfc3339_at};
 
@@ -195,7 +195,7 @@ pub struct UserDetailResponse {
 pub async fn user_detail(
     State(state): State<AppState>,
     _admin: Admin,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Json<UserDetailResponse>, ApiError> {
     let id = UserId(id);
     let record = state
@@ -258,7 +258,7 @@ pub async fn user_detail(
 pub async fn end_session(
     State(state): State<AppState>,
     _admin: Admin,
-    ApiPath((id, session_id)): ApiPath<(i64, i64)>,
+    PathIds(id, session_id): PathIds,
 ) -> Result<StatusCode, ApiError> {
     state
         .sessions
@@ -283,7 +283,7 @@ pub async fn end_session(
 pub async fn end_all_sessions(
     State(state): State<AppState>,
     _admin: Admin,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let user = UserId(id);
     if state.store.user_by_id(user).await?.is_none() {

@@ -18,8 +18,10 @@ use crate::store::UserRecord;
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 1–150 characters of letters, digits and `_ . @ + -`.
+    #[schema(min_length = 1, max_length = 150, pattern = r"^[A-Za-z0-9_.@+\-]+$")]
     pub username: String,
     /// At least 8 characters.
+    #[schema(min_length = 8)]
     pub password: String,
 }
 
@@ -34,9 +36,11 @@ pub struct RegisterResponse {
 
 /// `GET /api/users/lookup/` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
-    /// Exact username.
+    /// Username, in any case.
+    #[param(min_length = 1)]
     pub username: String,
 }
 
@@ -194,9 +198,11 @@ pub struct OnlineUsersResponse {
 
 /// `GET /api/users/admin/users/online/` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OnlineUsersQuery {
     /// Page size, 1–1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Return users with ids greater than this (keyset paging).
     pub after: Option<i64>,

@@ -22,6 +22,7 @@ use crate::engine::EngineError;
 use crate::presence::ReadError;
 use crate::privacy::PrivacyError;
 use crate::realtime::RealtimeError;
+use crate::realtime::hub::HubError;
 use crate::sessions::SessionError;
 use crate::store::{Conflict, Missing, StoreError};
 
@@ -78,6 +79,15 @@ pub enum ApiError {
     /// 429: a per-user limit was reached.
     #[error("{0}")]
     TooManyRequests(String),
+    /// 429: a throttle (failed logins, registrations, connection opens) is used up until its
+    /// window ends in `retry_after`.
+    #[error("{detail}")]
+    Throttled {
+        /// What was throttled.
+        detail: &'static str,
+        /// Time left in the window (sent as `Retry-After`, whole seconds rounded up).
+        retry_after: std::time::Duration,
+    },
     /// 503: the database is unreachable or cannot take writes.
     #[error("Service temporarily unavailable.")]
     Unavailable(#[source] anyhow::Error),
@@ -114,7 +124,9 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+            Self::TooManyRequests(_) | Self::Throttled { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "throttled")
+            }
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::PresenceUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable")
@@ -140,6 +152,12 @@ impl IntoResponse for ApiError {
             code: code.to_owned(),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Self::Throttled { retry_after, .. } = &self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if let Self::Internal(cause) | Self::Unavailable(cause) | Self::PresenceUnavailable(cause) =
             self
         {
@@ -221,6 +239,9 @@ impl From<RealtimeError> for ApiError {
             RealtimeError::Read(e) => e.into(),
             RealtimeError::Privacy(e) => e.into(),
             RealtimeError::Engine(e) => e.into(),
+            RealtimeError::Limit(e @ HubError::NodeFull(_)) => {
+                Self::Unavailable(anyhow::Error::new(e))
+            }
             RealtimeError::Limit(e) => Self::TooManyRequests(e.to_string()),
         }
     }

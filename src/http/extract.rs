@@ -52,22 +52,54 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     }
 }
 
-/// `Path<T>` whose rejections are 404s: a path that does not parse names no resource.
-pub struct ApiPath<T>(pub T);
+/// The id in a path (`/api/users/{id}/...`), parsed strictly: canonical decimal digits only, so
+/// `+1`, `01`, `-1` or ` 1` name no resource (404) rather than user 1. Any rejection is a 404:
+/// a path that does not parse names no resource.
+pub struct PathId(pub i64);
 
-impl<S, T> FromRequestParts<S> for ApiPath<T>
+impl<S> FromRequestParts<S> for PathId
 where
-    T: DeserializeOwned + Send,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|Path(value)| Self(value))
-            .map_err(|_: PathRejection| ApiError::NotFound("Not found."))
+            .map_err(|_: PathRejection| ApiError::NotFound("Not found."))?;
+        parse_id(&raw)
+            .map(Self)
+            .ok_or(ApiError::NotFound("Not found."))
     }
+}
+
+/// Two ids in a path (`/api/admin/users/{id}/sessions/{session_id}/`), each parsed as strictly
+/// as [`PathId`].
+pub struct PathIds(pub i64, pub i64);
+
+impl<S> FromRequestParts<S> for PathIds
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((first, second)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_: PathRejection| ApiError::NotFound("Not found."))?;
+        parse_id(&first)
+            .zip(parse_id(&second))
+            .map(|(first, second)| Self(first, second))
+            .ok_or(ApiError::NotFound("Not found."))
+    }
+}
+
+/// `raw` as an id if it is spelt canonically: digits, no sign, no leading zero, fits an `i64`.
+fn parse_id(raw: &str) -> Option<i64> {
+    let canonical = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    canonical.then(|| raw.parse().ok()).flatten()
 }
 
 /// `Query<T>` whose rejections are 400s.
@@ -261,5 +293,32 @@ where
             ));
         }
         Ok(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn path_ids_are_canonical_decimal_only() {
+        for (raw, id) in [("1", Some(1)), ("0", Some(0)), ("42", Some(42))] {
+            assert_eq!(parse_id(raw), id, "{raw:?}");
+        }
+        let max = i64::MAX.to_string();
+        assert_eq!(parse_id(&max), Some(i64::MAX));
+        for raw in [
+            "",
+            "+1",
+            "-1",
+            "01",
+            " 1",
+            "1 ",
+            "1e3",
+            "0x1",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_id(raw), None, "{raw:?}");
+        }
     }
 }

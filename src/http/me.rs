@@ -11,7 +11,7 @@ use chrono::Utc;
 use super::AppState;
 use super::dto::{SessionResponse, SessionsResponse, StatusBody};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, Authenticated};
+use super::extract::{ApiJson, Authenticated, PathId};
 use crate::domain::{ManualStatus, SessionId};
 use crate::engine::LastKnown;
 
@@ -117,7 +117,7 @@ pub async fn list_sessions(
 pub async fn revoke_session(
     State(state): State<AppState>,
     caller: Authenticated,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let user = caller.session.user_id;
     state

@@ -9,6 +9,7 @@ mod dashboard;
 mod dto;
 mod error;
 mod extract;
+mod limits;
 mod me;
 pub mod ops;
 mod presence;
@@ -43,6 +44,7 @@ use crate::realtime::Realtime;
 use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::throttle::Throttle;
 
 /// What every handler may use. Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -69,6 +71,8 @@ pub struct AppState {
     pub event_log: EventLog,
     /// The online count per minute (the dashboard's chart).
     pub history: OnlineHistory,
+    /// Counters of the login, registration and connection throttles.
+    pub throttle: Throttle,
 }
 
 /// The OpenAPI document, assembled from the handlers' annotations.

@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::AppState;
 use super::dto::{ContactsOnlineResponse, PresenceQueryRequest, PresenceQueryResponse};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, Authenticated};
+use super::extract::{ApiJson, Authenticated, PathId};
 use crate::domain::{PresenceStatus, UserId};
 use crate::presence::UserPresence;
 
@@ -53,7 +53,7 @@ async fn visible_presence(
 pub async fn user_presence(
     State(state): State<AppState>,
     caller: Authenticated,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Json<UserPresence>, ApiError> {
     visible_presence(&state, &caller, &[UserId(id)])
         .await?

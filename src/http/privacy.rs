@@ -14,7 +14,7 @@ use super::dto::{
     UserSummary,
 };
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiPath, Authenticated};
+use super::extract::{ApiJson, Authenticated, PathId};
 use crate::domain::UserId;
 use crate::domain::{PrivacyChange, SettingsUpdate};
 
@@ -95,6 +95,8 @@ pub async fn list_contacts(
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "Already a contact, or the list is full", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
     )
 )]
 pub async fn add_contact(
@@ -119,7 +121,7 @@ pub async fn add_contact(
 pub async fn remove_contact(
     State(state): State<AppState>,
     caller: Authenticated,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     remove(&state, &caller, PrivacyChange::RemoveContact(UserId(id))).await
 }
@@ -153,6 +155,8 @@ pub async fn list_blocked(
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "Already blocked, or the list is full", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
     )
 )]
 pub async fn block_user(
@@ -177,7 +181,7 @@ pub async fn block_user(
 pub async fn unblock_user(
     State(state): State<AppState>,
     caller: Authenticated,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     remove(&state, &caller, PrivacyChange::Unblock(UserId(id))).await
 }

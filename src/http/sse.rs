@@ -15,13 +15,17 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Authenticated};
+use super::limits::{self, ClientAddr};
 use crate::realtime::stream;
 
 /// Query of the SSE endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// Comma-separated user ids to watch, e.g. `1,2,3` (required; may be empty).
+    /// Comma-separated user ids to watch, e.g. `1,2,3` (required; may be empty). Optional in
+    /// the type only so that a missing one gets our own 400.
+    #[param(required = true)]
     pub user_ids: Option<String>,
 }
 
@@ -45,15 +49,17 @@ fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
         (status = 200, description = "text/event-stream of snapshot, presence and typing events", content_type = "text/event-stream"),
         (status = 400, description = "Bad user_ids or too many of them", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 429, description = "Too many open connections for this user", body = ErrorBody),
+        (status = 429, description = "Too many open connections for this user, or too many opened from this address (`connect_rate_limit`)", body = ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
+    addr: ClientAddr,
     caller: Authenticated,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    limits::count_connect(&state, &addr).await?;
     let Some(user_ids) = query.user_ids else {
         return Err(ApiError::invalid(
             "user_ids is required: the users to watch, comma-separated, e.g. \

@@ -13,6 +13,7 @@ use super::dto::{
 };
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Authenticated, Caller, OptionalJson};
+use super::limits::{self, ClientAddr};
 use crate::domain::{Activity, Device, Password, PresenceStatus, Username};
 use crate::presence::UserPresence;
 
@@ -31,15 +32,18 @@ fn interval_ms(state: &AppState) -> u64 {
         (status = 409, description = "Username taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address (`register_rate_limit`); see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    addr: ClientAddr,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     if !state.settings.open_registration {
         return Err(ApiError::Forbidden("Registration is closed."));
     }
+    limits::count_registration(&state, &addr).await?;
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
     let user = state.auth.register(&username, password, false).await?;
@@ -63,20 +67,28 @@ pub async fn register(
         (status = 401, description = "Unknown user or wrong password", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this username or address (`login_failure_limit`); see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    addr: ClientAddr,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<(HeaderMap, Json<LoginResponse>), ApiError> {
     let device = match body.device {
         Some(device) => Device::parse(device.platform, device.name.as_deref())?,
         None => Device::default(),
     };
-    let (login, view) = state
+    limits::login_allowed(&state, &addr, &body.username).await?;
+    let logged_in = state
         .sessions
         .login(&body.username, &body.password, &device)
-        .await?;
+        .await
+        .map_err(ApiError::from);
+    if let Err(ApiError::BadCredentials) = logged_in {
+        limits::login_failed(&state, &addr, &body.username).await;
+    }
+    let (login, view) = logged_in?;
     metrics::counter!("lastseen_logins_total").increment(1);
     let session = login.session;
     let mut headers = HeaderMap::new();

@@ -10,6 +10,7 @@ use super::AppState;
 use super::cookie;
 use super::error::{ApiError, ErrorBody};
 use super::extract::bearer_from_headers;
+use super::limits::{self, ClientAddr};
 use crate::auth::{AuthError, Session};
 use crate::realtime::socket;
 
@@ -47,13 +48,16 @@ async fn cookie_session(
         (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
         (status = 401, description = "The Authorization header carries an invalid token", body = ErrorBody),
         (status = 403, description = "The session cookie was sent from another origin", body = ErrorBody),
+        (status = 429, description = "Too many sockets and streams opened from this address (`connect_rate_limit`); see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    limits::count_connect(&state, &addr).await?;
     let session = match bearer_from_headers(&headers) {
         Ok(token) => Some(state.auth.authenticate(&token).await?),
         Err(ApiError::NotAuthenticated) => cookie_session(&state, &headers).await?,

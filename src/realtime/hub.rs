@@ -10,6 +10,7 @@
 //! ([`Hub::present`]) for events, snapshots and re-sends after privacy changes alike.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -38,6 +39,10 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     /// Queued messages per connection before it is closed as a slow consumer.
     pub send_queue: usize,
+    /// Open connections (sockets and SSE streams) on this node, all users together.
+    pub max_node_connections: usize,
+    /// Subscriptions (watched users summed over connections) on this node.
+    pub max_node_subscriptions: usize,
 }
 
 /// Why a connection could not be opened or a subscription added.
@@ -49,6 +54,15 @@ pub enum HubError {
     /// The subscription would exceed the per-connection limit.
     #[error("a connection may watch at most {0} users")]
     TooManySubscriptions(usize),
+    /// The node holds `max_node_connections` connections or `max_node_subscriptions`
+    /// subscriptions already; another node (or a later retry) may take it.
+    #[error("the server is at its capacity for {0}; retry later")]
+    NodeFull(&'static str),
+}
+
+/// Counts a refusal at the node's capacity (`what`: connections or subscriptions).
+fn refused(what: &'static str) {
+    metrics::counter!("lastseen_capacity_refusals_total", "what" => what).increment(1);
 }
 
 /// Outboxes by key; an empty list is removed with its key.
@@ -70,6 +84,8 @@ struct Registry {
     per_user: Outboxes<UserId>,
     /// A session's open connections (closed on logout).
     per_session: Outboxes<SessionId>,
+    /// Open connections of all users (against `max_node_connections`).
+    open: usize,
 }
 
 struct HubInner {
@@ -77,6 +93,9 @@ struct HubInner {
     watchers: Sharded<Mutex<Outboxes<UserId>>>,
     /// Open connections by user and by session.
     registry: Mutex<Registry>,
+    /// Subscriptions on this node, against `limits.max_node_subscriptions` (changed with the
+    /// watching set under its lock, so it never drifts).
+    subscriptions: AtomicUsize,
     limits: Limits,
     /// Decides what each viewer may see.
     privacy: Privacy,
@@ -97,6 +116,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 watchers: Sharded::new(SHARDS, Mutex::default),
                 registry: Mutex::default(),
+                subscriptions: AtomicUsize::new(0),
                 limits,
                 privacy,
                 bus,
@@ -111,12 +131,17 @@ impl Hub {
     /// Registers a new connection of `viewer`'s `session`.
     ///
     /// # Errors
-    /// [`HubError::TooManyConnections`] when the user is at the limit.
+    /// [`HubError::TooManyConnections`] when the user is at the limit,
+    /// [`HubError::NodeFull`] when the node is.
     pub fn connect(&self, viewer: Viewer, session: SessionId) -> Result<Connection, HubError> {
         let limits = self.inner.limits;
         let outbox = Arc::new(Outbox::new(viewer, session, limits.send_queue));
         {
             let mut registry = lock(&self.inner.registry);
+            if registry.open >= limits.max_node_connections {
+                refused("connections");
+                return Err(HubError::NodeFull("connections"));
+            }
             let mine = registry.per_user.entry(viewer.id).or_default();
             if mine.len() >= limits.max_connections_per_user {
                 return Err(HubError::TooManyConnections(
@@ -124,6 +149,7 @@ impl Hub {
                 ));
             }
             mine.push(outbox.clone());
+            registry.open += 1;
             registry
                 .per_session
                 .entry(session)
@@ -396,9 +422,16 @@ impl Connection {
                 .copied()
                 .filter(|u| !watching.contains(u))
                 .collect();
-            let limit = self.hub.inner.limits.max_subscriptions;
-            if watching.len() + new.len() > limit {
-                return Err(HubError::TooManySubscriptions(limit));
+            let limits = self.hub.inner.limits;
+            if watching.len() + new.len() > limits.max_subscriptions {
+                return Err(HubError::TooManySubscriptions(limits.max_subscriptions));
+            }
+            let total = &self.hub.inner.subscriptions;
+            let taken = total.fetch_add(new.len(), Ordering::Relaxed);
+            if taken + new.len() > limits.max_node_subscriptions {
+                total.fetch_sub(new.len(), Ordering::Relaxed);
+                refused("subscriptions");
+                return Err(HubError::NodeFull("subscriptions"));
             }
             watching.extend(new.iter().copied());
             self.outbox.await_snapshot(users);
@@ -419,6 +452,7 @@ impl Connection {
     pub fn unsubscribe(&mut self, users: &[UserId]) {
         for &user in users {
             if lock(&self.outbox.watching).remove(&user) {
+                self.hub.inner.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 remove_from(&mut self.hub.shard(user), user, &self.outbox);
                 metrics::gauge!("lastseen_subscriptions").decrement(1.0);
             }
@@ -429,11 +463,14 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let watched = std::mem::take(&mut *lock(&self.outbox.watching));
+        let total = &self.hub.inner.subscriptions;
+        total.fetch_sub(watched.len(), Ordering::Relaxed);
         for user in watched {
             remove_from(&mut self.hub.shard(user), user, &self.outbox);
             metrics::gauge!("lastseen_subscriptions").decrement(1.0);
         }
         let mut registry = lock(&self.hub.inner.registry);
+        registry.open -= 1;
         remove_from(&mut registry.per_user, self.outbox.viewer.id, &self.outbox);
         remove_from(&mut registry.per_session, self.outbox.session, &self.outbox);
         metrics::gauge!("lastseen_open_connections").decrement(1.0);
@@ -467,6 +504,8 @@ mod tests {
             max_subscriptions: 3,
             max_connections_per_user: 2,
             send_queue,
+            max_node_connections: 1000,
+            max_node_subscriptions: 1000,
         };
         Hub::new(limits, privacy, Bus::local())
     }

@@ -94,6 +94,7 @@ impl RealtimeError {
     /// The code of the error frame that reports this failure.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Limit(HubError::NodeFull(_)) => "service_unavailable",
             Self::Limit(_) => "limit_exceeded",
             Self::Engine(_) => "presence_unavailable",
             Self::Read(_) | Self::Privacy(_) => "service_unavailable",
@@ -200,9 +201,14 @@ pub async fn subscribe(
         .filter(|id| !names.contains_key(id))
         .map(|id| id.0)
         .collect();
-    if let Err(error) = connection.subscribe(&existing) {
-        connection.send(ServerMessage::error("limit_exceeded", error.to_string()));
-        return Ok(());
+    match connection.subscribe(&existing) {
+        Ok(_) => {}
+        // The node is full: a stream answers 503 rather than opening without its users.
+        Err(error @ HubError::NodeFull(_)) => return Err(error.into()),
+        Err(error) => {
+            connection.send(ServerMessage::error("limit_exceeded", error.to_string()));
+            return Ok(());
+        }
     }
     if !unknown.is_empty() {
         let detail = format!("unknown user ids: {unknown:?}");
@@ -262,6 +268,8 @@ pub(crate) mod testing {
             max_subscriptions: 100,
             max_connections_per_user: 4,
             send_queue: 64,
+            max_node_connections: 1000,
+            max_node_subscriptions: 10_000,
         };
         let realtime = Realtime {
             hub: Hub::new(limits, privacy.clone(), Bus::local()),

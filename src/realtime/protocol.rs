@@ -24,6 +24,17 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_PING_TIMEOUT: u16 = 4000;
 /// Close code (standard): the server is shutting down.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code (standard): the client broke the WebSocket protocol (an unmasked frame, a
+/// reserved opcode or reserved bits, a malformed control frame).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code (standard): the node is at `max_node_connections`; reconnect later (another
+/// node may have room).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code (standard): a text frame that is not valid UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code (standard): a frame or message larger than `max_message_bytes`, also when only
+/// its header announces it.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How long a typing indicator stays on unless it is refreshed, in milliseconds.
 pub const TYPING_TTL_MS: u64 = 5000;

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant as StdInstant};
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use super::hub::Connection;
+use super::hub::{Connection, HubError};
 use super::protocol::{
-    CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_TOO_MANY_SOCKETS, CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED, ClientMessage, MESSAGE_SHAPE, ServerMessage, parse_client,
 };
 use super::{CloseReason, Delivered, LiveSession, Realtime};
@@ -29,6 +30,32 @@ fn close_message(reason: CloseReason) -> Message {
     }))
 }
 
+/// The close frame that answers a frame the client got wrong, if the read `error` is one (and
+/// not the connection failing): tungstenite's error, found in the error's source chain, tells
+/// which rule was broken. The socket is still open for writing after such an error.
+fn violation(error: &(dyn std::error::Error + 'static)) -> Option<CloseReason> {
+    use tungstenite::Error;
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(error) = error.downcast_ref::<Error>() {
+            let (code, reason) = match error {
+                Error::Capacity(_) => (CLOSE_TOO_BIG, "message too big"),
+                Error::Utf8(_) => (CLOSE_INVALID_DATA, "text frame is not valid UTF-8"),
+                Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ) => {
+                    return None;
+                }
+                Error::Protocol(_) => (CLOSE_PROTOCOL_ERROR, "WebSocket protocol violation"),
+                _ => return None,
+            };
+            return Some(CloseReason { code, reason });
+        }
+        cause = error.source();
+    }
+    None
+}
+
 fn text(message: &ServerMessage) -> Message {
     Message::Text(message.to_json().into())
 }
@@ -38,6 +65,7 @@ fn text(message: &ServerMessage) -> Message {
 pub async fn serve<S, E>(mut socket: S, realtime: Realtime, session: Option<Session>)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::error::Error + 'static,
 {
     let session = match session {
         Some(session) => session,
@@ -57,9 +85,15 @@ where
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "socket refused");
-            let reason = CloseReason {
-                code: CLOSE_TOO_MANY_SOCKETS,
-                reason: "too many open sockets",
+            let reason = match error {
+                HubError::NodeFull(_) => CloseReason {
+                    code: CLOSE_TRY_AGAIN_LATER,
+                    reason: "server at capacity; retry later",
+                },
+                _ => CloseReason {
+                    code: CLOSE_TOO_MANY_SOCKETS,
+                    reason: "too many open sockets",
+                },
             };
             let _ = socket.send(close_message(reason)).await;
             return;
@@ -155,6 +189,7 @@ impl SocketLoop<'_> {
     async fn serve<S, E>(&mut self, socket: &mut S) -> Option<CloseReason>
     where
         S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: std::error::Error + 'static,
     {
         let period = self.realtime.config.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -175,13 +210,21 @@ impl SocketLoop<'_> {
                     return Some(CloseReason { code: CLOSE_UNAUTHORIZED, reason: "token expired" });
                 }
                 frame = socket.next() => {
-                    let Some(Ok(frame)) = frame else { return None };
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(error)) => return violation(&error),
+                        None => return None,
+                    };
                     awaiting_pong = false;
                     match frame {
                         Message::Text(text) => self.handle_text(&text).await,
                         Message::Binary(_) => self.connection.send(ServerMessage::error(
                             "invalid", format!("Binary frames are not read. {MESSAGE_SHAPE}"))),
-                        Message::Close(_) => return None,
+                        Message::Close(_) => {
+                            // tungstenite queued the echo of the client's close frame; send it.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+                            return None;
+                        }
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }

@@ -292,11 +292,18 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        // sqlx holds an advisory lock while migrating, so nodes starting together are safe.
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Other(e.into()))
+        // sqlx holds a session advisory lock while migrating, so nodes starting together are
+        // safe. A failed migration returns before unlocking, so its connection is closed rather
+        // than returned to the pool: closing the session releases the lock (a pooled one would
+        // keep it and make the next migration wait forever).
+        let mut conn = self.pool.acquire().await.map_err(other)?;
+        // `run_direct` is `run` on a connection we hold (sqlx's own way around `Acquire`'s
+        // lifetime in an `async_trait`).
+        let result = MIGRATOR.run_direct(None, &mut *conn, false).await;
+        if result.is_err() {
+            drop(conn.detach());
+        }
+        result.map_err(|e| StoreError::Other(e.into()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -335,7 +342,10 @@ impl Store for PostgresStore {
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        Ok(self.users_where("username = $1", username).await?.pop())
+        Ok(self
+            .users_where("lower(username) = lower($1)", username)
+            .await?
+            .pop())
     }
 
     async fn user_by_external_id(

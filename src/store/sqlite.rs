@@ -59,8 +59,11 @@ impl SqliteStore {
         if let Some(file) = &file {
             super::datafile::check_directory(file)?;
         }
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::Unavailable)?
+        let options = SqliteConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
+        if !url.contains(":memory:") {
+            create_private(options.get_filename())?;
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -86,6 +89,24 @@ impl SqliteStore {
             pool,
             health: Arc::default(),
         })
+    }
+}
+
+/// Creates the database file readable and writable by its owner only (0600) if it is missing:
+/// it holds password and token hashes. SQLite gives the `-wal` and `-shm` files it creates the
+/// database file's permissions, so they are 0600 too. An existing file keeps its mode, which the
+/// operator may have chosen. (A one-off blocking call at start-up.)
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(sqlx::Error::Io(e))),
     }
 }
 
@@ -294,7 +315,7 @@ impl Store for SqliteStore {
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let mut users = self
-            .users_where("username = $1", username.to_owned())
+            .users_where("lower(username) = lower($1)", username.to_owned())
             .await?;
         Ok(users.pop())
     }

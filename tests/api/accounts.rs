@@ -38,6 +38,23 @@ async fn a_taken_username_is_409() {
 }
 
 #[tokio::test]
+async fn usernames_are_one_account_in_any_case_and_keep_their_spelling() {
+    let app = spawn_app().await;
+    expect(app.register("Sara", "password123").await, 201).await;
+    for other in ["sara", "SARA"] {
+        expect_error(app.register(other, "password456").await, 409, "conflict").await;
+    }
+    let body = expect(app.login("sARA", "password123").await, 200).await;
+    assert_eq!(body["user"]["username"], "Sara");
+    expect_error(
+        app.login("sara", "password456").await,
+        401,
+        "authentication_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn registration_can_be_closed_by_a_setting() {
     let app = spawn_app_with(|s| s.open_registration = false).await;
     expect_error(

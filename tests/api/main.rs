@@ -2,6 +2,8 @@
 
 mod accounts;
 mod admin;
+mod capacity;
+mod connections;
 mod cookies;
 mod dashboard;
 mod errors;
@@ -16,3 +18,5 @@ mod privacy;
 mod privacy_push;
 mod realtime;
 mod rich;
+mod throttling;
+mod ws_protocol;

@@ -1,4 +1,6 @@
-use crate::helpers::{expect, spawn_app};
+use serde_json::Value;
+
+use crate::helpers::{expect, expect_error, spawn_app};
 
 #[tokio::test]
 async fn health_and_readiness_answer() {
@@ -73,4 +75,74 @@ async fn the_openapi_document_covers_every_endpoint_and_error_shape() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["schemas"]["UserPresence"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn the_openapi_document_declares_query_parameters_and_body_errors_as_served() {
+    let app = spawn_app().await;
+    let doc = expect(
+        app.client
+            .get(app.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let paths = &doc["paths"];
+    let parameter = |path: &str, name: &str| -> Value {
+        let parameters = paths[path]["get"]["parameters"].as_array().unwrap();
+        let found = parameters.iter().find(|p| p["name"] == name);
+        found
+            .unwrap_or_else(|| panic!("{path} has no {name}"))
+            .clone()
+    };
+    for (path, name, required) in [
+        ("/api/users/admin/users/online/", "limit", false),
+        ("/api/users/admin/users/online/", "after", false),
+        ("/api/users/lookup/", "username", true),
+        ("/api/presence/events", "user_ids", true),
+    ] {
+        let declared = parameter(path, name);
+        assert_eq!(declared["in"], "query", "{path} {name}");
+        assert_eq!(declared["required"], required, "{path} {name}");
+    }
+    assert_eq!(
+        parameter("/api/users/lookup/", "username")["schema"]["minLength"],
+        1
+    );
+    for path in ["/api/users/me/contacts/", "/api/users/me/blocked/"] {
+        let responses = &paths[path]["post"]["responses"];
+        for status in ["413", "415"] {
+            assert!(responses[status].is_object(), "POST {path} {status}");
+        }
+    }
+    let register = &doc["components"]["schemas"]["RegisterRequest"]["properties"];
+    assert_eq!(register["username"]["minLength"], 1);
+    assert_eq!(register["username"]["maxLength"], 150);
+    assert_eq!(register["password"]["minLength"], 8);
+
+    // What the document declares is what is served: a missing optional parameter is fine,
+    // a missing required one is a 400.
+    let (_, admin) = app.admin("root").await;
+    expect(app.get("/api/users/admin/users/online/", &admin).await, 200).await;
+    let missing = app.get("/api/users/lookup/", &admin).await;
+    assert_eq!(missing.status(), 400);
+}
+
+#[tokio::test]
+async fn path_ids_are_parsed_strictly_so_only_the_canonical_spelling_names_a_user() {
+    let app = spawn_app().await;
+    let (_, admin) = app.admin("root").await;
+    let (id, _) = app.user("ahmad").await;
+    let path = |id: &str| format!("/api/users/admin/users/{id}/online-status/");
+    expect(app.get(&path(&id.to_string()), &admin).await, 200).await;
+    for spelling in [
+        format!("+{id}"),
+        format!("0{id}"),
+        format!("{id}%20"),
+        format!("%2B{id}"),
+    ] {
+        expect_error(app.get(&path(&spelling), &admin).await, 404, "not_found").await;
+    }
 }

@@ -430,3 +430,32 @@ async fn a_jwt_is_one_session_on_every_node_and_its_revocation_holds_everywhere(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_across_nodes_in_redis() {
+    deployment("failed_logins_across_nodes", |mut shared| async move {
+        shared
+            .env
+            .push(("LASTSEEN_LOGIN_FAILURE_LIMIT".into(), "4/1m".into()));
+        let a = shared.node().await;
+        let b = shared.node().await;
+        a.register("alice").await;
+        let wrong = json!({"username": "alice", "password": "wrong-password"});
+        for node in [&a, &b, &a, &b] {
+            let (status, _) = node
+                .call("POST", "/api/users/login/", None, wrong.clone())
+                .await;
+            assert_eq!(status, 401);
+        }
+        for node in [&a, &b] {
+            let right = json!({"username": "alice", "password": "password123"});
+            let (status, body) = node.call("POST", "/api/users/login/", None, right).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (429, Some("throttled")),
+                "{body}"
+            );
+        }
+    })
+    .await;
+}

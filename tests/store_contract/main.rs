@@ -7,6 +7,7 @@
 //! `contract!` below creates `sqlite::<case>` and `postgres::<case>`.
 
 mod backends;
+mod migrations;
 mod presence;
 mod privacy;
 mod server;
@@ -40,7 +41,7 @@ macro_rules! contract {
 contract! {
     users::migrating_again_changes_nothing_and_ping_answers,
     users::a_created_user_is_found_by_name_and_by_id,
-    users::a_taken_username_is_a_conflict_but_names_are_case_sensitive,
+    users::a_taken_username_is_a_conflict_in_any_case_and_found_in_any_case,
     users::an_external_user_is_created_once_and_found_by_its_external_id,
     users::an_external_user_whose_name_is_taken_is_a_conflict_and_nothing_is_created,
     users::concurrent_provisioning_of_one_external_id_creates_one_user,

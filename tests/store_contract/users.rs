@@ -62,19 +62,22 @@ pub async fn a_created_user_is_found_by_name_and_by_id(store: Arc<dyn Store>) {
     assert!(store.user_by_id(UserId(i64::MAX)).await.unwrap().is_none());
 }
 
-pub async fn a_taken_username_is_a_conflict_but_names_are_case_sensitive(store: Arc<dyn Store>) {
-    let first = user(store.as_ref(), "ahmad").await;
-    let again = store
-        .create_user(&Username::parse("ahmad").unwrap(), "other-hash", true)
-        .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    let kept = store.user_by_username("ahmad").await.unwrap().unwrap();
-    assert_eq!((kept.id, kept.is_admin), (first.id, false));
-
-    let other = user(store.as_ref(), "Ahmad").await;
+pub async fn a_taken_username_is_a_conflict_in_any_case_and_found_in_any_case(
+    store: Arc<dyn Store>,
+) {
+    let first = user(store.as_ref(), "Ahmad").await;
+    for spelling in ["Ahmad", "ahmad", "AHMAD", "aHmAd"] {
+        let again = store
+            .create_user(&Username::parse(spelling).unwrap(), "other-hash", true)
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        let found = store.user_by_username(spelling).await.unwrap().unwrap();
+        assert_eq!((found.id, found.is_admin), (first.id, false));
+        assert_eq!(found.username, "Ahmad", "the stored spelling is kept");
+    }
+    let other = user(store.as_ref(), "ahmad_2").await;
     assert_ne!(other.id, first.id);
-    let found = store.user_by_username("Ahmad").await.unwrap().unwrap();
-    assert_eq!(found.id, other.id);
+    assert!(store.user_by_username("ahmad_").await.unwrap().is_none());
 }
 
 pub async fn users_by_ids_returns_the_known_ones(store: Arc<dyn Store>) {
