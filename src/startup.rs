@@ -22,7 +22,7 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::engine::redis::{RedisBackend, RedisTiming};
 use crate::history::{self, OnlineHistory};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::integrations::webhooks::{Deliverer, WebhookClient};
 use crate::integrations::{self, EventLog, FlushRequests};
 use crate::persister;
@@ -126,7 +126,7 @@ impl App {
         let history = OnlineHistory::load(store.as_ref(), chrono::Utc::now())
             .await
             .context("while loading the online chart")?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             event_log,
             history,
             settings: Arc::new(settings),
@@ -138,7 +138,7 @@ impl App {
             privacy,
             realtime,
             metrics: crate::telemetry::metrics_handle(),
-        };
+        });
         Ok(Self {
             listener,
             state,
