@@ -267,7 +267,8 @@ fn database_writes(before: &Metrics, after: &Metrics) -> Option<DatabaseWrites> 
 
 fn print(summary: &Summary, json: bool) -> anyhow::Result<()> {
     let mut text = format!(
-        "heartbeat: {} users ({}), {} connections, on {} × {} (load {:.2})\n{HEADER}\n",
+        "{}: {} users ({}), {} connections, on {} × {} (load {:.2})\n{HEADER}\n",
+        summary.mode,
         summary.users,
         summary.provision,
         summary.connections,
