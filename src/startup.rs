@@ -21,7 +21,7 @@ use crate::engine::PresenceEngine;
 use crate::engine::local::LocalBackend;
 use crate::engine::redis::{RedisBackend, RedisTiming};
 use crate::history::{self, OnlineHistory};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::integrations::webhooks::{Deliverer, WebhookClient};
 use crate::integrations::{self, EventLog, FlushRequests};
 use crate::persister;
@@ -152,7 +152,7 @@ impl App {
         let history = OnlineHistory::load(store.as_ref(), chrono::Utc::now())
             .await
             .context("while loading the online chart")?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             event_log,
             history,
             settings: Arc::new(settings),
@@ -165,7 +165,7 @@ impl App {
             realtime,
             metrics: crate::telemetry::metrics_handle(),
             throttle,
-        };
+        });
         Ok(Self {
             listener,
             state,

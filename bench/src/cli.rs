@@ -11,9 +11,10 @@ pub struct Cli {
     /// Print a JSON summary on standard output (the text report then goes to standard error).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Threads of this tool; 1 leaves the other cores to the server under test.
-    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    /// Threads of this tool; 1 leaves the other cores to the server under test
+    /// [default: 2 for `ceiling`, else 1].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     /// What to measure.
     #[command(subcommand)]
     pub mode: Mode,
@@ -24,6 +25,10 @@ pub struct Cli {
 pub enum Mode {
     /// Heartbeat throughput and latency, next to the `/healthz` ceiling of the same run.
     Heartbeat(HeartbeatArgs),
+    /// The heartbeat rounds with a bare axum server (`lastseen-ceiling`) measured too:
+    /// heartbeat and `/healthz` throughput as fractions of what a server without lastseen's
+    /// work answers on this machine in the same run.
+    Ceiling(HeartbeatArgs),
     /// Login/logout cycles per second and the server's memory before and after.
     Churn(ChurnArgs),
     /// Time from process start to `/readyz` with many users online in SQLite.
@@ -73,6 +78,18 @@ pub struct ClusterArgs {
     /// closes = offline after the 100 ms grace).
     #[arg(long, default_value_t = 50.0, value_name = "PER_SECOND")]
     pub push_rate: f64,
+}
+
+impl Cli {
+    /// Client threads: `--threads`, else the mode's default.
+    pub fn threads(&self) -> usize {
+        let default = if matches!(self.mode, Mode::Ceiling(_)) {
+            2
+        } else {
+            1
+        };
+        self.threads.unwrap_or(default).max(1)
+    }
 }
 
 /// Which server to load.
@@ -242,6 +259,14 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_ceiling_mode_defaults_to_two_client_threads_and_others_to_one() {
+        let threads = |args: &[&str]| Cli::parse_from(args).threads();
+        assert_eq!(threads(&["lastseen-bench", "ceiling"]), 2);
+        assert_eq!(threads(&["lastseen-bench", "heartbeat"]), 1);
+        assert_eq!(threads(&["lastseen-bench", "--threads", "4", "ceiling"]), 4);
     }
 
     #[test]

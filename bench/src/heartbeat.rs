@@ -1,6 +1,7 @@
 //! `heartbeat` mode: `POST /api/users/heartbeat/` throughput and latency, next to the
 //! `GET /healthz` ceiling of the same server in the same run, and the database writes the
-//! heartbeats caused.
+//! heartbeats caused. `ceiling` mode: the same, with a phase against a bare axum server
+//! (`lastseen-ceiling`) in every round, so both are also reported as fractions of it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +14,12 @@ use crate::load::{self, Plan};
 use crate::report::{HEADER, PhaseSummary, median};
 use crate::scrape::Metrics;
 use crate::setup::{self, Machine};
+use crate::target::Target;
 
 /// The JSON summary of a heartbeat run.
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    /// Always `heartbeat`.
+    /// `heartbeat` or `ceiling`.
     pub mode: &'static str,
     /// The machine.
     pub machine: Machine,
@@ -41,6 +43,26 @@ pub struct Summary {
     pub server_cpu_ratio: Option<f64>,
     /// Database writes caused by the heartbeats of all phases.
     pub database: Option<DatabaseWrites>,
+    /// Figures against the bare ceiling server (`ceiling` mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<Ceiling>,
+    /// Heartbeat p99 / `/healthz` p99 in the open-loop phases at `--rate-fraction`.
+    pub p99_ratio_at_fraction: Option<f64>,
+}
+
+/// lastseen's throughput as fractions of the bare ceiling server's, in the same rounds.
+#[derive(Debug, Serialize)]
+pub struct Ceiling {
+    /// Median throughput of the bare server's `GET /hello` (req/s).
+    pub hello_median: Option<f64>,
+    /// lastseen `/healthz` / bare `/hello`, per round.
+    pub healthz_per_round: Vec<f64>,
+    /// Median of `healthz_per_round`.
+    pub healthz_median: Option<f64>,
+    /// lastseen heartbeat / bare `/hello`, per round.
+    pub heartbeat_per_round: Vec<f64>,
+    /// Median of `heartbeat_per_round`.
+    pub heartbeat_median: Option<f64>,
 }
 
 /// Database writes per heartbeat, from the server's counters.
@@ -58,12 +80,18 @@ pub struct DatabaseWrites {
     pub transactions_per_heartbeat: Option<f64>,
 }
 
-/// Runs the mode and prints its report.
+/// Runs the mode and prints its report; with `bare`, each round starts with a phase against
+/// the bare ceiling server (`lastseen-ceiling`, started here).
 ///
 /// # Errors
-/// If the server cannot be prepared or a phase fails.
-pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
+/// If the servers cannot be prepared or a phase fails.
+pub async fn run(args: HeartbeatArgs, json: bool, bare: bool) -> anyhow::Result<()> {
     let machine = Machine::read();
+    let bare = if bare {
+        Some(Target::spawn_ceiling()?)
+    } else {
+        None
+    };
     let prepared = setup::prepare(&args.target, args.users, true, args.connections).await?;
     let target = &prepared.target;
     let host = target.host.clone();
@@ -82,6 +110,9 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     let healthz: Arc<[Vec<u8>]> = Arc::new([render("GET", &host, "/healthz", &[], b"")]);
+    let hello = bare.as_ref().map(|bare| -> Arc<[Vec<u8>]> {
+        Arc::new([render("GET", &bare.host, "/hello", &[], b"")])
+    });
     let settle = Duration::from_secs_f64(args.target.settle.max(0.0));
 
     // Every user online and every token in the server's session cache before measuring.
@@ -97,7 +128,19 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     let (mut ratios, mut hb, mut hz, mut hb_cpu, mut hz_cpu) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut hellos, mut hz_of_bare, mut hb_of_bare) = (vec![], vec![], vec![]);
     for _ in 0..args.rounds.max(1) {
+        let top = match (&bare, &hello) {
+            (Some(bare), Some(hello)) => {
+                let phase =
+                    PhaseSummary::of(&load::run(bare, "bare /hello", hello.clone(), closed).await?);
+                hellos.push(phase.throughput);
+                let top = phase.throughput;
+                phases.push(phase);
+                Some(top)
+            }
+            _ => None,
+        };
         let ceiling = if args.no_ceiling {
             None
         } else {
@@ -113,6 +156,12 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
             PhaseSummary::of(&load::run(target, "heartbeat", heartbeats.clone(), plan).await?);
         hb.push(beat.throughput);
         hb_cpu.extend(beat.server_cpu_us_per_request);
+        if let Some(top) = top {
+            hb_of_bare.push(beat.throughput / top);
+            if let Some(ceiling) = &ceiling {
+                hz_of_bare.push(ceiling.throughput / top);
+            }
+        }
         if let Some(ceiling) = ceiling {
             ratios.push(beat.throughput / ceiling.throughput);
             hz.push(ceiling.throughput);
@@ -121,6 +170,7 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
         }
         phases.push(beat);
     }
+    let mut p99_ratio = None;
     if let Some(fraction) = args.rate_fraction {
         // The same rate against /healthz first: the latency floor of this machine right now.
         let rate = median(&hb).unwrap_or(0.0) * fraction;
@@ -129,13 +179,19 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
             ..closed
         };
         let percent = fraction * 100.0;
+        let mut p99 = Vec::new();
         for (name, requests) in [("healthz", &healthz), ("heartbeat", &heartbeats)] {
             if name == "healthz" && args.no_ceiling {
                 continue;
             }
             let name = format!("{name}@{percent:.0}%");
-            let outcome = load::run(target, &name, requests.clone(), plan).await?;
-            phases.push(PhaseSummary::of(&outcome));
+            let outcome =
+                PhaseSummary::of(&load::run(target, &name, requests.clone(), plan).await?);
+            p99.push(outcome.latency_us.p99);
+            phases.push(outcome);
+        }
+        if let [healthz, heartbeat] = p99[..] {
+            p99_ratio = Some(heartbeat / healthz);
         }
     }
 
@@ -143,7 +199,11 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
     let after = Metrics::fetch(target).await?;
     let database = database_writes(&before, &after);
     let summary = Summary {
-        mode: "heartbeat",
+        mode: if bare.is_some() {
+            "ceiling"
+        } else {
+            "heartbeat"
+        },
         machine,
         users: args.users,
         connections: args.connections,
@@ -159,9 +219,33 @@ pub async fn run(args: HeartbeatArgs, json: bool) -> anyhow::Result<()> {
         healthz_median: median(&hz),
         server_cpu_ratio: median(&hb_cpu).zip(median(&hz_cpu)).map(|(b, h)| b / h),
         database,
+        ceiling: bare.is_some().then(|| Ceiling {
+            hello_median: median(&hellos),
+            healthz_median: median(&hz_of_bare),
+            healthz_per_round: hz_of_bare,
+            heartbeat_median: median(&hb_of_bare),
+            heartbeat_per_round: hb_of_bare,
+        }),
+        p99_ratio_at_fraction: p99_ratio,
     };
     print(&summary, json)?;
+    if let Some(bare) = bare {
+        bare.stop()?;
+    }
     prepared.target.stop()
+}
+
+/// `median (a%, b%, …)` of fractions.
+fn percents(median: Option<f64>, rounds: &[f64]) -> String {
+    let rounds: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("{:.0}%", r * 100.0))
+        .collect();
+    format!(
+        "{:.0}% (rounds: {})",
+        median.unwrap_or(f64::NAN) * 100.0,
+        rounds.join(", ")
+    )
 }
 
 fn database_writes(before: &Metrics, after: &Metrics) -> Option<DatabaseWrites> {
@@ -183,7 +267,8 @@ fn database_writes(before: &Metrics, after: &Metrics) -> Option<DatabaseWrites> 
 
 fn print(summary: &Summary, json: bool) -> anyhow::Result<()> {
     let mut text = format!(
-        "heartbeat: {} users ({}), {} connections, on {} × {} (load {:.2})\n{HEADER}\n",
+        "{}: {} users ({}), {} connections, on {} × {} (load {:.2})\n{HEADER}\n",
+        summary.mode,
         summary.users,
         summary.provision,
         summary.connections,
@@ -207,6 +292,19 @@ fn print(summary: &Summary, json: bool) -> anyhow::Result<()> {
             rounds.join(", "),
             summary.heartbeat_median.unwrap_or(0.0),
             summary.healthz_median.unwrap_or(0.0),
+        ));
+    }
+    if let Some(ceiling) = &summary.ceiling {
+        text.push_str(&format!(
+            "of the bare ceiling ({:.0} req/s): healthz {}, heartbeat {}\n",
+            ceiling.hello_median.unwrap_or(0.0),
+            percents(ceiling.healthz_median, &ceiling.healthz_per_round),
+            percents(ceiling.heartbeat_median, &ceiling.heartbeat_per_round),
+        ));
+    }
+    if let Some(ratio) = summary.p99_ratio_at_fraction {
+        text.push_str(&format!(
+            "heartbeat p99 / healthz p99 at the same open-loop rate: {ratio:.2}\n"
         ));
     }
     if let Some(cpu) = summary.server_cpu_ratio {

@@ -4,7 +4,8 @@
 //! - [`target`]: the server under test (started here or already running) and `/proc` readings.
 //! - [`seed`], [`provision`], [`setup`]: benchmark users and tokens, by SQL or through the API.
 //! - [`load`]: closed- and open-loop phases over C connections, with HDR histograms.
-//! - [`heartbeat`], [`churn`], [`restart`], [`sockets`]: the modes; [`report`], [`scrape`], [`progress`]:
+//! - `lastseen-ceiling` (`src/bin/ceiling.rs`): the bare axum server of the `ceiling` mode.
+//! - [`heartbeat`] (also the `ceiling` mode), [`churn`], [`restart`], [`sockets`]: the modes; [`report`], [`scrape`], [`progress`]:
 //!   output, `/metrics` counters and progress bars.
 
 mod churn;
@@ -30,13 +31,14 @@ use cli::{Cli, Mode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = if cli.threads <= 1 {
+    let threads = cli.threads();
+    let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
+            .worker_threads(threads)
             .enable_all()
             .build()
     };
@@ -50,7 +52,8 @@ fn main() -> ExitCode {
     let json = cli.json;
     let result = runtime.block_on(async move {
         match cli.mode {
-            Mode::Heartbeat(args) => heartbeat::run(args, json).await,
+            Mode::Heartbeat(args) => heartbeat::run(args, json, false).await,
+            Mode::Ceiling(args) => heartbeat::run(args, json, true).await,
             Mode::Churn(args) => churn::run(args, json).await,
             Mode::Restart(args) => restart::run(args, json).await,
             Mode::Sockets(args) => sockets::run(args, json).await,

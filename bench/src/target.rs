@@ -127,8 +127,8 @@ pub struct Spawned {
     child: Child,
     addr: SocketAddr,
     /// Keeps a temporary database directory until the process has stopped (fields drop after
-    /// `Drop::drop` has stopped it).
-    _files: ServerFiles,
+    /// `Drop::drop` has stopped it); none for the ceiling server.
+    _files: Option<ServerFiles>,
     /// When `spawn` was called.
     pub started: Instant,
     /// When the `listening on` line arrived.
@@ -141,16 +141,37 @@ impl Spawned {
     /// # Errors
     /// If it cannot start or its first line is not `listening on http://ADDR`.
     pub fn start(files: &ServerFiles) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let mut child = files
-            .command()
+        let mut command = files.command();
+        command
             .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(&files.args)
+            .args(&files.args);
+        Self::start_command(command, Some(files.clone()))
+    }
+
+    /// Starts the bare ceiling server `lastseen-ceiling` (next to this binary) on
+    /// `127.0.0.1:0`.
+    ///
+    /// # Errors
+    /// If it is missing, cannot start or does not print its address.
+    pub fn start_ceiling() -> anyhow::Result<Self> {
+        let binary = sibling_binary("lastseen-ceiling")?;
+        ensure!(
+            binary.is_file(),
+            "ceiling binary {} not found (build it with `cargo build --release --workspace --bins`)",
+            binary.display()
+        );
+        Self::start_command(Command::new(binary), None)
+    }
+
+    /// Runs `command`, whose first line of output must be `listening on http://ADDR`.
+    fn start_command(mut command: Command, files: Option<ServerFiles>) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("while starting {}", files.binary.display()))?;
+            .with_context(|| format!("while starting {:?}", command.get_program()))?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -163,7 +184,7 @@ impl Spawned {
         Ok(Self {
             child,
             addr,
-            _files: files.clone(),
+            _files: files,
             started,
             listening,
         })
@@ -256,16 +277,27 @@ impl Target {
     /// # Errors
     /// If it cannot start or does not become ready.
     pub async fn spawn(files: &ServerFiles) -> anyhow::Result<Self> {
-        let spawned = Spawned::start(files)?;
+        let target = Self::of(Spawned::start(files)?);
+        target.wait_ready(Duration::from_secs(120)).await?;
+        Ok(target)
+    }
+
+    /// The bare ceiling server, started (see [`Spawned::start_ceiling`]).
+    ///
+    /// # Errors
+    /// If it cannot start.
+    pub fn spawn_ceiling() -> anyhow::Result<Self> {
+        Ok(Self::of(Spawned::start_ceiling()?))
+    }
+
+    fn of(spawned: Spawned) -> Self {
         let addr = spawned.addr();
-        let target = Self {
+        Self {
             addr,
             host: addr.to_string(),
             pid: Some(spawned.pid()),
             spawned: Some(spawned),
-        };
-        target.wait_ready(Duration::from_secs(120)).await?;
-        Ok(target)
+        }
     }
 
     /// Polls `GET /readyz` until it answers 200 or `limit` passes.

@@ -1,17 +1,15 @@
 //! The API's error type and the one place errors become `{"detail": ..., "code": ...}`.
 //!
-//! Handlers return [`ApiError`]; [`normalize_errors`] also rewrites the error responses axum and
-//! tower-http produce on their own (404 of no route, 405, 408 timeout, 500 from a caught panic),
-//! so every error a client sees has the same JSON shape. Internal errors are logged there, with
-//! their cause chain, and never shown to the client.
+//! Handlers return [`ApiError`]; [`finish`] (run on every response by the request middleware)
+//! also rewrites the error responses axum produces on its own (404 of no route, 405, 413, 415),
+//! so every error a client sees has the same JSON shape; [`status_response`] makes that shape
+//! for the middleware's own 408 and 500. Internal errors are logged in [`finish`], with their
+//! cause chain, and never shown to the client.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -140,7 +138,7 @@ impl ApiError {
 /// recovers within about this long once the fault goes away.
 const RETRY_AFTER_SECS: &str = "2";
 
-/// The failure behind a 5xx, kept in the response's extensions for [`normalize_errors`] to log.
+/// The failure behind a 5xx, kept in the response's extensions for [`finish`] to log.
 #[derive(Clone)]
 struct LoggedCause(Arc<anyhow::Error>);
 
@@ -298,10 +296,23 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Middleware: logs 5xx causes and gives every error response the JSON error shape.
-pub async fn normalize_errors(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+/// The error response for `status` when no handler said more: `{"detail": "<reason>.", "code"}`.
+pub fn status_response(status: StatusCode) -> Response {
+    let detail = status.canonical_reason().unwrap_or("Error").to_owned() + ".";
+    let body = ErrorBody {
+        detail,
+        code: code_for(status).to_owned(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Last step of every response (run by the request middleware): logs 5xx causes and gives
+/// every error response the JSON error shape. A success or a JSON error passes untouched.
+pub fn finish(mut response: Response) -> Response {
     let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
     if let Some(LoggedCause(cause)) = response.extensions_mut().remove::<LoggedCause>() {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(%status, error = %cause, cause_chain = ?cause, "request refused");
@@ -309,25 +320,19 @@ pub async fn normalize_errors(request: Request, next: Next) -> Response {
             tracing::error!(%status, error = %cause, cause_chain = ?cause, "request failed");
         }
     }
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+    if is_json(&response) {
         return response;
     }
     if status.is_server_error() {
-        tracing::error!(%status, "request failed without a typed error (e.g. a caught panic)");
+        tracing::error!(%status, "request failed without a typed error");
     }
-    let detail = status.canonical_reason().unwrap_or("Error").to_owned() + ".";
-    let body = ErrorBody {
-        detail,
-        code: code_for(status).to_owned(),
-    };
     let (mut parts, _) = response.into_parts();
+    let (shaped, body) = status_response(status).into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    Response::from_parts(parts, Body::from(bytes))
+    for (name, value) in &shaped.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Fallback for unknown routes.

@@ -1,7 +1,9 @@
 //! The HTTP API: router, shared state, middleware stack and the OpenAPI document.
 //!
-//! Routes are declared without a trailing slash; [`service`] wraps the router so that the seed's
-//! trailing-slash paths (`/api/users/heartbeat/`) reach the same handlers.
+//! Routes are declared without a trailing slash and registered in both forms, so the seed's
+//! trailing-slash paths (`/api/users/heartbeat/`) reach the same handlers. Every endpoint runs
+//! behind one middleware, [`middleware::RequestLayer`] (metrics, timeout, panics, error shape,
+//! span).
 
 mod admin;
 mod cookie;
@@ -11,6 +13,7 @@ mod error;
 mod extract;
 mod limits;
 mod me;
+mod middleware;
 pub mod ops;
 mod presence;
 mod privacy;
@@ -23,14 +26,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower::Layer;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower::ServiceBuilder;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -45,10 +43,31 @@ use crate::sessions::Sessions;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::throttle::Throttle;
+use middleware::RequestLayer;
 
-/// What every handler may use. Cheap to clone: every field is a handle.
+/// What every handler may use: one shared [`Shared`], read through `Deref`. axum clones the
+/// state for every request (and each `State` extractor clones it again), so a clone is one
+/// reference count here rather than one per handle inside.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `parts` with every handler.
+    pub fn new(parts: Shared) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles behind an [`AppState`].
+pub struct Shared {
     /// Validated settings.
     pub settings: Arc<Settings>,
     /// Durable storage.
@@ -128,93 +147,103 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The router with every route and middleware, without the trailing-slash wrapper.
-pub fn router(state: AppState) -> Router {
-    let timeout = state.settings.request_timeout;
-    let body_limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/api/users/register", post(users::register))
-        .route("/api/users/login", post(users::login))
-        .route("/api/users/logout", post(users::logout))
-        .route("/api/users/heartbeat", post(users::heartbeat))
-        .route("/api/users/me", get(users::me))
-        .route("/api/users/lookup", get(users::lookup))
-        .route(
+/// Every route: path (without its trailing slash) and handlers.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/api/users/register", post(users::register)),
+        ("/api/users/login", post(users::login)),
+        ("/api/users/logout", post(users::logout)),
+        ("/api/users/heartbeat", post(users::heartbeat)),
+        ("/api/users/me", get(users::me)),
+        ("/api/users/lookup", get(users::lookup)),
+        (
             "/api/users/me/status",
             get(me::get_status).put(me::put_status),
-        )
-        .route("/api/users/me/sessions", get(me::list_sessions))
-        .route("/api/users/me/sessions/{id}", delete(me::revoke_session))
-        .route(
+        ),
+        ("/api/users/me/sessions", get(me::list_sessions)),
+        ("/api/users/me/sessions/{id}", delete(me::revoke_session)),
+        (
             "/api/users/me/contacts/online",
             get(presence::contacts_online),
-        )
-        .route(
+        ),
+        (
             "/api/users/me/contacts",
             get(privacy::list_contacts).post(privacy::add_contact),
-        )
-        .route(
+        ),
+        (
             "/api/users/me/contacts/{id}",
             delete(privacy::remove_contact),
-        )
-        .route(
+        ),
+        (
             "/api/users/me/blocked",
             get(privacy::list_blocked).post(privacy::block_user),
-        )
-        .route("/api/users/me/blocked/{id}", delete(privacy::unblock_user))
-        .route(
+        ),
+        ("/api/users/me/blocked/{id}", delete(privacy::unblock_user)),
+        (
             "/api/users/me/privacy",
             get(privacy::get_privacy)
                 .put(privacy::put_privacy)
                 .patch(privacy::patch_privacy),
-        )
-        .route("/api/users/{id}/presence", get(presence::user_presence))
-        .route("/api/presence/query", post(presence::query_presence))
-        .route("/api/users/admin/users/online", get(admin::online_users))
-        .route(
+        ),
+        ("/api/users/{id}/presence", get(presence::user_presence)),
+        ("/api/presence/query", post(presence::query_presence)),
+        ("/api/users/admin/users/online", get(admin::online_users)),
+        (
             "/api/users/admin/users/{id}/online-status",
             get(admin::user_status),
-        )
-        .route("/api/admin/events", get(admin::events))
-        .route("/api/admin/stats/online", get(dashboard::online_stats))
-        .route("/api/admin/users", get(dashboard::search_users))
-        .route("/api/admin/users/{id}", get(dashboard::user_detail))
-        .route(
+        ),
+        ("/api/admin/events", get(admin::events)),
+        ("/api/admin/stats/online", get(dashboard::online_stats)),
+        ("/api/admin/users", get(dashboard::search_users)),
+        ("/api/admin/users/{id}", get(dashboard::user_detail)),
+        (
             "/api/admin/users/{id}/sessions",
             delete(dashboard::end_all_sessions),
-        )
-        .route(
+        ),
+        (
             "/api/admin/users/{id}/sessions/{session_id}",
             delete(dashboard::end_session),
-        )
-        .route("/admin", get(dashboard::page))
-        .route("/static/admin.js", get(dashboard::script))
-        .route("/api/presence/ws", get(ws::upgrade))
-        .route("/api/presence/events", get(sse::events))
-        .route("/", get(web::index))
-        .route("/static/lastseen.js", get(web::client_js))
-        .route("/favicon.svg", get(web::favicon))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/openapi.json", get(ops::openapi))
-        .fallback(error::not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn(error::normalize_errors))
-        .layer(axum::middleware::from_fn(ops::track_requests))
-        .layer(TraceLayer::new_for_http())
+        ),
+        ("/admin", get(dashboard::page)),
+        ("/static/admin.js", get(dashboard::script)),
+        ("/api/presence/ws", get(ws::upgrade)),
+        ("/api/presence/events", get(sse::events)),
+        ("/", get(web::index)),
+        ("/static/lastseen.js", get(web::client_js)),
+        ("/favicon.svg", get(web::favicon)),
+        ("/healthz", get(ops::healthz)),
+        ("/readyz", get(ops::readyz)),
+        ("/metrics", get(ops::metrics)),
+        ("/api/openapi.json", get(ops::openapi)),
+    ]
 }
 
-/// The service the server runs: the router behind trailing-slash normalisation.
-pub type Service = NormalizePath<Router>;
+/// The router with every route and middleware. Each route is registered with and without a
+/// trailing slash (the seed's clients send `/api/users/heartbeat/`), so matching either form
+/// costs the same as matching one and no request's URI is rewritten.
+pub fn router(state: AppState) -> Router {
+    let middleware = ServiceBuilder::new()
+        .layer(RequestLayer::new(state.settings.request_timeout))
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes));
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            let router = router.route(path, handlers.clone());
+            if path == "/" {
+                router
+            } else {
+                router.route(&format!("{path}/"), handlers)
+            }
+        })
+        .fallback(error::not_found)
+        .with_state(state)
+        .layer(middleware)
+}
 
-/// The service to serve: the router behind trailing-slash normalisation.
+/// The service the server runs.
+pub type Service = Router;
+
+/// The service to serve: the router with every route and middleware.
 pub fn service(state: AppState) -> Service {
-    NormalizePathLayer::trim_trailing_slash().layer(router(state))
+    router(state)
 }

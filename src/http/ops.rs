@@ -1,35 +1,15 @@
-//! Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document, and the
-//! request-metrics middleware.
-
-use std::time::Instant;
+//! Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document.
+//! (Request metrics are recorded by the request middleware, `middleware.rs`.)
 
 use axum::Json;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::AppState;
 use super::dto::HealthResponse;
 use super::error::{ApiError, ErrorBody};
-
-/// Middleware: counts requests by route and status and records their latency.
-pub async fn track_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("lastseen_http_requests_total", &labels).increment(1);
-    metrics::histogram!("lastseen_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
 
 /// Liveness: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "ops",
