@@ -2,8 +2,6 @@
 //! user search, one user's page (presence, sessions, recent transitions) and ending sessions.
 //! The live parts of the page come from `GET /api/admin/events` and the seed's online list.
 
-use std::collections::HashSet;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -208,22 +206,7 @@ pub async fn user_detail(
         .one(id)
         .await?
         .ok_or(ApiError::NotFound("No such user."))?;
-    let live: HashSet<SessionId> = state.engine.live_sessions(id).await?.into_iter().collect();
-    let sessions = state
-        .store
-        .sessions_of(id)
-        .await?
-        .into_iter()
-        .map(|session| SessionResponse {
-            id: session.id.0,
-            platform: session.platform,
-            name: session.name,
-            created_at: session.created_at,
-            last_activity: session.last_activity,
-            live: live.contains(&session.id),
-            current: false,
-        })
-        .collect();
+    let sessions = super::me::sessions_of(&state, id, None).await?;
     let transitions = state
         .store
         .events_of(id, RECENT_TRANSITIONS)

@@ -12,7 +12,7 @@ use super::AppState;
 use super::dto::{SessionResponse, SessionsResponse, StatusBody};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Authenticated, PathId};
-use crate::domain::{ManualStatus, SessionId};
+use crate::domain::{ManualStatus, SessionId, UserId};
 use crate::engine::LastKnown;
 
 /// The caller's manual status.
@@ -79,7 +79,21 @@ pub async fn list_sessions(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Json<SessionsResponse>, ApiError> {
-    let user = caller.session.user_id;
+    let session = &caller.session;
+    let sessions = sessions_of(&state, session.user_id, Some(session.session_id)).await?;
+    Ok(Json(SessionsResponse { sessions }))
+}
+
+/// `user`'s sessions, newest first, each marked live or not and `current` when it is
+/// `current`.
+///
+/// # Errors
+/// Store or engine failures.
+pub async fn sessions_of(
+    state: &AppState,
+    user: UserId,
+    current: Option<SessionId>,
+) -> Result<Vec<SessionResponse>, ApiError> {
     let stored = state.store.sessions_of(user).await?;
     let live: HashSet<SessionId> = state
         .engine
@@ -87,7 +101,7 @@ pub async fn list_sessions(
         .await?
         .into_iter()
         .collect();
-    let sessions = stored
+    Ok(stored
         .into_iter()
         .map(|session| SessionResponse {
             id: session.id.0,
@@ -96,10 +110,9 @@ pub async fn list_sessions(
             created_at: session.created_at,
             last_activity: session.last_activity,
             live: live.contains(&session.id),
-            current: session.id == caller.session.session_id,
+            current: Some(session.id) == current,
         })
-        .collect();
-    Ok(Json(SessionsResponse { sessions }))
+        .collect())
 }
 
 /// Revoke one of the caller's sessions at once: its token stops working, its sockets close
