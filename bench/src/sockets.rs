@@ -224,6 +224,8 @@ async fn subscriber(
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) if text.starts_with(r#"{"type":"snapshot""#) => break,
+            // Servers since the `ready` message greet an authenticated socket first.
+            Some(Ok(Message::Text(text))) if text.starts_with(r#"{"type":"ready""#) => {}
             Some(Ok(Message::Text(text))) => bail!("unexpected first message: {text}"),
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error.into()),

@@ -84,6 +84,17 @@ impl ServerFiles {
                 command.env_remove(name);
             }
         }
+        // A load generator is one client address opening thousands of connections and
+        // registering hundreds of users: lift the per-address throttles and node caps (as
+        // variables, which older servers without these settings merely warn about).
+        for (name, value) in [
+            ("LASTSEEN_CONNECT_RATE_LIMIT", "100000000/1s"),
+            ("LASTSEEN_REGISTER_RATE_LIMIT", "100000000/1s"),
+            ("LASTSEEN_MAX_CONNECTIONS", "1000000"),
+            ("LASTSEEN_MAX_NODE_CONNECTIONS", "1000000"),
+        ] {
+            command.env(name, value);
+        }
         command
             .env(
                 "RUST_LOG",
