@@ -374,33 +374,51 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _lock = store::lock_data_file(&settings.database_url)?;
     let app = App::build(settings).await?;
     let addr = app.local_addr()?;
+    // Installed before the address is announced: a SIGTERM sent as soon as a script has read
+    // it must start a clean shutdown, not kill the process.
+    let signals = ShutdownSignals::install().context("while installing signal handlers")?;
     // Scripts and tests read the bound address from this first line of standard output.
     println!("listening on http://{addr}");
     std::io::Write::flush(&mut std::io::stdout())?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await
 }
 
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), registered with the runtime.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    shutdown.cancel();
-    tracing::info!("shutdown signal received; draining");
+
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        shutdown.cancel();
+        tracing::info!("shutdown signal received; draining");
+    }
 }
