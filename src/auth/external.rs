@@ -125,11 +125,4 @@ impl Authenticator {
         }
         Err(last.into())
     }
-
-    /// The session key of `token` if it was verified (expired or not), without checking it.
-    pub(super) fn verified_session_key(&self, token: &str) -> Option<TokenHash> {
-        let raw = TokenHash::of(token);
-        let shard = lock(self.verified.get(&raw));
-        shard.tokens.get(&raw).map(|verified| verified.session_key)
-    }
 }

@@ -380,17 +380,30 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::InvalidToken`] if no session has this token, or the JWT is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Session, AuthError> {
+        self.authenticate_keyed(token)
+            .await
+            .map(|(session, _)| session)
+    }
+
+    /// [`Authenticator::authenticate`], also giving the key the session is cached under, for
+    /// [`Authenticator::still_valid`]: the token is hashed once per request.
+    ///
+    /// # Errors
+    /// As [`Authenticator::authenticate`].
+    pub async fn authenticate_keyed(&self, token: &str) -> Result<(Session, TokenHash), AuthError> {
         match self.jwt.as_deref() {
             Some(verifier) if jwt::looks_like_jwt(token) => {
                 let verified = self.verify_jwt(verifier, token)?;
-                let mut session = self
-                    .session_of(verified.session_key, Some(&verified))
-                    .await?;
+                let key = verified.session_key;
+                let mut session = self.session_of(key, Some(&verified)).await?;
                 let until = verified.expires_at.saturating_add(verifier.leeway());
                 session.valid_until = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(until));
-                Ok(session)
+                Ok((session, key))
             }
-            _ => self.session_of(TokenHash::of(token), None).await,
+            _ => {
+                let key = TokenHash::of(token);
+                Ok((self.session_of(key, None).await?, key))
+            }
         }
     }
 
@@ -428,19 +441,12 @@ impl Authenticator {
         }
     }
 
-    /// Whether `token` is still valid as far as this process knows (after a logout it is not).
-    /// Callers that recorded activity for a session re-check with this, so a request racing
-    /// the session's logout cannot bring it back.
-    pub fn is_cached(&self, token: &str) -> bool {
-        let hash = if self.jwt.is_some() && jwt::looks_like_jwt(token) {
-            match self.verified_session_key(token) {
-                Some(key) => key,
-                None => return false,
-            }
-        } else {
-            TokenHash::of(token)
-        };
-        self.cache_shard(&hash).sessions.contains_key(&hash)
+    /// Whether the session cached under `key` (from [`Authenticator::authenticate_keyed`]) is
+    /// still valid as far as this process knows (after a logout it is not). Callers that
+    /// recorded activity for a session re-check with this, so a request racing the session's
+    /// logout cannot bring it back.
+    pub fn still_valid(&self, key: &TokenHash) -> bool {
+        self.cache_shard(key).sessions.contains_key(key)
     }
 
     /// Revokes `session`: deletes its row, then drops its token from the cache (so no lookup

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::cookie;
 use super::error::ApiError;
-use crate::auth::Session;
+use crate::auth::{Session, TokenHash};
 use crate::domain::{Activity, PresenceView};
 
 /// `Json<T>` whose rejections are [`ApiError`]s.
@@ -125,7 +125,8 @@ where
 pub struct Caller {
     /// Who is calling.
     pub session: Session,
-    token: String,
+    /// What the session is cached under, to re-check it without hashing the token again.
+    key: TokenHash,
 }
 
 // The authentication extractors take the router's `AppState` by reference: `FromRef` would
@@ -138,8 +139,8 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = request_token(&parts.method, &parts.headers)?;
-        let session = state.auth.authenticate(&token).await?;
-        Ok(Self { session, token })
+        let (session, key) = state.auth.authenticate_keyed(token).await?;
+        Ok(Self { session, key })
     }
 }
 
@@ -159,7 +160,7 @@ impl Caller {
             .engine
             .touch(session.user_id, session.reference(), activity)
             .await?;
-        if !state.auth.is_cached(&self.token) {
+        if !state.auth.still_valid(&self.key) {
             // The session was logged out while this request ran: undo its activity.
             let (user, session) = (session.user_id, session.session_id);
             state.sessions.end(user, session).await?;
@@ -241,7 +242,7 @@ fn is_json_type(value: &str) -> bool {
 /// # Errors
 /// [`ApiError::NotAuthenticated`] without the header, [`ApiError::InvalidToken`] if it is not a
 /// non-empty `Bearer` credential.
-pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
+pub fn bearer_from_headers(headers: &HeaderMap) -> Result<&str, ApiError> {
     let header = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::NotAuthenticated)?;
@@ -251,7 +252,7 @@ pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(ApiError::InvalidToken);
     }
-    Ok(token.to_owned())
+    Ok(token)
 }
 
 /// The token a request authenticates with: its `Authorization: Bearer` header, else the
@@ -261,10 +262,10 @@ pub fn bearer_from_headers(headers: &HeaderMap) -> Result<String, ApiError> {
 /// # Errors
 /// [`ApiError::NotAuthenticated`] with neither, [`ApiError::InvalidToken`] for a malformed
 /// header, [`ApiError::CrossOrigin`] for a cookie on a cross-origin unsafe request.
-pub fn request_token(method: &Method, headers: &HeaderMap) -> Result<String, ApiError> {
+pub fn request_token<'h>(method: &Method, headers: &'h HeaderMap) -> Result<&'h str, ApiError> {
     match bearer_from_headers(headers) {
         Err(ApiError::NotAuthenticated) => match cookie::session_token(headers) {
-            Some(token) if cookie::allowed(method, headers) => Ok(token.to_owned()),
+            Some(token) if cookie::allowed(method, headers) => Ok(token),
             Some(_) => Err(ApiError::CrossOrigin),
             None => Err(ApiError::NotAuthenticated),
         },

@@ -59,7 +59,7 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     limits::count_connect(&state, &addr).await?;
     let session = match bearer_from_headers(&headers) {
-        Ok(token) => Some(state.auth.authenticate(&token).await?),
+        Ok(token) => Some(state.auth.authenticate(token).await?),
         Err(ApiError::NotAuthenticated) => cookie_session(&state, &headers).await?,
         Err(error) => return Err(error),
     };
