@@ -156,6 +156,57 @@ pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the
     assert_eq!(h.status(user).await, PresenceStatus::Offline);
 }
 
+/// Keepalives in quick succession (which a shared backend may answer at once and send in a
+/// batch) keep the session live past its first timeout, announce nothing, and the session ends a
+/// timeout after the last of them, with `last_seen` at that last one.
+pub async fn frequent_keepalives_keep_a_session_live_until_a_timeout_after_the_last(h: Harness) {
+    let mut events = h.engine.subscribe();
+    let user = h.user(1);
+    let session = h.session(user, 1);
+    let first = h
+        .engine
+        .touch(user, session, Activity::Keepalive)
+        .await
+        .unwrap();
+    event_of(&mut events, user, LATE).await.expect("online");
+    let mut last = first.clone();
+    let until = Instant::now() + TIMEOUT * 2;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = h
+            .engine
+            .touch(user, session, Activity::Keepalive)
+            .await
+            .unwrap();
+        assert_eq!(last.status, PresenceStatus::Online);
+        assert_eq!(last.seq, first.seq, "activity is not a transition");
+    }
+    let touched = Instant::now();
+    assert!(last.last_seen > first.last_seen);
+    // Keepalives say nothing of the user, so the session may turn idle meanwhile.
+    let offline = loop {
+        let event = event_of(&mut events, user, TIMEOUT + LATE * 2)
+            .await
+            .expect("offline event");
+        if event.status == PresenceStatus::Offline {
+            break event;
+        }
+        assert_eq!(event.availability, Some(Availability::Idle), "{event:?}");
+    };
+    let waited = touched.elapsed();
+    assert!(
+        waited >= TIMEOUT - Duration::from_millis(50),
+        "not early: {waited:?}"
+    );
+    assert!(waited < TIMEOUT + LATE, "within a second: {waited:?}");
+    assert_eq!(
+        Some(offline.last_seen),
+        last.last_seen,
+        "last_seen is the last keepalive"
+    );
+    assert_eq!(h.status(user).await, PresenceStatus::Offline);
+}
+
 pub async fn a_user_stays_online_while_any_session_is_live(h: Harness) {
     let mut events = h.engine.subscribe();
     let user = h.user(1);

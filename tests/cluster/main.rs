@@ -59,6 +59,7 @@ macro_rules! contract {
 contract! {
     first_activity_goes_online_with_one_event_and_more_activity_announces_nothing,
     a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the_last_activity,
+    frequent_keepalives_keep_a_session_live_until_a_timeout_after_the_last,
     a_user_stays_online_while_any_session_is_live,
     an_open_socket_holds_its_session_and_its_close_starts_the_grace,
     a_reconnect_inside_the_grace_announces_nothing,

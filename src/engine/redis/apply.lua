@@ -30,18 +30,7 @@ end
 local before = signature(u)
 local s, si = find(u, sid)
 if op == 'touch' or op == 'open' then
-  if not s then
-    local active = 1
-    if activity == 2 then active = 0 end
-    s = {sid, now_us, now_ms + timeout_ms, {}, active, now_ms, platform}
-    table.insert(u[5], s)
-  elseif activity == 1 then
-    s[5], s[6] = 1, now_ms
-  elseif activity == 2 then
-    s[5] = 0
-  end
-  seen(u, s, now_us)
-  if s[3] < now_ms + timeout_ms then s[3] = now_ms + timeout_ms end
+  s = touch(u, sid, now_us, timeout_ms, platform, activity)
   if op == 'open' then
     hold(s, node, 1)
     redis.call('SADD', base .. 'held:' .. node, uid)

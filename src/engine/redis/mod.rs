@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,6 +56,13 @@ const BATCH: usize = 500;
 const SHARDS: usize = 64;
 /// Capacity of the event channel.
 const EVENT_CAPACITY: usize = 65_536;
+/// How often coalesced keepalives are sent to Redis.
+const COALESCE_EVERY: Duration = Duration::from_millis(100);
+/// A keepalive is coalesced only if its session's end in Redis is at least this far away, so
+/// the batch lands long before the end could be swept (even with a slow Redis).
+const COALESCE_MARGIN_MS: i64 = 1_000;
+/// How often the node forgets what it knew of sessions that have ended since.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{}\n{body}", include_str!("prelude.lua")))
@@ -63,6 +70,7 @@ fn script(body: &str) -> Script {
 
 struct Scripts {
     apply: Script,
+    touches: Script,
     sweep: Script,
     read: Script,
     live: Script,
@@ -75,6 +83,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             apply: script(include_str!("apply.lua")),
+            touches: script(include_str!("touches.lua")),
             sweep: script(include_str!("sweep.lua")),
             read: script(include_str!("read.lua")),
             live: script(include_str!("live.lua")),
@@ -284,6 +293,37 @@ impl Reply {
     }
 }
 
+/// Script replies of several users, each the user id and `reply()`, prefixed by their length
+/// (what `sweep.lua` and `touches.lua` return). A malformed entry is skipped.
+fn parse_replies(values: &[Value]) -> Vec<(UserId, Reply)> {
+    let mut replies = Vec::new();
+    let mut rest = values;
+    while let [len, tail @ ..] = rest {
+        let len = int(len).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        let Some((entry, after)) = (len <= tail.len()).then(|| tail.split_at(len)) else {
+            break;
+        };
+        rest = after;
+        let [user, reply @ ..] = entry else { continue };
+        if let (Some(user), Some(reply)) = (int(user), Reply::parse(reply)) {
+            replies.push((UserId(user), reply));
+        }
+    }
+    replies
+}
+
+/// Coalesced keepalives of one session: its user and id, and the latest.
+type PendingEntry = ((UserId, SessionId), Pending);
+
+/// A keepalive this node answered from what it knew and sends with the next batch.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// When it happened (µs since the epoch).
+    at_us: i64,
+    /// The session's platform (should the session have to start again).
+    platform: Platform,
+}
+
 /// The view of a user the backend holds nothing for.
 fn never_active() -> PresenceView {
     PresenceView::offline(None, 0, ManualStatus::default())
@@ -320,6 +360,17 @@ pub struct RedisBackend {
     dirty: Sharded<Mutex<HashMap<UserId, PresenceWrite>>>,
     /// Sockets this node holds open, by user and session.
     held: Sharded<Mutex<HashMap<(UserId, SessionRef), u32>>>,
+    /// The last state a script replied for each user this node changed, for coalescing
+    /// keepalives; forgotten when another node announces a change of the user, when the feed
+    /// was interrupted, and once the user's sessions have ended.
+    known: Sharded<Mutex<HashMap<UserId, Reply>>>,
+    /// Keepalives answered but not yet sent to Redis, by user and session (the latest wins).
+    pending: Sharded<Mutex<HashMap<(UserId, SessionId), Pending>>>,
+    /// Whether keepalives may be coalesced: the background work that sends them is running.
+    batching: AtomicBool,
+    /// Whether Redis answered the last call: while it does not, nothing is coalesced, so
+    /// requests that need Redis fail as they should.
+    reachable: AtomicBool,
     /// The pub/sub subscriber.
     feed: Feed,
     /// Bumped when Redis came back without our state.
@@ -359,6 +410,10 @@ impl RedisBackend {
             events: broadcast::channel(EVENT_CAPACITY).0,
             dirty: Sharded::new(SHARDS, Mutex::default),
             held: Sharded::new(SHARDS, Mutex::default),
+            known: Sharded::new(SHARDS, Mutex::default),
+            pending: Sharded::new(SHARDS, Mutex::default),
+            batching: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
             feed,
             lost: watch::channel(0).0,
         };
@@ -465,9 +520,11 @@ impl RedisBackend {
                 .arg(i64::try_from(last.seq).unwrap_or(i64::MAX));
         }
         let values: Vec<Value> = self
-            .redis
-            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+            .reach(
+                self.redis
+                    .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                    .await,
+            )
             .map_err(unavailable)?;
         match values.first().and_then(int) {
             Some(-1) => Err(EngineError::SessionEnded),
@@ -482,7 +539,13 @@ impl RedisBackend {
         }
     }
 
-    /// Keeps what a script changed for the persister, and counts changes.
+    /// Notes whether Redis answered a call, and passes its result on.
+    fn reach<T>(&self, result: Result<T, ClusterError>) -> Result<T, ClusterError> {
+        self.reachable.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    /// Keeps what a script changed for the persister and for coalescing, and counts changes.
     fn record(&self, user: UserId, reply: &Reply) {
         if reply.changed {
             metrics::counter!("lastseen_presence_transitions_total", "to" => reply.view.status.as_str())
@@ -490,6 +553,156 @@ impl RedisBackend {
         }
         let write = reply.write(user, self.timeout);
         lock(self.dirty.get(&user)).insert(user, write);
+        let mut known = lock(self.known.get(&user));
+        if reply.sessions.is_empty() {
+            known.remove(&user);
+        } else {
+            known.insert(user, reply.clone());
+        }
+    }
+
+    /// Answers a keepalive of a session this node knows is live in Redis with its end far
+    /// away, without a call: the keepalive is queued and sent with the next batch (within
+    /// [`COALESCE_EVERY`]) at its own time, so the session's end and `last_seen` come out as if
+    /// it had been sent at once. `None` when the keepalive must go to Redis now: the user's
+    /// state is unknown here or may be about to change (a session near its end, or ended), or
+    /// Redis is not answering (the request then fails as it should).
+    fn coalesce(&self, user: UserId, session: SessionRef) -> Option<PresenceView> {
+        if !self.batching.load(Ordering::Relaxed) || !self.reachable.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = wall_now();
+        let (now_us, timeout_ms) = (micros(now), millis(self.timeout));
+        let now_ms = now_us.div_euclid(1000);
+        let view = {
+            let mut known = lock(self.known.get(&user));
+            let reply = known.get_mut(&user)?;
+            let live = reply.sessions.iter_mut().find(|s| s.id == session.id)?;
+            if !live.held && live.expires_ms < now_ms.saturating_add(COALESCE_MARGIN_MS) {
+                return None;
+            }
+            live.activity = live.activity.max(now_us);
+            live.expires_ms = live.expires_ms.max(now_ms.saturating_add(timeout_ms));
+            reply.view.last_seen = reply.view.last_seen.max(Some(now));
+            reply.view.clone()
+        };
+        lock(self.pending.get(&user)).insert(
+            (user, session.id),
+            Pending {
+                at_us: now_us,
+                platform: session.platform,
+            },
+        );
+        // The persister learns this session's activity; the rest of the user's state is
+        // whatever was recorded last (a store write keeps the newest of each).
+        let stored = StoredSession {
+            id: session.id,
+            platform: session.platform,
+            last_activity: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX),
+        };
+        let mut dirty = lock(self.dirty.get(&user));
+        let write = dirty.entry(user).or_insert_with(|| PresenceWrite {
+            user_id: user,
+            status: view.status,
+            last_seen: view.last_seen,
+            seq: view.seq,
+            expired_status: None,
+            sessions: Vec::new(),
+        });
+        write.last_seen = write.last_seen.max(view.last_seen);
+        match write.sessions.iter_mut().find(|s| s.id == session.id) {
+            Some(s) if s.last_activity <= now => *s = stored,
+            Some(_) => {}
+            None => write.sessions.push(stored),
+        }
+        Some(view)
+    }
+
+    /// Sends the coalesced keepalives: one `touches.lua` call per group (and per [`BATCH`]).
+    /// What Redis did not take is kept for the next batch.
+    async fn send_pending(&self) {
+        let mut by_group: HashMap<u16, Vec<PendingEntry>> = HashMap::new();
+        for shard in self.pending.all() {
+            for (key, pending) in std::mem::take(&mut *lock(shard)) {
+                by_group
+                    .entry(Redis::group_of(key.0.0))
+                    .or_default()
+                    .push((key, pending));
+            }
+        }
+        if by_group.is_empty() {
+            return;
+        }
+        let channel = self.redis.channel(EVENTS);
+        let calls = by_group
+            .values()
+            .flat_map(|entries| entries.chunks(BATCH))
+            .map(|chunk| {
+                let mut invocation = self.scripts.touches.prepare_invoke();
+                for key in self.keys_of(chunk[0].0.0) {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(millis(self.timeout))
+                    .arg(GROUPS)
+                    .arg(&channel)
+                    .arg(millis(self.idle_after));
+                for ((user, session), pending) in chunk {
+                    invocation
+                        .arg(user.0)
+                        .arg(session.0)
+                        .arg(pending.at_us)
+                        .arg(pending.platform.bit());
+                }
+                async move {
+                    let result = self
+                        .redis
+                        .run(|mut conn| async move {
+                            invocation.invoke_async::<Vec<Value>>(&mut conn).await
+                        })
+                        .await;
+                    (chunk, result)
+                }
+            });
+        for (chunk, result) in join_all(calls).await {
+            match self.reach(result) {
+                Ok(values) => {
+                    for (user, reply) in parse_replies(&values) {
+                        self.record(user, &reply);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "could not send coalesced keepalives; retrying");
+                    for &(key, pending) in chunk {
+                        let mut shard = lock(self.pending.get(&key.0));
+                        let kept = shard.entry(key).or_insert(pending);
+                        kept.at_us = kept.at_us.max(pending.at_us);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets what this node knew of users whose sessions have all ended by now.
+    fn prune_known(&self) {
+        let now_ms = Utc::now().timestamp_millis();
+        for shard in self.known.all() {
+            lock(shard).retain(|_, reply| {
+                reply
+                    .sessions
+                    .iter()
+                    .any(|s| s.held || s.expires_ms > now_ms)
+            });
+        }
+    }
+
+    /// Forgets everything this node knew of users' state (the feed missed changes).
+    fn forget_known(&self) {
+        for shard in self.known.all() {
+            lock(shard).clear();
+        }
     }
 
     fn hold(&self, user: UserId, session: SessionRef, delta: i32) {
@@ -546,19 +759,10 @@ impl RedisBackend {
         });
         let mut offline = 0;
         for result in join_all(calls).await {
-            let values = result.map_err(unavailable)?;
-            let mut rest = values.as_slice();
-            while let [len, tail @ ..] = rest {
-                let len = int(len).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-                let Some((entry, after)) = (len <= tail.len()).then(|| tail.split_at(len)) else {
-                    break;
-                };
-                rest = after;
-                let [user, reply @ ..] = entry else { continue };
-                if let (Some(user), Some(reply)) = (int(user), Reply::parse(reply)) {
-                    offline += usize::from(reply.changed && !reply.view.status.is_online());
-                    self.record(UserId(user), &reply);
-                }
+            let values = self.reach(result).map_err(unavailable)?;
+            for (user, reply) in parse_replies(&values) {
+                offline += usize::from(reply.changed && !reply.view.status.is_online());
+                self.record(user, &reply);
             }
         }
         Ok(offline)
@@ -622,6 +826,13 @@ impl RedisBackend {
                 Ok(FeedItem::Message { channel, payload }) if channel == EVENTS => {
                     match parse_event(&payload) {
                         Some(event) => {
+                            let user = event.user_id;
+                            let mut known = lock(self.known.get(&user));
+                            if known.get(&user).is_some_and(|r| r.view.seq != event.seq) {
+                                // Another node (or a later call of ours) changed the user.
+                                known.remove(&user);
+                            }
+                            drop(known);
                             let _ = self.events.send(event);
                         }
                         None => tracing::warn!(payload, "malformed presence event"),
@@ -629,9 +840,13 @@ impl RedisBackend {
                 }
                 Ok(FeedItem::Message { .. }) => {}
                 // The first subscription is the node joining, not a loss.
-                Ok(FeedItem::Resubscribed) if self.feed.subscriptions() > 1 => self.rejoin().await,
+                Ok(FeedItem::Resubscribed) if self.feed.subscriptions() > 1 => {
+                    self.forget_known();
+                    self.rejoin().await;
+                }
                 Ok(FeedItem::Resubscribed) => {}
                 Err(RecvError::Lagged(missed)) => {
+                    self.forget_known();
                     tracing::warn!(missed, "presence feed fell behind");
                 }
                 Err(RecvError::Closed) => return,
@@ -691,6 +906,11 @@ impl PresenceBackend for RedisBackend {
         activity: Activity,
     ) -> Result<PresenceView, EngineError> {
         metrics::counter!("lastseen_activity_total").increment(1);
+        if activity == Activity::Keepalive
+            && let Some(view) = self.coalesce(user, session)
+        {
+            return Ok(view);
+        }
         let reply = self.apply(user, Op::Touch(session, activity)).await?;
         Ok(reply.map_or_else(never_active, |r| r.view))
     }
@@ -891,13 +1111,31 @@ impl Maintenance for RedisBackend {
                 self.refresh_held().await;
             }
         };
+        let batches = async {
+            let mut ticker = tokio::time::interval(COALESCE_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut prune_at = tokio::time::Instant::now() + PRUNE_EVERY;
+            loop {
+                ticker.tick().await;
+                self.send_pending().await;
+                if tokio::time::Instant::now() >= prune_at {
+                    self.prune_known();
+                    prune_at += PRUNE_EVERY;
+                }
+            }
+        };
+        self.batching.store(true, Ordering::Relaxed);
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = self.listen(&shutdown) => {}
             () = sweeps => {}
             () = leases => {}
             () = holds => {}
+            () = batches => {}
         }
+        // What was answered goes to Redis before the node stops.
+        self.batching.store(false, Ordering::Relaxed);
+        self.send_pending().await;
     }
 
     async fn take_dirty(&self) -> Vec<PresenceWrite> {

@@ -127,6 +127,27 @@ local function signature(u)
   return u[1] .. '|' .. availability(u) .. '|' .. platforms(u) .. '|' .. u[6][2] .. '|' .. u[6][3]
 end
 
+-- Records activity of session `sid` at now_us (creating it, on `platform`, if the user has no
+-- such session) and moves its end to at least timeout_ms after; returns the session. activity:
+-- 0 keepalive (says nothing of the user), 1 active, 2 idle.
+local function touch(u, sid, now_us, timeout_ms, platform, activity)
+  local now_ms = math.floor(now_us / 1000)
+  local s = find(u, sid)
+  if not s then
+    local active = 1
+    if activity == 2 then active = 0 end
+    s = {sid, now_us, now_ms + timeout_ms, {}, active, now_ms, platform}
+    table.insert(u[5], s)
+  elseif activity == 1 then
+    s[5], s[6] = 1, now_ms
+  elseif activity == 2 then
+    s[5] = 0
+  end
+  seen(u, s, now_us)
+  if s[3] < now_ms + timeout_ms then s[3] = now_ms + timeout_ms end
+  return s
+end
+
 -- Keeps the status in step with the sessions; if the signature changed since `before`, moves
 -- seq, the online bitmap and count, and announces the change on `channel` (last_seen stays the
 -- last activity; seq orders the event by when it happens). Returns 1 for a change.
