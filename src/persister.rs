@@ -1,8 +1,9 @@
 //! Presence between the engine and the store: write-behind in batches, and restoring the
 //! engine from the store when its state is new or was lost.
 //!
-//! One step ([`flush`]) takes everything that changed since the last step and writes it in one
-//! transaction; the loop runs it about every `persist_interval` and once more at shutdown. A
+//! One step ([`flush`]) takes everything that changed since the last step and writes it in
+//! transactions of up to 512 users, spaced so that a large batch does not take a core away from
+//! requests at once; the loop runs it about every `persist_interval` and once more at shutdown. A
 //! heartbeat therefore never writes to the database; a user active all the time costs one row
 //! update per interval. A failed write is logged and retried at the next step.
 //!
@@ -26,24 +27,56 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::PresenceEngine;
 use crate::store::{Liveness, Store, StoreError};
 
-/// Writes the engine's changed state once; returns how many users were written.
+/// Users written per transaction: a large batch is written in chunks of this many.
+const CHUNK: usize = 512;
+
+/// How [`flush`] spaces its chunks.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// One chunk after the other (at shutdown, or in tests).
+    Eager,
+    /// After each chunk, wait as long as it took, while the step has run for less than this:
+    /// a large batch then takes at most half of one core at a time (the store's writer shares
+    /// the cores with the request workers), instead of a burst that delays requests.
+    Spread(Duration),
+}
+
+/// Writes the engine's changed state once, in chunks of [`CHUNK`] users; returns how many
+/// users were written.
 ///
 /// # Errors
-/// The store's error; the batch is handed back to the engine so the next step retries it.
-pub async fn flush(engine: &PresenceEngine, store: &dyn Store) -> Result<usize, StoreError> {
+/// The store's error; the chunk that failed and those not yet written are handed back to the
+/// engine so the next step retries them.
+pub async fn flush(
+    engine: &PresenceEngine,
+    store: &dyn Store,
+    pace: Pace,
+) -> Result<usize, StoreError> {
     let maintenance = engine.maintenance();
-    let batch = maintenance.take_dirty().await;
-    if batch.is_empty() {
-        return Ok(0);
+    let mut batch = maintenance.take_dirty().await;
+    let started = tokio::time::Instant::now();
+    let mut written = 0;
+    while !batch.is_empty() {
+        let rest = batch.split_off(batch.len().min(CHUNK));
+        let chunk_started = tokio::time::Instant::now();
+        if let Err(error) = store.write_presence(&batch).await {
+            batch.extend(rest);
+            maintenance.mark_dirty(batch).await;
+            return Err(error);
+        }
+        metrics::counter!("lastseen_presence_flushes_total").increment(1);
+        metrics::counter!("lastseen_presence_rows_written_total").increment(batch.len() as u64);
+        maintenance.evict_persisted(&batch).await;
+        written += batch.len();
+        batch = rest;
+        if let Pace::Spread(within) = pace
+            && !batch.is_empty()
+            && started.elapsed() < within
+        {
+            tokio::time::sleep(chunk_started.elapsed()).await;
+        }
     }
-    if let Err(error) = store.write_presence(&batch).await {
-        maintenance.mark_dirty(batch).await;
-        return Err(error);
-    }
-    metrics::counter!("lastseen_presence_flushes_total").increment(1);
-    metrics::counter!("lastseen_presence_rows_written_total").increment(batch.len() as u64);
-    maintenance.evict_persisted(&batch).await;
-    Ok(batch.len())
+    Ok(written)
 }
 
 /// Rebuilds the engine's state from the store, if this node is the one to do it.
@@ -118,7 +151,7 @@ pub async fn run(
             }
         }
         let started = tokio::time::Instant::now();
-        let flushed = flush(&engine, store.as_ref()).await;
+        let flushed = flush(&engine, store.as_ref(), Pace::Spread(interval / 2)).await;
         next = started + next_step_after(interval, started.elapsed());
         match flushed {
             Ok(_) if failing => {
@@ -134,7 +167,7 @@ pub async fn run(
             Err(error) => tracing::debug!(%error, "presence flush failed again"),
         }
     }
-    match flush(&engine, store.as_ref()).await {
+    match flush(&engine, store.as_ref(), Pace::Eager).await {
         Ok(count) => tracing::info!(users = count, "final presence flush done"),
         Err(error) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "final presence flush failed")
@@ -144,8 +177,53 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::next_step_after;
+    use super::{CHUNK, Pace, flush, next_step_after};
+    use std::sync::Arc;
     use std::time::Duration;
+
+    use chrono::Utc;
+
+    use crate::domain::{Activity, Platform, SessionRef, Username};
+    use crate::engine::PresenceEngine;
+    use crate::engine::local::LocalBackend;
+    use crate::store::Liveness;
+
+    #[tokio::test]
+    async fn a_batch_larger_than_a_chunk_is_written_in_full_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store = crate::store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let timeout = Duration::from_secs(300);
+        let engine = PresenceEngine::new(Arc::new(LocalBackend::new(timeout, None)));
+        let users = CHUNK * 2 + 7;
+        for i in 0..users {
+            let name = Username::parse(&format!("user{i}")).unwrap();
+            let user = store.create_user(&name, "x", false).await.unwrap();
+            let hash = i.to_le_bytes();
+            let id = store
+                .create_session(user.id, &hash, Utc::now())
+                .await
+                .unwrap();
+            let session = SessionRef {
+                id,
+                platform: Platform::Web,
+            };
+            engine
+                .touch(user.id, session, Activity::Keepalive)
+                .await
+                .unwrap();
+        }
+        let pace = Pace::Spread(Duration::from_millis(200));
+        let written = flush(&engine, store.as_ref(), pace).await.unwrap();
+        assert_eq!(written, users);
+        assert_eq!(flush(&engine, store.as_ref(), pace).await.unwrap(), 0);
+        let live = store
+            .load_live(Liveness::at(Utc::now(), timeout))
+            .await
+            .unwrap();
+        assert_eq!(live.len(), users, "every user is stored online");
+    }
 
     #[test]
     fn the_next_step_starts_early_by_the_duration_of_the_last_one() {
