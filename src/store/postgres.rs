@@ -540,8 +540,17 @@ impl Store for PostgresStore {
         let columns = PresenceColumns::of(batch);
         let written = async {
             let mut tx = self.pool.begin().await.map_err(other)?;
-            // Several nodes may write the same user (each what its own requests changed): the
-            // status of the newest transition wins, and `last_seen` only moves forward.
+            // Several nodes write overlapping batches (a user's requests reach every node): the
+            // rows are locked in one order first, or two nodes' updates, each locking in its
+            // own plan's order, can deadlock. A session row is only written under its user's.
+            sqlx::query(
+                "select user_id from users where user_id = any($1) order by user_id for update",
+            )
+            .bind(&columns.user_ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+            // The status of the newest transition wins, and `last_seen` only moves forward.
             sqlx::query(
                 "update users u set \
                  online_status = case when b.seq >= u.presence_seq then b.status \

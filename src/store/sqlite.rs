@@ -514,9 +514,14 @@ impl Store for SqliteStore {
                         (w.user_id.0, w.status.as_str(), last_seen, seq_to_db(w.seq))
                     })
                     .collect();
+                // As on PostgreSQL: the status of the newest transition wins and `last_seen`
+                // only moves forward, whoever writes (timestamps are fixed-width text).
                 sqlx::query(
-                    "update users set online_status = j.value ->> 1, last_seen = j.value ->> 2, \
-                     presence_seq = j.value ->> 3 \
+                    "update users set online_status = case when j.value ->> 3 >= presence_seq \
+                     then j.value ->> 1 else online_status end, \
+                     last_seen = case when last_seen is null or j.value ->> 2 > last_seen \
+                     then j.value ->> 2 else last_seen end, \
+                     presence_seq = max(presence_seq, j.value ->> 3) \
                      from json_each($1) as j where users.user_id = j.value ->> 0",
                 )
                 .bind(to_json(&users)?)

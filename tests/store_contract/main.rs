@@ -56,6 +56,7 @@ contract! {
     presence::written_presence_is_read_back_with_microsecond_precision,
     presence::an_empty_batch_and_writes_of_unknown_users_change_nothing,
     presence::a_large_batch_is_written_completely,
+    presence::concurrent_overlapping_batches_in_opposite_orders_all_succeed,
     presence::session_activity_only_moves_forward,
     presence::load_live_returns_users_with_a_session_active_since_the_cutoff,
     presence::a_session_past_its_stored_expiry_is_not_live_even_with_recent_activity,

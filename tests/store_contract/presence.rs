@@ -197,6 +197,51 @@ pub async fn a_large_batch_is_written_completely(store: Arc<dyn Store>) {
     }
 }
 
+/// Several nodes flush overlapping batches at the same time (a user's requests reach every
+/// node), of different sizes and in whatever order each holds them: every write succeeds (no
+/// deadlock between them) and the newest state wins.
+pub async fn concurrent_overlapping_batches_in_opposite_orders_all_succeed(store: Arc<dyn Store>) {
+    const USERS: usize = 1000;
+    let base = now();
+    let mut users = Vec::with_capacity(USERS);
+    for i in 0..USERS {
+        let id = user(store.as_ref(), &format!("overlap{i}")).await.id;
+        let token = format!("overlap-token{i}");
+        let session = store
+            .create_session(id, token.as_bytes(), base)
+            .await
+            .unwrap();
+        users.push((id, session));
+    }
+    let write_at = |&(id, session): &(UserId, SessionId), n: i64| {
+        let at = base + secs(n);
+        let seq = u64::try_from(n).unwrap() + 1;
+        write(id, PresenceStatus::Online, Some(at), seq, &[(session, at)])
+    };
+    for round in 0..10_i64 {
+        // One node holds every user, another a few of them, newest first.
+        let all: Vec<PresenceWrite> = users.iter().map(|u| write_at(u, round * 2)).collect();
+        let few: Vec<PresenceWrite> = users
+            .iter()
+            .step_by(20)
+            .rev()
+            .map(|u| write_at(u, round * 2 + 1))
+            .collect();
+        let (a, b) = tokio::join!(store.write_presence(&all), store.write_presence(&few));
+        a.unwrap();
+        b.unwrap();
+    }
+    let ids: Vec<UserId> = users.iter().step_by(20).map(|&(id, _)| id).collect();
+    for row in store.users_by_ids(&ids).await.unwrap() {
+        assert_eq!(
+            row.last_seen,
+            Some(base + secs(19)),
+            "the newest write wins"
+        );
+        assert_eq!(row.presence_seq, 20);
+    }
+}
+
 pub async fn session_activity_only_moves_forward(store: Arc<dyn Store>) {
     let base = now();
     let ahmad = user(store.as_ref(), "ahmad").await.id;
