@@ -10,6 +10,7 @@
 
 mod privacy;
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,9 +131,39 @@ fn ts(at: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(raw: &str) -> Result<DateTime<Utc>, StoreError> {
+    if let Some(at) = parse_stored_ts(raw) {
+        return Ok(at);
+    }
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Other(anyhow::anyhow!("bad timestamp {raw:?} in database: {e}")))
+}
+
+/// The form [`ts`] writes, `2026-11-29T20:19:35.123456Z`, read without a general parser (a
+/// restart reads two per live session); `None` for anything else, which the caller then parses
+/// as RFC 3339.
+fn parse_stored_ts(raw: &str) -> Option<DateTime<Utc>> {
+    let b = raw.as_bytes();
+    if b.len() != 27 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0_u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date =
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
+    let time = chrono::NaiveTime::from_hms_micro_opt(
+        num(11, 13)?,
+        num(14, 16)?,
+        num(17, 19)?,
+        num(20, 26)?,
+    )?;
+    Some(date.and_time(time).and_utc())
 }
 
 fn parse_opt_ts(raw: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -220,32 +251,40 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
 
 /// A live session as `load_live` aggregates it into JSON: user, session, last activity,
 /// expiry, platform, seq, last seen, and the user's manual status (mode, text, emoji, expiry).
-type JsonLiveRow = (
+/// Strings borrow from the JSON text (timestamps and names never hold an escape; the free
+/// texts may), so decoding a row allocates nothing but a set status's text.
+type JsonLiveRow<'a> = (
     i64,
     i64,
-    String,
-    Option<String>,
-    String,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
     i64,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
+    Option<&'a str>,
+    &'a str,
+    Option<Cow<'a, str>>,
+    Option<Cow<'a, str>>,
+    Option<&'a str>,
 );
 
-fn live_row(row: JsonLiveRow) -> Result<LiveRow, StoreError> {
+fn live_row(row: JsonLiveRow<'_>) -> Result<LiveRow, StoreError> {
     let (user_id, session_id, last_activity, expires_at, platform, presence_seq, last_seen) =
         (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
+    let opt_ts = |raw: Option<&str>| raw.map(parse_ts).transpose();
     Ok(LiveRow {
         user_id,
         session_id,
-        last_activity: parse_ts(&last_activity)?,
-        expires_at: parse_opt_ts(expires_at)?,
-        platform: Platform::from_column(&platform),
+        last_activity: parse_ts(last_activity)?,
+        expires_at: opt_ts(expires_at)?,
+        platform: Platform::from_column(platform),
         presence_seq,
-        last_seen: parse_opt_ts(last_seen)?,
-        manual: sql::manual_from_columns(&row.7, row.8, row.9, parse_opt_ts(row.10)?),
+        last_seen: opt_ts(last_seen)?,
+        manual: sql::manual_from_columns(
+            row.7,
+            row.8.map(Cow::into_owned),
+            row.9.map(Cow::into_owned),
+            opt_ts(row.10)?,
+        ),
     })
 }
 
@@ -587,7 +626,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(other)?;
-            let mut rows: Vec<JsonLiveRow> =
+            let mut rows: Vec<JsonLiveRow<'_>> =
                 serde_json::from_str(&page).map_err(|e| StoreError::Other(e.into()))?;
             // Aggregation order is unspecified; each user's sessions must be adjacent.
             rows.sort_unstable_by_key(|row| (row.0, row.1));
@@ -674,6 +713,33 @@ mod tests {
     use crate::domain::StoredSession;
 
     const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn stored_timestamps_parse_as_rfc_3339_does() {
+        let now = Utc::now().trunc_subsecs(6);
+        for at in [
+            now,
+            DateTime::UNIX_EPOCH,
+            now - chrono::Duration::days(4000),
+        ] {
+            let raw = ts(at);
+            assert_eq!(parse_stored_ts(&raw), Some(at), "{raw}");
+        }
+        for other in [
+            "2026-11-29T20:19:35Z",
+            "2026-11-29T20:19:35.123456+01:00",
+            "2026-13-29T20:19:35.123456Z",
+            "2026-11-29T20:19:3x.123456Z",
+        ] {
+            assert_eq!(parse_stored_ts(other), None, "{other}");
+        }
+        assert_eq!(
+            parse_ts("2026-11-29T20:19:35.123456+01:00").ok(),
+            DateTime::parse_from_rfc3339("2026-11-29T19:19:35.123456Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        );
+    }
 
     #[tokio::test]
     async fn presence_writes_span_chunks_and_never_move_session_activity_back() {
