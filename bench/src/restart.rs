@@ -5,6 +5,7 @@
 //! Each user's token is derived from its id ([`token_of`]), so a run with `--tokens` can use
 //! every session after a start without keeping a million tokens anywhere.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use crate::cli::RestartArgs;
 use crate::client::render;
@@ -193,7 +195,12 @@ async fn use_every_token(
     target: &Target,
     connections: usize,
 ) -> anyhow::Result<TokensPass> {
-    let pool = seed::open(files).await?;
+    // Read-only and without `migrate`: the server holds the database.
+    let options = SqliteConnectOptions::from_str(&files.database_url())?.read_only(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
     let ids: Vec<i64> = sqlx::query_scalar("select user_id from sessions order by user_id")
         .fetch_all(&pool)
         .await?;
@@ -225,7 +232,8 @@ async fn use_every_token(
 async fn refresh_sessions(files: &ServerFiles) -> anyhow::Result<()> {
     let pool = seed::open(files).await?;
     let at = seed::ts(Utc::now() - chrono::Duration::seconds(5));
-    sqlx::query("update sessions set last_activity = ?")
+    // A session's stored end (written by a flush, e.g. after `--tokens`) goes too.
+    sqlx::query("update sessions set last_activity = ?, expires_at = null")
         .bind(&at)
         .execute(&pool)
         .await?;

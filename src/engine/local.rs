@@ -209,6 +209,24 @@ fn never_active() -> PresenceView {
     PresenceView::offline(None, 0, ManualStatus::default())
 }
 
+/// Returns the heap memory that is free to the OS. A restore frees hundreds of bytes per user
+/// of loaded rows, interleaved with what it keeps; glibc keeps such memory for reuse, which at
+/// 1,000,000 users was 70 MiB of RSS (a third of the engine's) that nothing would reuse.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: `malloc_trim` takes no pointer and only releases pages glibc's allocator holds
+    // free; it is safe to call from any thread at any time.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
 /// Records the user in its shard's dirty list if it just became dirty.
 fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool, is_dirty: bool) {
     if is_dirty && !was_dirty {
@@ -528,6 +546,8 @@ impl Maintenance for LocalBackend {
                 });
             }
         });
+        drop(users);
+        release_free_memory();
         Ok(())
     }
 }
@@ -548,29 +568,9 @@ impl LocalBackend {
         let mut online = Vec::new();
         for restored in users {
             let user = restored.user_id;
-            let mut state =
-                UserState::offline(restored.seq, restored.last_seen, restored.manual.clone());
             let expires = restored.manual.expires_at;
-            state.set_manual_expires(expires.map(|at| self.tick_of(now, wall, at)));
-            for session in &restored.sessions {
-                let remaining = (session.expires_at - wall).to_std().unwrap_or_default();
-                let timing = Timing {
-                    timeout: remaining.min(self.timing.timeout),
-                    ..self.timing
-                };
-                state.touch(
-                    session.id,
-                    session.platform,
-                    Activity::Keepalive,
-                    tick,
-                    session.last_activity,
-                    &timing,
-                );
-            }
-            // Restored state is already stored: keep its seq and last_seen, publish nothing.
-            state.seq = restored.seq;
-            state.set_last_seen(restored.last_seen.max(state.last_seen()));
-            state.dirty = false;
+            let expires = expires.map(|at| self.tick_of(now, wall, at));
+            let state = UserState::restored(restored, expires, tick, wall, &self.timing);
             if state.status.is_online() {
                 online.push(user);
             }

@@ -21,7 +21,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::domain::{
     Activity, Availability, ManualStatus, Platform, Platforms, PresenceStatus, PresenceView,
-    SessionId, StatusMode, next_seq,
+    RestoredUser, SessionId, StatusMode, next_seq,
 };
 
 /// A point on tokio's clock, as nanoseconds since the engine's origin: 8 bytes where an
@@ -243,6 +243,47 @@ impl UserState {
         user
     }
 
+    /// A user as stored, restored at (`now`, `wall`): each session is live until its stored
+    /// end, but at most `timing.timeout` from now, and starts active. What [`UserState::touch`]
+    /// of each session would give, without building the changes nobody is told about.
+    pub fn restored(
+        restored: &RestoredUser,
+        manual_expires: Option<Tick>,
+        now: Tick,
+        wall: DateTime<Utc>,
+        timing: &Timing,
+    ) -> Self {
+        let mut user = Self::offline(restored.seq, restored.last_seen, restored.manual.clone());
+        user.set_manual_expires(manual_expires);
+        for stored in &restored.sessions {
+            let remaining = (stored.expires_at - wall).to_std().unwrap_or_default();
+            let expires_at = now + remaining.min(timing.timeout);
+            let last_activity = Wall::of(stored.last_activity);
+            user.last_seen = user.last_seen.max(last_activity);
+            let found = user.sessions.iter_mut().find(|s| s.id == stored.id);
+            match found {
+                Some(s) => {
+                    s.expires_at = s.expires_at.max(expires_at);
+                    s.last_activity_wall = s.last_activity_wall.max(last_activity);
+                }
+                None => user.sessions.push(SessionState {
+                    id: stored.id,
+                    platform: stored.platform,
+                    expires_at,
+                    last_activity_wall: last_activity,
+                    real_activity: now,
+                    active: true,
+                    sockets: 0,
+                    in_grace: false,
+                }),
+            }
+        }
+        if !user.sessions.is_empty() {
+            user.status = PresenceStatus::Online;
+        }
+        user
+    }
+
     fn rare_mut(&mut self) -> &mut Rare {
         self.rare.get_or_insert_default()
     }
@@ -281,6 +322,9 @@ impl UserState {
 
     /// Sets when the manual status resets itself.
     pub fn set_manual_expires(&mut self, at: Option<Tick>) {
+        if at.is_none() && self.rare.is_none() {
+            return;
+        }
         self.rare_mut().manual_expires = at;
         self.tidy();
     }
