@@ -1,7 +1,9 @@
 //! Engine memory per online session: the process's RSS, and the bytes the heap actually holds,
 //! before and after bringing N sessions (one per user) online in the in-process engine.
 //!
-//! `cargo run --release --example engine_memory -- [SESSIONS]` (default 1,000,000).
+//! `cargo run --release --example engine_memory -- [SESSIONS] [restore]` (default 1,000,000):
+//! with `restore`, the sessions are rebuilt in one `restore` call, as at start-up, instead of
+//! one heartbeat each.
 //! RSS includes the allocator's slack (memory freed while tables and vectors grew, kept by the
 //! allocator for reuse) and the hash tables' spare capacity; that is the figure. The
 //! live heap bytes, counted by a wrapper around the system allocator, show how much of it is
@@ -11,7 +13,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lastseen::domain::{Activity, SessionId, SessionRef, UserId};
+use lastseen::domain::{
+    Activity, ManualStatus, Platform, RestoredUser, SessionId, SessionRef, StoredSession, UserId,
+};
 use lastseen::engine::local::LocalBackend;
 use lastseen::engine::{Maintenance, PresenceBackend};
 
@@ -83,15 +87,35 @@ async fn main() {
         .await
         .ok();
     let base = (rss_bytes(), LIVE.load(Ordering::Relaxed));
-    for i in 0..i64::try_from(sessions).expect("SESSIONS fits i64") {
-        engine
-            .touch(
-                UserId(i),
-                SessionRef::web(SessionId(i)),
-                Activity::Keepalive,
-            )
-            .await
-            .ok();
+    let count = i64::try_from(sessions).expect("SESSIONS fits i64");
+    if std::env::args().nth(2).as_deref() == Some("restore") {
+        let now = chrono::Utc::now();
+        let users = (0..count)
+            .map(|i| RestoredUser {
+                user_id: UserId(i),
+                seq: 1,
+                last_seen: Some(now),
+                sessions: vec![StoredSession {
+                    id: SessionId(i),
+                    last_activity: now,
+                    expires_at: now + chrono::Duration::seconds(300),
+                    platform: Platform::Web,
+                }],
+                manual: ManualStatus::default(),
+            })
+            .collect();
+        engine.restore(users).await.ok();
+    } else {
+        for i in 0..count {
+            engine
+                .touch(
+                    UserId(i),
+                    SessionRef::web(SessionId(i)),
+                    Activity::Keepalive,
+                )
+                .await
+                .ok();
+        }
     }
     let online = engine.online_count().await.unwrap_or(1);
     println!("online sessions: {}", online - 1);

@@ -50,9 +50,13 @@ impl<T> Sharded<T> {
 
     /// The shard `key` belongs to.
     pub(crate) fn get(&self, key: &impl ShardKey) -> &T {
+        &self.shards[self.index_of(key)]
+    }
+
+    /// The position in [`Sharded::all`] of the shard `key` belongs to.
+    pub(crate) fn index_of(&self, key: &impl ShardKey) -> usize {
         // With one shard the shift is 64, which `checked_shr` maps to index 0.
-        let index = key.shard_hash().checked_shr(self.shift).unwrap_or(0);
-        &self.shards[index as usize]
+        key.shard_hash().checked_shr(self.shift).unwrap_or(0) as usize
     }
 
     /// Every shard, in a fixed order (for operations over all keys, one shard at a time).

@@ -211,6 +211,13 @@ pub struct RestartArgs {
     /// Restarts to time.
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
+    /// After the last start, send one heartbeat with every user's token (so every session is
+    /// in the server's session cache too) and report the RSS all in.
+    #[arg(long)]
+    pub tokens: bool,
+    /// Connections for the `--tokens` pass.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
 }
 
 /// `sockets` mode (always on a server it starts, with users seeded by SQL).

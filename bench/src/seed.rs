@@ -150,20 +150,3 @@ pub async fn sessions(
     );
     Ok(tokens)
 }
-
-/// Opens one session with an unknown random token for every user, last active at `at` (for
-/// restart figures, where nobody logs in).
-///
-/// # Errors
-/// Database failures.
-pub async fn anonymous_sessions(pool: &SqlitePool, at: DateTime<Utc>) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "insert into sessions (user_id, token_hash, created_at, last_activity) \
-         select user_id, randomblob(32), ?1, ?1 from users",
-    )
-    .bind(ts(at))
-    .execute(pool)
-    .await
-    .context("while inserting sessions")?;
-    Ok(done.rows_affected())
-}

@@ -13,7 +13,6 @@
 //! listing, revoking and the cluster's revocation messages treat both kinds alike.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use crate::domain::{Device, Password, Platform, SessionId, SessionRef, UserId, U
 use crate::shards::{ShardKey, Sharded, lock};
 use crate::store::{SessionRecord, Store, StoreError, UserRecord};
 
+mod cache;
 mod external;
 pub mod jwt;
 
@@ -236,7 +236,7 @@ const HASHING_WAIT: Duration = Duration::from_secs(10);
 /// One shard of the session cache.
 #[derive(Default)]
 struct CacheShard {
-    sessions: HashMap<TokenHash, Session>,
+    sessions: cache::SessionCache,
     /// Bumped by every logout of a token of this shard; a database lookup that started before
     /// a bump does not cache its result (it may have read a row being deleted).
     revocations: u64,

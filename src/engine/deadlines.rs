@@ -23,6 +23,12 @@ pub fn slot_of(origin: Instant, deadline: Instant) -> u64 {
     u64::try_from(since.div_ceil(SLOT.as_nanos())).unwrap_or(u64::MAX)
 }
 
+/// A slot number as users remember it: 32 bits are 13 years of 100 ms slots; later slots all
+/// read as the last one, which only makes their entries fire as re-checks of each other.
+pub fn slot32(slot: u64) -> u32 {
+    u32::try_from(slot).unwrap_or(u32::MAX)
+}
+
 /// Session deadlines of one shard, grouped by slot number.
 #[derive(Debug)]
 pub struct DeadlineIndex {

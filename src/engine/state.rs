@@ -1,21 +1,90 @@
 //! Pure presence transitions for one user: (state, now, input) in, (new state, change) out.
 //!
-//! No I/O and no clock reads happen here; callers pass both clocks in. `Instant` (tokio's
-//! clock) decides deadlines, `DateTime<Utc>` is only recorded as the user-visible `last_seen`
-//! and orders changes (`seq`).
+//! No I/O and no clock reads happen here; callers pass both clocks in. [`Tick`] (tokio's clock,
+//! counted from the engine's origin) decides deadlines, `DateTime<Utc>` is only recorded as the
+//! user-visible `last_seen` and orders changes (`seq`).
 //!
 //! What a viewer can see of a user is its *signature*: online status, availability, the
 //! platforms of the live sessions, and the manual status's text and emoji. Every operation that
 //! changes the signature is a change, with a new `seq`; operations that do not (a heartbeat of
 //! an active session, say) announce nothing.
+//!
+//! Memory: an online user is one [`UserState`] of 80 bytes with its first session inline.
+//! Timestamps are 8-byte counts ([`Tick`], [`Wall`]) rather than `Instant` (16 bytes) and
+//! `DateTime` (12, 16 as an `Option`); what few users have (a second session, a manual status)
+//! sits behind one pointer.
+
+use std::ops::Add;
 
 use chrono::{DateTime, Utc};
 use tokio::time::{Duration, Instant};
 
 use crate::domain::{
     Activity, Availability, ManualStatus, Platform, Platforms, PresenceStatus, PresenceView,
-    SessionId, StatusMode, next_seq,
+    RestoredUser, SessionId, StatusMode, next_seq,
 };
+
+/// A point on tokio's clock, as nanoseconds since the engine's origin: 8 bytes where an
+/// `Instant` takes 16, and exact (tokio's clock counts nanoseconds too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(u64);
+
+impl Tick {
+    /// The engine's origin.
+    pub const ZERO: Self = Self(0);
+
+    /// `at` counted from `origin` (an instant before the origin counts as the origin).
+    pub fn since(origin: Instant, at: Instant) -> Self {
+        Self::ZERO + at.saturating_duration_since(origin)
+    }
+
+    /// This point as an instant, given the origin it counts from.
+    pub fn instant(self, origin: Instant) -> Instant {
+        origin + Duration::from_nanos(self.0)
+    }
+
+    /// How long after `earlier` this is (zero if it is not after it).
+    pub fn saturating_since(self, earlier: Self) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Tick {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_add(nanos))
+    }
+}
+
+/// A wall-clock time as microseconds since the Unix epoch, the precision timestamps are stored
+/// with: 8 bytes where a `DateTime<Utc>` takes 12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Wall(i64);
+
+impl Wall {
+    /// Stands for "never" in an optional field; no `DateTime` maps to it.
+    const NONE: Self = Self(i64::MIN);
+
+    /// `at`, to the microsecond.
+    pub fn of(at: DateTime<Utc>) -> Self {
+        Self(at.timestamp_micros())
+    }
+
+    /// Back to a `DateTime` (every value made by [`Wall::of`] converts back exactly).
+    pub fn at(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.0).unwrap_or_default()
+    }
+
+    fn of_opt(at: Option<DateTime<Utc>>) -> Self {
+        at.map_or(Self::NONE, Self::of)
+    }
+
+    fn get(self) -> Option<DateTime<Utc>> {
+        (self != Self::NONE).then(|| self.at())
+    }
+}
 
 /// The timing rules a user's state follows.
 #[derive(Debug, Clone, Copy)]
@@ -29,48 +98,121 @@ pub struct Timing {
     pub hold: Duration,
 }
 
-/// One live session of a user.
+/// One live session of a user (40 bytes).
 #[derive(Debug, Clone)]
 pub struct SessionState {
     /// Which session.
     pub id: SessionId,
-    /// Its device platform.
-    pub platform: Platform,
     /// When the session ends unless it has activity again; while a socket holds it, when it
     /// is looked at again.
-    pub expires_at: Instant,
+    pub expires_at: Tick,
     /// Last activity on the wall clock, persisted for restarts.
-    pub last_activity_wall: DateTime<Utc>,
+    pub last_activity_wall: Wall,
     /// The last real user activity (for automatic idle).
-    pub real_activity: Instant,
-    /// Whether the user is at this device.
-    pub active: bool,
+    pub real_activity: Tick,
     /// Open sockets of this session. While any is open the session never expires.
     pub sockets: u32,
+    /// Its device platform.
+    pub platform: Platform,
+    /// Whether the user is at this device.
+    pub active: bool,
     /// The last socket closed and the session is within its reconnect grace.
     pub in_grace: bool,
 }
 
+/// The live sessions of a user: the first inline (nearly every online user has exactly one),
+/// any others in one allocation. Invariant: `more` holds sessions only while `first` is one.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    first: Option<SessionState>,
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes in every user instead of a 24-byte Vec, for what few users have"
+    )]
+    more: Option<Box<Vec<SessionState>>>,
+}
+
+impl Sessions {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.as_ref().map_or(0, |more| more.len())
+    }
+
+    /// Every session.
+    pub fn iter(&self) -> impl Iterator<Item = &SessionState> {
+        self.first
+            .iter()
+            .chain(self.more.iter().flat_map(|more| more.iter()))
+    }
+
+    /// Every session, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SessionState> {
+        let more = self.more.iter_mut().flat_map(|more| more.iter_mut());
+        self.first.iter_mut().chain(more)
+    }
+
+    fn push(&mut self, session: SessionState) {
+        if self.first.is_none() {
+            self.first = Some(session);
+        } else {
+            self.more.get_or_insert_default().push(session);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&SessionState) -> bool) {
+        if let Some(more) = &mut self.more {
+            more.retain(|s| keep(s));
+        }
+        if self.first.as_ref().is_some_and(|s| !keep(s)) {
+            self.first = self.more.as_mut().and_then(|more| more.pop());
+        }
+        if self.more.as_ref().is_some_and(|more| more.is_empty()) {
+            self.more = None;
+        }
+    }
+}
+
+/// What few users have: a manual status, and the expiry of one that reset itself.
+#[derive(Debug, Clone, Default)]
+struct Rare {
+    /// The user's manual status.
+    manual: ManualStatus,
+    /// When the manual status resets itself.
+    manual_expires: Option<Tick>,
+    /// The expiry of the manual status that last reset itself, until the persister takes it.
+    expired_status: Option<DateTime<Utc>>,
+}
+
+/// The manual status of a user that has none set.
+static NO_MANUAL: ManualStatus = ManualStatus {
+    mode: StatusMode::Auto,
+    text: None,
+    emoji: None,
+    expires_at: None,
+};
+
 /// Presence of one user. Invariant: `status` is online iff `sessions` is not empty.
 #[derive(Debug, Clone)]
 pub struct UserState {
-    /// Live sessions (usually one or two, so a `Vec` beats a map).
-    pub sessions: Vec<SessionState>,
-    /// Current status.
-    pub status: PresenceStatus,
+    /// Live sessions.
+    pub sessions: Sessions,
     /// Sequence number of the last change.
     pub seq: u64,
-    /// Wall time of the last activity of any session.
-    pub last_seen: Option<DateTime<Utc>>,
-    /// The user's manual status.
-    pub manual: ManualStatus,
-    /// When the manual status resets itself (tokio's clock).
-    pub manual_expires: Option<Instant>,
-    /// The expiry of the manual status that last reset itself, until the persister takes it.
-    pub expired_status: Option<DateTime<Utc>>,
+    /// Wall time of the last activity of any session ([`Wall::NONE`]: never).
+    last_seen: Wall,
+    /// The manual status and its reset; `None` while there is neither.
+    rare: Option<Box<Rare>>,
     /// The deadline slot this user's single entry in the deadline index sits in (0: none). An
-    /// index entry with another slot is stale and is dropped when it fires.
-    pub armed_slot: u64,
+    /// index entry with another slot is stale and is dropped when it fires. Slots are 100 ms,
+    /// so 32 bits last 13 years of uptime; later slots saturate (see `deadlines::slot32`).
+    pub armed_slot: u32,
+    /// Current status.
+    pub status: PresenceStatus,
     /// Changed since the persister last wrote it.
     pub dirty: bool,
 }
@@ -90,16 +232,123 @@ pub type Change = Option<PresenceView>;
 impl UserState {
     /// A user with no sessions, as loaded from storage or first seen.
     pub fn offline(seq: u64, last_seen: Option<DateTime<Utc>>, manual: ManualStatus) -> Self {
-        Self {
-            sessions: Vec::new(),
+        let mut user = Self {
+            sessions: Sessions::default(),
             status: PresenceStatus::Offline,
             seq,
-            last_seen,
-            manual,
-            manual_expires: None,
-            expired_status: None,
+            last_seen: Wall::of_opt(last_seen),
+            rare: None,
             armed_slot: 0,
             dirty: false,
+        };
+        if !manual.is_default() || manual.expires_at.is_some() {
+            user.rare_mut().manual = manual;
+        }
+        user
+    }
+
+    /// A user as stored, restored at (`now`, `wall`): each session is live until its stored
+    /// end, but at most `timing.timeout` from now, and starts active. What [`UserState::touch`]
+    /// of each session would give, without building the changes nobody is told about.
+    pub fn restored(
+        restored: &RestoredUser,
+        manual_expires: Option<Tick>,
+        now: Tick,
+        wall: DateTime<Utc>,
+        timing: &Timing,
+    ) -> Self {
+        let mut user = Self::offline(restored.seq, restored.last_seen, restored.manual.clone());
+        user.set_manual_expires(manual_expires);
+        for stored in &restored.sessions {
+            let remaining = (stored.expires_at - wall).to_std().unwrap_or_default();
+            let expires_at = now + remaining.min(timing.timeout);
+            let last_activity = Wall::of(stored.last_activity);
+            user.last_seen = user.last_seen.max(last_activity);
+            let found = user.sessions.iter_mut().find(|s| s.id == stored.id);
+            match found {
+                Some(s) => {
+                    s.expires_at = s.expires_at.max(expires_at);
+                    s.last_activity_wall = s.last_activity_wall.max(last_activity);
+                }
+                None => user.sessions.push(SessionState {
+                    id: stored.id,
+                    platform: stored.platform,
+                    expires_at,
+                    last_activity_wall: last_activity,
+                    real_activity: now,
+                    active: true,
+                    sockets: 0,
+                    in_grace: false,
+                }),
+            }
+        }
+        if !user.sessions.is_empty() {
+            user.status = PresenceStatus::Online;
+        }
+        user
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// Drops the rare part once it holds nothing.
+    fn tidy(&mut self) {
+        let empty = self.rare.as_ref().is_some_and(|rare| {
+            rare.manual == NO_MANUAL
+                && rare.manual_expires.is_none()
+                && rare.expired_status.is_none()
+        });
+        if empty {
+            self.rare = None;
+        }
+    }
+
+    /// Wall time of the last activity of any session.
+    pub fn last_seen(&self) -> Option<DateTime<Utc>> {
+        self.last_seen.get()
+    }
+
+    /// Sets [`UserState::last_seen`].
+    pub fn set_last_seen(&mut self, at: Option<DateTime<Utc>>) {
+        self.last_seen = Wall::of_opt(at);
+    }
+
+    /// The user's manual status.
+    pub fn manual(&self) -> &ManualStatus {
+        self.rare.as_ref().map_or(&NO_MANUAL, |rare| &rare.manual)
+    }
+
+    /// When the manual status resets itself.
+    pub fn manual_expires(&self) -> Option<Tick> {
+        self.rare.as_ref().and_then(|rare| rare.manual_expires)
+    }
+
+    /// Sets when the manual status resets itself.
+    pub fn set_manual_expires(&mut self, at: Option<Tick>) {
+        if at.is_none() && self.rare.is_none() {
+            return;
+        }
+        self.rare_mut().manual_expires = at;
+        self.tidy();
+    }
+
+    /// Takes the expiry of the manual status that last reset itself (for the persister).
+    pub fn take_expired_status(&mut self) -> Option<DateTime<Utc>> {
+        let taken = self
+            .rare
+            .as_mut()
+            .and_then(|rare| rare.expired_status.take());
+        self.tidy();
+        taken
+    }
+
+    /// Puts back an expiry taken by [`UserState::take_expired_status`] (a failed write), unless
+    /// a newer one is there.
+    pub fn restore_expired_status(&mut self, expired: Option<DateTime<Utc>>) {
+        if expired.is_some() {
+            let rare = self.rare_mut();
+            rare.expired_status = rare.expired_status.or(expired);
         }
     }
 
@@ -109,7 +358,7 @@ impl UserState {
         if self.sessions.is_empty() {
             return None;
         }
-        Some(match self.manual.mode {
+        Some(match self.manual().mode {
             StatusMode::Dnd => Availability::Dnd,
             StatusMode::Away => Availability::Idle,
             StatusMode::Auto if self.sessions.iter().any(|s| s.active) => Availability::Active,
@@ -126,21 +375,22 @@ impl UserState {
     pub fn view(&self) -> PresenceView {
         PresenceView {
             status: self.status,
-            last_seen: self.last_seen,
+            last_seen: self.last_seen(),
             seq: self.seq,
             availability: self.availability(),
             platforms: self.platforms(),
-            manual: self.manual.clone(),
+            manual: self.manual().clone(),
         }
     }
 
     fn signature(&self) -> Signature {
+        let manual = self.manual();
         (
             self.status,
             self.availability(),
             self.platforms(),
-            self.manual.text.clone(),
-            self.manual.emoji.clone(),
+            manual.text.clone(),
+            manual.emoji.clone(),
         )
     }
 
@@ -160,12 +410,17 @@ impl UserState {
         self.dirty = true;
         self.seq = next_seq(self.seq, wall);
         let mut view = self.view();
-        view.last_seen = Some(self.last_seen.unwrap_or(wall));
+        view.last_seen = Some(self.last_seen().unwrap_or(wall));
         Some(view)
     }
 
     fn record_seen(&mut self, wall: DateTime<Utc>) {
-        self.last_seen = Some(self.last_seen.map_or(wall, |seen| seen.max(wall)));
+        let wall = Wall::of(wall);
+        self.last_seen = if self.last_seen == Wall::NONE {
+            wall
+        } else {
+            self.last_seen.max(wall)
+        };
         self.dirty = true;
     }
 
@@ -177,7 +432,7 @@ impl UserState {
         session: SessionId,
         platform: Platform,
         activity: Activity,
-        now: Instant,
+        now: Tick,
         wall: DateTime<Utc>,
         timing: &Timing,
     ) -> (Change, bool) {
@@ -185,7 +440,9 @@ impl UserState {
         let change = self.changing(wall, |user| {
             user.record_seen(wall);
             let expires_at = now + timing.timeout;
-            match user.sessions.iter_mut().find(|s| s.id == session) {
+            let wall = Wall::of(wall);
+            let found = user.sessions.iter_mut().find(|s| s.id == session);
+            match found {
                 Some(s) => {
                     s.expires_at = s.expires_at.max(expires_at);
                     s.last_activity_wall = s.last_activity_wall.max(wall);
@@ -200,9 +457,6 @@ impl UserState {
                 }
                 None => {
                     is_new = true;
-                    // Exactly one more slot: a first `push` would reserve four, and nearly
-                    // every user has one session; this is most of an online user's memory.
-                    user.sessions.reserve_exact(1);
                     user.sessions.push(SessionState {
                         id: session,
                         platform,
@@ -226,7 +480,7 @@ impl UserState {
         &mut self,
         session: SessionId,
         platform: Platform,
-        now: Instant,
+        now: Tick,
         wall: DateTime<Utc>,
         timing: &Timing,
     ) -> (Change, bool, bool) {
@@ -247,10 +501,10 @@ impl UserState {
     pub fn close_socket(
         &mut self,
         session: SessionId,
-        now: Instant,
+        now: Tick,
         wall: DateTime<Utc>,
         grace: Duration,
-    ) -> Option<Instant> {
+    ) -> Option<Tick> {
         let s = self.sessions.iter_mut().find(|s| s.id == session)?;
         if s.sockets == 0 {
             // No socket of this session is open: nothing to close (a close without its open
@@ -263,7 +517,7 @@ impl UserState {
         }
         // The socket was open until now: that is the session's last activity.
         s.expires_at = now + grace;
-        s.last_activity_wall = s.last_activity_wall.max(wall);
+        s.last_activity_wall = s.last_activity_wall.max(Wall::of(wall));
         s.in_grace = true;
         self.record_seen(wall);
         Some(now + grace)
@@ -285,12 +539,14 @@ impl UserState {
     pub fn set_manual(
         &mut self,
         manual: ManualStatus,
-        expires: Option<Instant>,
+        expires: Option<Tick>,
         wall: DateTime<Utc>,
     ) -> Change {
         let change = self.changing(wall, |user| {
-            user.manual = manual;
-            user.manual_expires = expires;
+            let rare = user.rare_mut();
+            rare.manual = manual;
+            rare.manual_expires = expires;
+            user.tidy();
         });
         self.dirty = true;
         change
@@ -300,12 +556,13 @@ impl UserState {
     /// end, sessions without real activity for `idle_after` turn idle, an expired manual status
     /// resets, and a session held by a socket records the open socket as activity (its stored
     /// copy stays live) and is looked at again after `timing.hold`.
-    pub fn check(&mut self, now: Instant, wall: DateTime<Utc>, timing: &Timing) -> Change {
+    pub fn check(&mut self, now: Tick, wall: DateTime<Utc>, timing: &Timing) -> Change {
         self.changing(wall, |user| {
             let mut held = false;
-            for s in &mut user.sessions {
+            let wall_at = Wall::of(wall);
+            for s in user.sessions.iter_mut() {
                 if s.sockets > 0 && s.expires_at <= now {
-                    s.last_activity_wall = s.last_activity_wall.max(wall);
+                    s.last_activity_wall = s.last_activity_wall.max(wall_at);
                     s.expires_at = now + timing.hold;
                     held = true;
                 }
@@ -325,18 +582,19 @@ impl UserState {
             if user.sessions.len() != before {
                 user.dirty = true;
             }
-            if user.manual_expires.is_some_and(|at| at <= now) {
-                user.expired_status = user.manual.expires_at;
-                user.manual = ManualStatus::default();
-                user.manual_expires = None;
+            if user.manual_expires().is_some_and(|at| at <= now) {
+                let rare = user.rare_mut();
+                rare.expired_status = rare.manual.expires_at;
+                rare.manual = ManualStatus::default();
+                rare.manual_expires = None;
+                user.tidy();
                 user.dirty = true;
             }
         })
     }
 
-    /// When the user must next be looked at: the earliest session end (or socket re-check),
-    /// automatic idle, or manual status reset; `None` if nothing is pending.
-    pub fn next_deadline(&self, timing: &Timing) -> Option<Instant> {
+    /// The user's next deadline: the earliest session end, idle turn or manual status reset.
+    pub fn next_deadline(&self, timing: &Timing) -> Option<Tick> {
         let sessions = self.sessions.iter().flat_map(|s| {
             let idle = timing
                 .idle_after
@@ -344,7 +602,7 @@ impl UserState {
                 .map(|after| s.real_activity + after);
             [Some(s.expires_at), idle]
         });
-        sessions.chain([self.manual_expires]).flatten().min()
+        sessions.chain([self.manual_expires()]).flatten().min()
     }
 }
 
@@ -364,7 +622,7 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
     }
 
-    fn beat(user: &mut UserState, session: i64, at: Instant, secs: i64) -> (Change, bool) {
+    fn beat(user: &mut UserState, session: i64, at: Tick, secs: i64) -> (Change, bool) {
         user.touch(
             SessionId(session),
             WEB,
@@ -376,8 +634,40 @@ mod tests {
     }
 
     #[test]
+    fn an_online_user_with_one_session_fits_in_80_bytes() {
+        assert_eq!(std::mem::size_of::<SessionState>(), 40);
+        assert!(std::mem::size_of::<UserState>() <= 80);
+    }
+
+    #[test]
+    fn sessions_keep_the_first_inline_and_retain_any_of_them() {
+        let t0 = Tick::ZERO;
+        let mut user = UserState::offline(0, None, ManualStatus::default());
+        for id in 1..=3 {
+            beat(&mut user, id, t0, 0);
+        }
+        assert_eq!(user.sessions.len(), 3);
+        user.end_session(SessionId(1), wall(1));
+        let mut ids: Vec<_> = user.sessions.iter().map(|s| s.id.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![2, 3]);
+        user.end_session(SessionId(3), wall(2));
+        user.end_session(SessionId(2), wall(3));
+        assert!(user.sessions.is_empty());
+        assert_eq!(user.sessions.len(), 0);
+        assert_eq!(user.status, PresenceStatus::Offline);
+    }
+
+    #[test]
+    fn wall_times_round_trip_at_microseconds() {
+        let at = wall(5) + chrono::Duration::microseconds(123_456);
+        assert_eq!(Wall::of(at).at(), at);
+        assert_eq!(Wall::of_opt(None).get(), None);
+    }
+
+    #[test]
     fn first_touch_goes_online_active_and_later_touches_change_nothing() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         let (change, is_new) = beat(&mut user, 1, t0, 0);
         let change = change.expect("offline -> online");
@@ -390,12 +680,12 @@ mod tests {
         let (change, is_new) = beat(&mut user, 1, t0 + Duration::from_secs(30), 30);
         assert_eq!(change, None);
         assert!(!is_new);
-        assert_eq!(user.last_seen, Some(wall(30)));
+        assert_eq!(user.last_seen(), Some(wall(30)));
     }
 
     #[test]
     fn a_check_ends_sessions_past_their_end_and_reports_the_last_activity() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         beat(&mut user, 1, t0, 0);
         beat(&mut user, 1, t0 + Duration::from_secs(60), 60);
@@ -419,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_second_session_keeps_the_user_online() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         beat(&mut user, 1, t0, 0);
         user.touch(
@@ -443,7 +733,7 @@ mod tests {
 
     #[test]
     fn an_open_socket_holds_the_session_and_closing_starts_the_grace() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let grace = Duration::from_secs(10);
         let mut user = UserState::offline(0, None, ManualStatus::default());
         let (change, is_new, flap) = user.open_socket(SessionId(1), WEB, t0, wall(0), &TIMING);
@@ -457,7 +747,7 @@ mod tests {
         let deadline = user.close_socket(SessionId(1), late, wall(900), grace);
         assert_eq!(deadline, Some(late + grace));
         assert_eq!(
-            user.last_seen,
+            user.last_seen(),
             Some(wall(900)),
             "closing is the last activity"
         );
@@ -471,7 +761,7 @@ mod tests {
 
     #[test]
     fn idle_follows_real_activity_and_a_plain_heartbeat_changes_nothing() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         beat(&mut user, 1, t0, 0);
         // Heartbeats alone for 10 minutes: idle.
@@ -507,7 +797,7 @@ mod tests {
 
     #[test]
     fn active_on_one_device_beats_idle_on_another_and_manual_modes_win() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         user.touch(SessionId(1), WEB, Activity::Idle, t0, wall(0), &TIMING);
         assert_eq!(user.availability(), Some(Availability::Idle));
@@ -538,7 +828,7 @@ mod tests {
 
     #[test]
     fn a_manual_status_resets_itself_when_it_expires_even_offline() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(5, Some(wall(0)), ManualStatus::default());
         let meeting = ManualStatus {
             mode: StatusMode::Dnd,
@@ -564,7 +854,7 @@ mod tests {
 
     #[test]
     fn seq_strictly_increases_even_when_the_clock_does_not() {
-        let t0 = Instant::now();
+        let t0 = Tick::ZERO;
         let mut user = UserState::offline(0, None, ManualStatus::default());
         let mut seqs = Vec::new();
         for _ in 0..3 {

@@ -1,0 +1,235 @@
+//! The session cache's storage: token hash -> session, in about 66 bytes per cached token.
+//!
+//! A cached session is a 56-byte [`Entry`]: the first 16 bytes of the token's SHA-256 (a
+//! collision needs about 2^128 tries per cached token, so half the hash identifies it as well
+//! as all of it), the session and user ids, the username inline (up to 22 bytes), and the
+//! platform and admin flag in one byte. Entries sit packed in a `Vec`, found through a hash
+//! table of 4-byte positions, as the engine's users are (`engine::users`): a table of the
+//! entries themselves is between 44% and 87% full, so at times twice their size. A session that
+//! does not fit an entry (a longer username, or an expiry) is kept whole in a side map.
+
+use std::collections::HashMap;
+
+use hashbrown::HashTable;
+
+use super::{Session, TokenHash};
+use crate::domain::{Platform, SessionId, UserId};
+
+/// Bytes of a username kept inline.
+const NAME_BYTES: usize = 22;
+
+/// The part of a token hash the cache keys by.
+type Key = [u8; 16];
+
+fn key(hash: &TokenHash) -> Key {
+    let mut key = [0; 16];
+    key.copy_from_slice(&hash.as_bytes()[..16]);
+    key
+}
+
+/// The table's hash of a key: its first eight bytes (a SHA-256 is uniform already), rotated so
+/// hashbrown's tag (the top 7 bits) is not the bits that chose the cache shard.
+fn table_hash(key: &Key) -> u64 {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&key[..8]);
+    u64::from_le_bytes(bytes).rotate_left(29)
+}
+
+/// One cached session of a login's token.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Key,
+    session_id: i64,
+    user_id: i64,
+    /// The username's length, then its bytes.
+    name_len: u8,
+    name: [u8; NAME_BYTES],
+    /// The platform's bit (see [`Platform::bit`]), plus 8 for an admin.
+    flags: u8,
+}
+
+impl Entry {
+    /// `session` as an entry, if it fits one.
+    fn of(key: Key, session: &Session) -> Option<Self> {
+        let bytes = session.username.as_bytes();
+        if bytes.len() > NAME_BYTES || session.valid_until.is_some() {
+            return None;
+        }
+        let mut name = [0; NAME_BYTES];
+        name[..bytes.len()].copy_from_slice(bytes);
+        Some(Self {
+            key,
+            session_id: session.session_id.0,
+            user_id: session.user_id.0,
+            name_len: u8::try_from(bytes.len()).ok()?,
+            name,
+            flags: session.platform.bit() | if session.is_admin { 8 } else { 0 },
+        })
+    }
+
+    fn session(&self) -> Session {
+        let name = &self.name[..usize::from(self.name_len)];
+        let platform = Platform::ALL
+            .into_iter()
+            .find(|p| self.flags & p.bit() != 0)
+            .unwrap_or_default();
+        Session {
+            session_id: SessionId(self.session_id),
+            user_id: UserId(self.user_id),
+            // Copied from a `String`, so valid UTF-8.
+            username: String::from_utf8_lossy(name).into_owned(),
+            is_admin: self.flags & 8 != 0,
+            platform,
+            valid_until: None,
+        }
+    }
+}
+
+/// Cached sessions by token hash.
+#[derive(Debug, Default)]
+pub(super) struct SessionCache {
+    /// Positions in `entries`, hashed by their key.
+    index: HashTable<u32>,
+    entries: Vec<Entry>,
+    /// Sessions that do not fit an [`Entry`].
+    wide: HashMap<Key, Session>,
+}
+
+impl SessionCache {
+    fn position(&self, key: &Key) -> Option<u32> {
+        let entries = &self.entries;
+        self.index
+            .find(table_hash(key), |&p| entries[p as usize].key == *key)
+            .copied()
+    }
+
+    /// The session cached under `hash`.
+    pub(super) fn get(&self, hash: &TokenHash) -> Option<Session> {
+        let key = key(hash);
+        match self.position(&key) {
+            Some(position) => Some(self.entries[position as usize].session()),
+            None => self.wide.get(&key).cloned(),
+        }
+    }
+
+    /// Whether a session is cached under `hash`.
+    pub(super) fn contains_key(&self, hash: &TokenHash) -> bool {
+        let key = key(hash);
+        self.position(&key).is_some() || self.wide.contains_key(&key)
+    }
+
+    /// Caches `session` under `hash`, replacing what was there.
+    pub(super) fn insert(&mut self, hash: TokenHash, session: Session) {
+        self.remove(&hash);
+        let key = key(&hash);
+        let Some(entry) = Entry::of(key, &session) else {
+            self.wide.insert(key, session);
+            return;
+        };
+        let Ok(position) = u32::try_from(self.entries.len()) else {
+            self.wide.insert(key, session);
+            return;
+        };
+        self.entries.push(entry);
+        let entries = &self.entries;
+        self.index.insert_unique(table_hash(&key), position, |&p| {
+            table_hash(&entries[p as usize].key)
+        });
+    }
+
+    /// Drops the session cached under `hash`, if any.
+    pub(super) fn remove(&mut self, hash: &TokenHash) {
+        let key = key(hash);
+        self.wide.remove(&key);
+        let entries = &self.entries;
+        let Ok(entry) = self
+            .index
+            .find_entry(table_hash(&key), |&p| entries[p as usize].key == key)
+        else {
+            return;
+        };
+        let (position, _) = entry.remove();
+        self.entries.swap_remove(position as usize);
+        // The last entry moved into the hole (unless it was the one removed): repoint it.
+        if let Some(moved) = self.entries.get(position as usize) {
+            let last = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+            if let Some(p) = self.index.find_mut(table_hash(&moved.key), |&p| p == last) {
+                *p = position;
+            }
+        }
+    }
+
+    /// Drops every cached session.
+    pub(super) fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
+        self.wide.clear();
+    }
+
+    /// Number of cached sessions.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len() + self.wide.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: i64, name: &str) -> Session {
+        Session {
+            session_id: SessionId(id),
+            user_id: UserId(id * 10),
+            username: name.to_owned(),
+            is_admin: id % 2 == 0,
+            platform: Platform::ALL[id as usize % 3],
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+    }
+
+    #[test]
+    fn sessions_come_back_as_cached_and_go_when_removed() {
+        let mut cache = SessionCache::default();
+        let long = "x".repeat(150);
+        let mut expiring = session(7, "jwt-user");
+        expiring.valid_until = Some(std::time::UNIX_EPOCH);
+        let sessions: Vec<(TokenHash, Session)> = (0..200)
+            .map(|i| {
+                let s = match i {
+                    5 => session(i, &long),
+                    7 => expiring.clone(),
+                    _ => session(i, &format!("user-{i}")),
+                };
+                (TokenHash::of(&format!("token {i}")), s)
+            })
+            .collect();
+        for (hash, s) in &sessions {
+            cache.insert(*hash, s.clone());
+        }
+        assert_eq!(cache.len(), 200);
+        for (hash, s) in &sessions {
+            assert_eq!(cache.get(hash).as_ref(), Some(s));
+        }
+        for (hash, _) in sessions.iter().step_by(3) {
+            cache.remove(hash);
+            cache.remove(hash);
+        }
+        for (i, (hash, s)) in sessions.iter().enumerate() {
+            let expected = (i % 3 != 0).then_some(s);
+            assert_eq!(cache.get(hash).as_ref(), expected, "{i}");
+            assert_eq!(cache.contains_key(hash), expected.is_some());
+        }
+        let (hash, _) = &sessions[1];
+        cache.insert(*hash, session(1000, "replaced"));
+        assert_eq!(cache.get(hash).map(|s| s.session_id), Some(SessionId(1000)));
+        assert_eq!(cache.len(), 133);
+        cache.clear();
+        assert!(!cache.contains_key(hash));
+    }
+}
