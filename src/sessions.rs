@@ -2,12 +2,12 @@
 //! token. Logging in opens a session, ends the user's sessions over the per-user limit, and
 //! marks the user online. Ending a session (logout, the limit, a revocation, or a request that
 //! raced with one) revokes its token, which closes its sockets wherever they are, and ends its
-//! presence.
+//! presence; a user it takes offline is written offline to the store at once.
 
 use std::sync::Arc;
 
 use crate::auth::{AuthError, Authenticator, Login};
-use crate::domain::{Activity, Device, PresenceView, SessionId, UserId};
+use crate::domain::{Activity, Device, PresenceView, PresenceWrite, SessionId, UserId};
 use crate::engine::{EngineError, PresenceEngine};
 use crate::store::Store;
 
@@ -78,7 +78,24 @@ impl Sessions {
         session: SessionId,
     ) -> Result<PresenceView, SessionError> {
         self.auth.revoke(session).await?;
-        Ok(self.engine.end_session(user, session).await?)
+        let view = self.engine.end_session(user, session).await?;
+        if !view.status.is_online() {
+            // Offline in the database at once, as the seed's logout is, so SQL readers and
+            // `check-offline-users` agree with the API right away; the persister would write
+            // the same state within `persist_interval` (a write never moves a user back).
+            let write = PresenceWrite {
+                user_id: user,
+                status: view.status,
+                last_seen: view.last_seen,
+                seq: view.seq,
+                expired_status: None,
+                sessions: Vec::new(),
+            };
+            if let Err(error) = self.store.write_presence(&[write]).await {
+                tracing::warn!(%error, user = user.0, "could not store the logout now; the next flush will");
+            }
+        }
+        Ok(view)
     }
 
     /// Ends `session` if it is one of `user`'s; `None` if it is not (or no longer) theirs.

@@ -52,6 +52,18 @@ async fn heartbeats_do_not_write_the_database_each_time() {
 }
 
 #[tokio::test]
+async fn a_logout_is_in_the_database_when_it_is_answered() {
+    // No flush during the test: the logout itself writes the user offline, as the seed's does.
+    let app = spawn_app_with(|s| s.persist_interval = Duration::from_secs(3600)).await;
+    let (_, token) = app.user("ahmad").await;
+    expect(app.post("/api/users/heartbeat/", &token).await, 200).await;
+    expect(app.post("/api/users/logout/", &token).await, 200).await;
+    let (status, last_seen) = db_row(&app, "ahmad").await;
+    assert_eq!(status, "offline");
+    assert!(last_seen.is_some_and(|at| at.ends_with('Z')));
+}
+
+#[tokio::test]
 async fn graceful_shutdown_flushes_and_a_restart_restores_sessions_and_presence() {
     let app = spawn_app_with(|s| s.persist_interval = Duration::from_secs(3600)).await;
     let (id, token) = app.user("ahmad").await;
