@@ -54,6 +54,10 @@ pub async fn flush(
 ) -> Result<usize, StoreError> {
     let maintenance = engine.maintenance();
     let mut batch = maintenance.take_dirty().await;
+    // In id order, each chunk updates a narrow range of the tables' pages; in the engine's
+    // (hash) order every chunk would rewrite nearly every page, multiplying what each commit
+    // writes (measured: the SQLite writer's share of the server's CPU went from 15% to 35%).
+    batch.sort_unstable_by_key(|write| write.user_id);
     let started = tokio::time::Instant::now();
     let mut written = 0;
     while !batch.is_empty() {
