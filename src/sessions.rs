@@ -83,14 +83,7 @@ impl Sessions {
             // Offline in the database at once, as the seed's logout is, so SQL readers and
             // `check-offline-users` agree with the API right away; the persister would write
             // the same state within `persist_interval` (a write never moves a user back).
-            let write = PresenceWrite {
-                user_id: user,
-                status: view.status,
-                last_seen: view.last_seen,
-                seq: view.seq,
-                expired_status: None,
-                sessions: Vec::new(),
-            };
+            let write = PresenceWrite::of_view(user, &view);
             if let Err(error) = self.store.write_presence(&[write]).await {
                 tracing::warn!(%error, user = user.0, "could not store the logout now; the next flush will");
             }

@@ -172,17 +172,21 @@ async fn sessions_with_known_tokens(
     Ok(())
 }
 
-/// RSS of the server once ready on an empty database.
-async fn empty_rss(args: &RestartArgs) -> anyhow::Result<Option<u64>> {
-    let files = ServerFiles::new(args.server_bin.clone(), None, args.server_args.clone())?;
-    let spawned = Spawned::start(&files)?;
+/// The target a server this run started answers at.
+fn started_target(spawned: Spawned) -> Target {
     let addr = spawned.addr();
-    let target = Target {
+    Target {
         addr,
         host: addr.to_string(),
         pid: Some(spawned.pid()),
         spawned: Some(spawned),
-    };
+    }
+}
+
+/// RSS of the server once ready on an empty database.
+async fn empty_rss(args: &RestartArgs) -> anyhow::Result<Option<u64>> {
+    let files = ServerFiles::new(args.server_bin.clone(), None, args.server_args.clone())?;
+    let target = started_target(Spawned::start(&files)?);
     target.wait_ready(Duration::from_secs(60)).await?;
     let rss = target.rss();
     target.stop().context("while stopping the empty server")?;
@@ -253,13 +257,7 @@ async fn time_start(
     let bar = progress::step("restarting");
     let spawned = Spawned::start(files)?;
     let (started, listening) = (spawned.started, spawned.listening);
-    let addr = spawned.addr();
-    let target = Target {
-        addr,
-        host: addr.to_string(),
-        pid: Some(spawned.pid()),
-        spawned: Some(spawned),
-    };
+    let target = started_target(spawned);
     target.wait_ready(Duration::from_secs(300)).await?;
     let ready = started.elapsed();
     let online = Metrics::fetch(&target)

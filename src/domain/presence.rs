@@ -425,6 +425,20 @@ pub struct PresenceWrite {
     pub expired_status: Option<DateTime<Utc>>,
 }
 
+impl PresenceWrite {
+    /// `user`'s status, `last_seen` and `seq` as `view` has them, with no session written.
+    pub fn of_view(user: UserId, view: &PresenceView) -> Self {
+        Self {
+            user_id: user,
+            status: view.status,
+            last_seen: view.last_seen,
+            seq: view.seq,
+            expired_status: None,
+            sessions: Vec::new(),
+        }
+    }
+}
+
 /// A session's liveness as stored: when it was last active and when it ends unless it has
 /// activity again (later for a socket-held session, earlier in a reconnect grace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -603,14 +603,9 @@ impl RedisBackend {
                 + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX),
         };
         let mut dirty = lock(self.dirty.get(&user));
-        let write = dirty.entry(user).or_insert_with(|| PresenceWrite {
-            user_id: user,
-            status: view.status,
-            last_seen: view.last_seen,
-            seq: view.seq,
-            expired_status: None,
-            sessions: Vec::new(),
-        });
+        let write = dirty
+            .entry(user)
+            .or_insert_with(|| PresenceWrite::of_view(user, &view));
         write.last_seen = write.last_seen.max(view.last_seen);
         match write.sessions.iter_mut().find(|s| s.id == session.id) {
             Some(s) if s.last_activity <= now => *s = stored,
