@@ -35,6 +35,7 @@ pub mod engine;
 mod history;
 mod http;
 mod integrations;
+mod packed;
 mod persister;
 mod presence;
 mod privacy;

@@ -1,44 +1,46 @@
 //! The session cache's storage: token hash -> session, in about 66 bytes per cached token.
 //!
-//! A cached session is a 56-byte [`Entry`]: the first 16 bytes of the token's SHA-256 (a
+//! A cached session is a 56-byte [`Entry`] with its key: the first 16 bytes of the token's SHA-256 (a
 //! collision needs about 2^128 tries per cached token, so half the hash identifies it as well
 //! as all of it), the session and user ids, the username inline (up to 22 bytes), and the
-//! platform and admin flag in one byte. Entries sit packed in a `Vec`, found through a hash
-//! table of 4-byte positions, as the engine's users are (`engine::users`): a table of the
-//! entries themselves is between 44% and 87% full, so at times twice their size. A session that
-//! does not fit an entry (a longer username, or an expiry) is kept whole in a side map.
+//! platform and admin flag in one byte. Entries sit in a [`Packed`] map, as the engine's users
+//! do. A session that does not fit an entry (a longer username, or an expiry) is kept whole in
+//! a side map.
 
 use std::collections::HashMap;
 
-use hashbrown::HashTable;
-
 use super::{Session, TokenHash};
 use crate::domain::{Platform, SessionId, UserId};
+use crate::packed::{Packed, PackedKey};
 
 /// Bytes of a username kept inline.
 const NAME_BYTES: usize = 22;
 
 /// The part of a token hash the cache keys by.
-type Key = [u8; 16];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key([u8; 16]);
 
-fn key(hash: &TokenHash) -> Key {
-    let mut key = [0; 16];
-    key.copy_from_slice(&hash.as_bytes()[..16]);
-    key
+impl Key {
+    fn of(hash: &TokenHash) -> Self {
+        let mut key = [0; 16];
+        key.copy_from_slice(&hash.as_bytes()[..16]);
+        Self(key)
+    }
 }
 
-/// The table's hash of a key: its first eight bytes (a SHA-256 is uniform already), rotated so
-/// hashbrown's tag (the top 7 bits) is not the bits that chose the cache shard.
-fn table_hash(key: &Key) -> u64 {
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&key[..8]);
-    u64::from_le_bytes(bytes).rotate_left(29)
+/// Its first eight bytes (a SHA-256 is uniform already), rotated so hashbrown's tag (the top 7
+/// bits) is not the bits that chose the cache shard.
+impl PackedKey for Key {
+    fn table_hash(&self) -> u64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(bytes).rotate_left(29)
+    }
 }
 
-/// One cached session of a login's token.
+/// One cached session of a login's token (with its key, 56 bytes).
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Key,
     session_id: i64,
     user_id: i64,
     /// The username's length, then its bytes.
@@ -50,7 +52,7 @@ struct Entry {
 
 impl Entry {
     /// `session` as an entry, if it fits one.
-    fn of(key: Key, session: &Session) -> Option<Self> {
+    fn of(session: &Session) -> Option<Self> {
         let bytes = session.username.as_bytes();
         if bytes.len() > NAME_BYTES || session.valid_until.is_some() {
             return None;
@@ -58,7 +60,6 @@ impl Entry {
         let mut name = [0; NAME_BYTES];
         name[..bytes.len()].copy_from_slice(bytes);
         Some(Self {
-            key,
             session_id: session.session_id.0,
             user_id: session.user_id.0,
             name_len: u8::try_from(bytes.len()).ok()?,
@@ -88,80 +89,48 @@ impl Entry {
 /// Cached sessions by token hash.
 #[derive(Debug, Default)]
 pub(super) struct SessionCache {
-    /// Positions in `entries`, hashed by their key.
-    index: HashTable<u32>,
-    entries: Vec<Entry>,
+    entries: Packed<Key, Entry>,
     /// Sessions that do not fit an [`Entry`].
     wide: HashMap<Key, Session>,
 }
 
 impl SessionCache {
-    fn position(&self, key: &Key) -> Option<u32> {
-        let entries = &self.entries;
-        self.index
-            .find(table_hash(key), |&p| entries[p as usize].key == *key)
-            .copied()
-    }
-
     /// The session cached under `hash`.
     pub(super) fn get(&self, hash: &TokenHash) -> Option<Session> {
-        let key = key(hash);
-        match self.position(&key) {
-            Some(position) => Some(self.entries[position as usize].session()),
+        let key = Key::of(hash);
+        match self.entries.get(&key) {
+            Some(entry) => Some(entry.session()),
             None => self.wide.get(&key).cloned(),
         }
     }
 
     /// Whether a session is cached under `hash`.
     pub(super) fn contains_key(&self, hash: &TokenHash) -> bool {
-        let key = key(hash);
-        self.position(&key).is_some() || self.wide.contains_key(&key)
+        let key = Key::of(hash);
+        self.entries.contains_key(&key) || self.wide.contains_key(&key)
     }
 
     /// Caches `session` under `hash`, replacing what was there.
     pub(super) fn insert(&mut self, hash: TokenHash, session: Session) {
         self.remove(&hash);
-        let key = key(&hash);
-        let Some(entry) = Entry::of(key, &session) else {
-            self.wide.insert(key, session);
-            return;
-        };
-        let Ok(position) = u32::try_from(self.entries.len()) else {
-            self.wide.insert(key, session);
-            return;
-        };
-        self.entries.push(entry);
-        let entries = &self.entries;
-        self.index.insert_unique(table_hash(&key), position, |&p| {
-            table_hash(&entries[p as usize].key)
-        });
-    }
-
-    /// Drops the session cached under `hash`, if any.
-    pub(super) fn remove(&mut self, hash: &TokenHash) {
-        let key = key(hash);
-        self.wide.remove(&key);
-        let entries = &self.entries;
-        let Ok(entry) = self
-            .index
-            .find_entry(table_hash(&key), |&p| entries[p as usize].key == key)
-        else {
-            return;
-        };
-        let (position, _) = entry.remove();
-        self.entries.swap_remove(position as usize);
-        // The last entry moved into the hole (unless it was the one removed): repoint it.
-        if let Some(moved) = self.entries.get(position as usize) {
-            let last = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-            if let Some(p) = self.index.find_mut(table_hash(&moved.key), |&p| p == last) {
-                *p = position;
+        let key = Key::of(&hash);
+        match Entry::of(&session) {
+            Some(entry) => self.entries.insert(key, entry),
+            None => {
+                self.wide.insert(key, session);
             }
         }
     }
 
+    /// Drops the session cached under `hash`, if any.
+    pub(super) fn remove(&mut self, hash: &TokenHash) {
+        let key = Key::of(hash);
+        self.wide.remove(&key);
+        self.entries.remove(&key);
+    }
+
     /// Drops every cached session.
     pub(super) fn clear(&mut self) {
-        self.index.clear();
         self.entries.clear();
         self.wide.clear();
     }
@@ -189,8 +158,8 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_56_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 56);
+    fn an_entry_with_its_key_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 56);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod deadlines;
 pub mod local;
 pub mod redis;
 pub mod state;
-pub mod users;
+mod users;
 
 use std::sync::Arc;
 
