@@ -666,3 +666,58 @@ fn a_closed_log_pipe_does_not_stop_sigterm_from_working() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// The niceness of each of process `pid`'s threads whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn thread_niceness(pid: u32, prefix: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the parenthesised name: state is field 3, niceness field 19.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        found.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn sqlite_worker_threads_run_below_the_request_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("p.db");
+    let server = Server::start(&db, &[]);
+    // Something to write, so the persister's connection is in use too.
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/users/register/", server.base),
+        None,
+        Some(json!({"username": "nice-user", "password": "password123"})),
+    );
+    assert_eq!(status, 201);
+    let token = login(&server.base, "nice-user", "password123");
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/users/heartbeat/", server.base),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let pid = server.child.id();
+    let sqlite = thread_niceness(pid, "lastseen-sql-");
+    assert!(!sqlite.is_empty(), "no SQLite worker threads found");
+    assert!(sqlite.iter().all(|&n| n == 5), "SQLite workers: {sqlite:?}");
+    let workers = thread_niceness(pid, "tokio-rt-worker");
+    assert!(!workers.is_empty(), "no request workers found");
+    assert!(
+        workers.iter().all(|&n| n == 0),
+        "request workers: {workers:?}"
+    );
+    server.stop();
+}

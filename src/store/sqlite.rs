@@ -8,6 +8,7 @@
 //! a restart. Statements both SQL backends share are in `sql`; privacy data is in the
 //! `privacy` submodule.
 
+mod priority;
 mod privacy;
 
 use std::str::FromStr;
@@ -69,11 +70,18 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .thread_name(priority::thread_name);
         // An in-memory database exists per connection, so it must be a single one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    priority::lower_worker_threads();
+                    Ok(())
+                })
+            })
             .after_release(|conn, _| Box::pin(ended_cleanly(conn)))
             .connect_with(options)
             .await
