@@ -448,6 +448,9 @@ impl Maintenance for LocalBackend {
         let timeout = chrono_duration(self.timing.timeout);
         let mut writes = Vec::new();
         for shard in self.shards.all() {
+            // Back to the scheduler between shards: with many dirty users the whole collection
+            // takes milliseconds, which requests queued on this worker would otherwise wait.
+            tokio::task::yield_now().await;
             let mut guard = lock(shard);
             let shard = &mut *guard;
             for user in std::mem::take(&mut shard.dirty) {
