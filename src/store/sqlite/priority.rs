@@ -5,9 +5,10 @@
 //! takes a core for a few milliseconds delays every request queued on that core by as much:
 //! that is the heartbeat tail `scripts/bench ceiling` measures at half of the maximum rate. At
 //! a lower priority (nice 5) the scheduler lets a woken request worker preempt the writer, and
-//! the writer still gets about a seventh of a core while both workers are saturated, more when
-//! they are not. An overloaded server then writes its write-behind later, in larger batches,
-//! rather than answering requests later.
+//! the writer still gets its weight's share of a busy core (335 against 1,024 for a nice-0
+//! thread: about a quarter of a core it shares with one busy worker), and all of an idle one.
+//! An overloaded server then writes its write-behind later, in larger batches, rather than
+//! answering requests later.
 //!
 //! The threads are named by [`thread_name`]; [`lower_worker_threads`] finds them by name in
 //! `/proc/self/task` after a connection opens (its thread exists by then), so threads of
