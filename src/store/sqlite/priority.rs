@@ -8,15 +8,18 @@
 //! the writer still gets its weight's share of a busy core (335 against 1,024 for a nice-0
 //! thread: about a quarter of a core it shares with one busy worker), and all of an idle one.
 //! An overloaded server then writes its write-behind later, in larger batches, rather than
-//! answering requests later.
+//! answering requests later. The same threads answer the reads of requests that miss the
+//! caches (a token's first use, a login, privacy look-ups); under saturation those wait
+//! behind the request workers too.
 //!
 //! The threads are named by [`thread_name`]; [`lower_worker_threads`] finds them by name in
 //! `/proc/self/task` after a connection opens (its thread exists by then), so threads of
 //! connections opened later are lowered too. Elsewhere than Linux this does nothing.
 
-/// The name of the worker thread of connection `id` (at most 15 bytes, Linux's limit).
+/// The name of the worker thread of connection `id`: at most 15 bytes, Linux's limit, so the
+/// number repeats after 99 (names need not be unique).
 pub(super) fn thread_name(id: u64) -> String {
-    format!("{PREFIX}{}", id % 1000)
+    format!("{PREFIX}{}", id % 100)
 }
 
 /// The start of every SQLite worker thread's name.
