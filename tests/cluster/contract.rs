@@ -86,6 +86,20 @@ async fn silence_of(
     }
 }
 
+/// Asserts that a session last active at `touched` has just ended: not before its timeout,
+/// and within a second after it.
+fn ended_on_time(touched: Instant) {
+    let waited = touched.elapsed();
+    assert!(
+        waited >= TIMEOUT - Duration::from_millis(50),
+        "not early: {waited:?}"
+    );
+    assert!(
+        waited < TIMEOUT + LATE,
+        "within a second of the deadline: {waited:?}"
+    );
+}
+
 pub async fn first_activity_goes_online_with_one_event_and_more_activity_announces_nothing(
     h: Harness,
 ) {
@@ -136,16 +150,8 @@ pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the
     let offline = event_of(&mut events, user, TIMEOUT + LATE * 2)
         .await
         .expect("offline event");
-    let waited = touched.elapsed();
     assert_eq!(offline.status, PresenceStatus::Offline);
-    assert!(
-        waited >= TIMEOUT - Duration::from_millis(50),
-        "not early: {waited:?}"
-    );
-    assert!(
-        waited < TIMEOUT + LATE,
-        "within a second of the deadline: {waited:?}"
-    );
+    ended_on_time(touched);
     assert_eq!(
         Some(offline.last_seen),
         last.last_seen,
@@ -193,12 +199,7 @@ pub async fn frequent_keepalives_keep_a_session_live_until_a_timeout_after_the_l
         }
         assert_eq!(event.availability, Some(Availability::Idle), "{event:?}");
     };
-    let waited = touched.elapsed();
-    assert!(
-        waited >= TIMEOUT - Duration::from_millis(50),
-        "not early: {waited:?}"
-    );
-    assert!(waited < TIMEOUT + LATE, "within a second: {waited:?}");
+    ended_on_time(touched);
     assert_eq!(
         Some(offline.last_seen),
         last.last_seen,

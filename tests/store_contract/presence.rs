@@ -150,17 +150,32 @@ pub async fn an_empty_batch_and_writes_of_unknown_users_change_nothing(store: Ar
     assert_eq!((row.last_seen, row.presence_seq), (None, 0));
 }
 
+/// `count` users named `prefix0`, `prefix1`, …, each with one session opened at `at`.
+async fn users_with_sessions(
+    store: &dyn Store,
+    prefix: &str,
+    count: usize,
+    at: DateTime<Utc>,
+) -> Vec<(UserId, SessionId)> {
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = user(store, &format!("{prefix}{i}")).await.id;
+        let token = format!("{prefix}-token{i}");
+        let session = store
+            .create_session(id, token.as_bytes(), at)
+            .await
+            .unwrap();
+        users.push((id, session));
+    }
+    users
+}
+
 pub async fn a_large_batch_is_written_completely(store: Arc<dyn Store>) {
     const USERS: usize = 200;
     let base = now();
     let mut batch = Vec::with_capacity(USERS);
-    for i in 0..USERS {
-        let id = user(store.as_ref(), &format!("user{i}")).await.id;
-        let token = format!("token{i}");
-        let session = store
-            .create_session(id, token.as_bytes(), base)
-            .await
-            .unwrap();
+    let users = users_with_sessions(store.as_ref(), "user", USERS, base).await;
+    for (i, (id, session)) in users.into_iter().enumerate() {
         let at = base + Duration::milliseconds(i64::try_from(i).unwrap());
         let seq = 1000 + u64::try_from(i).unwrap();
         batch.push(write(
@@ -203,16 +218,7 @@ pub async fn a_large_batch_is_written_completely(store: Arc<dyn Store>) {
 pub async fn concurrent_overlapping_batches_in_opposite_orders_all_succeed(store: Arc<dyn Store>) {
     const USERS: usize = 1000;
     let base = now();
-    let mut users = Vec::with_capacity(USERS);
-    for i in 0..USERS {
-        let id = user(store.as_ref(), &format!("overlap{i}")).await.id;
-        let token = format!("overlap-token{i}");
-        let session = store
-            .create_session(id, token.as_bytes(), base)
-            .await
-            .unwrap();
-        users.push((id, session));
-    }
+    let users = users_with_sessions(store.as_ref(), "overlap", USERS, base).await;
     let write_at = |&(id, session): &(UserId, SessionId), n: i64| {
         let at = base + secs(n);
         let seq = u64::try_from(n).unwrap() + 1;
