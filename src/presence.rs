@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::domain::{
     Availability, LastSeenApprox, Platform, Platforms, PresenceStatus, PresenceView, UserId,
-    VisiblePresence,
+    VisiblePresence, with_rfc3339,
 };
 use crate::engine::{EngineError, PresenceEngine};
 use crate::store::{Store, StoreError, UserRecord};
@@ -162,7 +162,7 @@ impl PresenceReader {
 /// Those of the serializer.
 pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match at {
-        Some(at) => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        Some(at) => rfc3339_at(at, s),
         None => s.serialize_none(),
     }
 }
@@ -172,7 +172,7 @@ pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
 /// # Errors
 /// Those of the serializer.
 pub fn rfc3339_at<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    with_rfc3339(at, |text| s.serialize_str(text))
 }
 
 /// A user's presence as one viewer sees it: the seed's JSON shape, used by HTTP reads, the

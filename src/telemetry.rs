@@ -51,6 +51,20 @@ const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+/// A counter without labels for a hot path, resolved once per call site: `increment` on it
+/// then hashes no name and takes no registry lock. Resolving it installs the recorder first,
+/// so the handle is never one of the no-op recorder that stands in before installation.
+macro_rules! hot_counter {
+    ($name:literal) => {{
+        static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        HANDLE.get_or_init(|| {
+            let _ = $crate::telemetry::metrics_handle();
+            metrics::counter!($name)
+        })
+    }};
+}
+pub(crate) use hot_counter;
+
 /// The process-wide Prometheus recorder, installed on first use; `/metrics` renders it.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -418,7 +418,7 @@ impl Authenticator {
             let revocations = {
                 let shard = self.cache_shard(&hash);
                 if let Some(session) = shard.sessions.get(&hash) {
-                    return Ok(session.clone());
+                    return Ok(session);
                 }
                 shard.revocations
             };

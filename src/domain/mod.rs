@@ -7,6 +7,7 @@ mod account;
 mod presence;
 mod privacy;
 mod rate;
+mod rfc3339;
 mod visibility;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub use privacy::{
     SettingsUpdate, StoredPrivacy, UserPrivacy, Viewer,
 };
 pub use rate::Rate;
+pub use rfc3339::with_rfc3339;
 pub use visibility::{LastSeenApprox, Relationship, Visibility, VisiblePresence, decide};
 
 /// A user's numeric id, as stored in the `users` table.

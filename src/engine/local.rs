@@ -23,6 +23,7 @@ use crate::domain::{
     RestoredUser, SessionId, SessionRef, StoredSession, UserId,
 };
 use crate::shards::{Sharded, lock};
+use crate::telemetry::hot_counter;
 
 /// Number of shards: a power of two, many per core, so concurrent heartbeats rarely meet.
 const SHARDS: usize = 64;
@@ -268,7 +269,7 @@ impl PresenceBackend for LocalBackend {
                 .touch(session.id, session.platform, activity, now, wall, timing)
                 .0
         });
-        metrics::counter!("lastseen_activity_total").increment(1);
+        hot_counter!("lastseen_activity_total").increment(1);
         Ok(view.unwrap_or_else(never_active))
     }
 

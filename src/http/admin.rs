@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};

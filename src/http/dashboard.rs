@@ -2,7 +2,7 @@
 //! user search, one user's page (presence, sessions, recent transitions) and ending sessions.
 //! The live parts of the page come from `GET /api/admin/events` and the seed's online list.
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};

@@ -11,6 +11,7 @@ mod dashboard;
 mod dto;
 mod error;
 mod extract;
+mod json;
 mod limits;
 mod me;
 mod middleware;

@@ -1,7 +1,7 @@
 //! Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document.
 //! (Request metrics are recorded by the request middleware, `middleware.rs`.)
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};

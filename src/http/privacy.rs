@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};

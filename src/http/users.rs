@@ -1,6 +1,6 @@
 //! Account and presence endpoints for ordinary users: register, login, logout, heartbeat, me.
 
-use axum::Json;
+use super::json::Json;
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +16,7 @@ use super::extract::{ApiJson, ApiQuery, Authenticated, Caller, OptionalJson};
 use super::limits::{self, ClientAddr};
 use crate::domain::{Activity, Device, Password, PresenceStatus, Username};
 use crate::presence::UserPresence;
+use crate::telemetry::hot_counter;
 
 fn interval_ms(state: &AppState) -> u64 {
     u64::try_from(state.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
@@ -161,7 +162,7 @@ pub async fn heartbeat(
         .and_then(|body| body.state)
         .map_or(Activity::Keepalive, Activity::from);
     let caller = caller.record(&state, activity).await?;
-    metrics::counter!("lastseen_heartbeats_total").increment(1);
+    hot_counter!("lastseen_heartbeats_total").increment(1);
     Ok(Json(HeartbeatResponse {
         message: "Heartbeat recorded",
         online_status: PresenceStatus::Online,

@@ -43,6 +43,7 @@ use crate::domain::{
     UserId,
 };
 use crate::shards::{Sharded, lock};
+use crate::telemetry::hot_counter;
 
 /// The channel changes are announced on.
 pub const EVENTS: &str = "ev";
@@ -900,7 +901,7 @@ impl PresenceBackend for RedisBackend {
         session: SessionRef,
         activity: Activity,
     ) -> Result<PresenceView, EngineError> {
-        metrics::counter!("lastseen_activity_total").increment(1);
+        hot_counter!("lastseen_activity_total").increment(1);
         if activity == Activity::Keepalive
             && let Some(view) = self.coalesce(user, session)
         {
