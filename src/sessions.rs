@@ -2,9 +2,15 @@
 //! token. Logging in opens a session, ends the user's sessions over the per-user limit, and
 //! marks the user online. Ending a session (logout, the limit, a revocation, or a request that
 //! raced with one) revokes its token, which closes its sockets wherever they are, and ends its
-//! presence; a user it takes offline is written offline to the store at once.
+//! presence; a user it takes offline is written offline to the store at once. A JWT's first use
+//! opens its session inside authentication, which revokes the sessions over the limit itself;
+//! [`Sessions::listen`] ends their presence.
 
+use std::future::Future;
 use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator, Login};
 use crate::domain::{Activity, Device, PresenceView, PresenceWrite, SessionId, UserId};
@@ -78,6 +84,41 @@ impl Sessions {
         session: SessionId,
     ) -> Result<PresenceView, SessionError> {
         self.auth.revoke(session).await?;
+        Ok(self.end_presence(user, session).await?)
+    }
+
+    /// Ends the presence of the sessions the authenticator revokes by itself (a JWT's first
+    /// use beyond the per-user limit, see [`Authenticator::evictions`]) until `shutdown`. It
+    /// listens from the moment this is called, so call it before serving.
+    pub fn listen(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        use broadcast::error::RecvError;
+        let mut evicted = self.auth.evictions();
+        async move {
+            loop {
+                let (user, session) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = evicted.recv() => match next {
+                        Ok(evicted) => evicted,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "missed evicted sessions; they end at their timeout");
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                };
+                if let Err(error) = self.end_presence(user, session).await {
+                    tracing::warn!(%error, user = user.0, "could not end an evicted session's presence; it ends at its timeout");
+                }
+            }
+        }
+    }
+
+    /// Ends the presence of `session`, whose token is revoked already.
+    async fn end_presence(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<PresenceView, EngineError> {
         let view = self.engine.end_session(user, session).await?;
         if !view.status.is_online() {
             // Offline in the database at once, as the seed's logout is, so SQL readers and

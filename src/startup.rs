@@ -214,6 +214,7 @@ impl App {
             stop_tasks.clone(),
         ));
         tasks.spawn(state.auth.clone().listen(stop_tasks.clone()));
+        tasks.spawn(state.sessions.clone().listen(stop_tasks.clone()));
         tasks.spawn(state.privacy.clone().listen(stop_tasks.clone()));
         tasks.spawn(persister::run(
             state.engine.clone(),

@@ -82,6 +82,8 @@ impl Authenticator {
         };
         for old in self.sessions_over_limit(user.id).await? {
             self.revoke(old).await?;
+            // No receiver only in tools without presence.
+            let _ = self.evicted.send((user.id, old));
         }
         Ok(Some(Session {
             session_id,

@@ -258,6 +258,9 @@ pub struct Authenticator {
     max_sessions: usize,
     /// Announces revoked sessions (their connections close).
     revoked: broadcast::Sender<SessionId>,
+    /// Announces sessions revoked here for being over the per-user limit when a JWT opened a
+    /// new one, whose presence whoever tracks it must end (see [`Authenticator::evictions`]).
+    evicted: broadcast::Sender<(UserId, SessionId)>,
     /// Tells other nodes about revocations, and hears theirs.
     bus: Bus,
     /// Checks external tokens; `None` when no JWT key is configured.
@@ -283,6 +286,7 @@ impl Authenticator {
             hashing: Arc::new(Semaphore::new(cores)),
             max_sessions: max_sessions.max(1),
             revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
+            evicted: broadcast::channel(REVOCATIONS_CAPACITY).0,
             bus,
             jwt: None,
             verified: Arc::new(Sharded::new(CACHE_SHARDS, Mutex::default)),
@@ -522,6 +526,14 @@ impl Authenticator {
     /// A receiver of every session revoked from now on.
     pub fn revocations(&self) -> broadcast::Receiver<SessionId> {
         self.revoked.subscribe()
+    }
+
+    /// A receiver of the sessions revoked from now on because a JWT's first use opened one
+    /// more than the per-user limit allows (a login's are ended by its caller). Their tokens
+    /// are refused and their connections closed already; their presence is the receiver's to
+    /// end ([`crate::sessions::Sessions::listen`]).
+    pub fn evictions(&self) -> broadcast::Receiver<(UserId, SessionId)> {
+        self.evicted.subscribe()
     }
 
     /// Drops a revoked token from the cache (its row is already deleted).

@@ -240,6 +240,43 @@ async fn each_token_is_one_session_and_reusing_a_token_reuses_its_session() {
 }
 
 #[tokio::test]
+async fn a_token_beyond_the_session_limit_ends_the_oldest_session_and_its_presence_at_once() {
+    let app = spawn_app_with(|s| {
+        s.jwt_hs256_secret = Some(SECRET.into());
+        s.max_sessions_per_user = 1;
+    })
+    .await;
+    let (_, admin) = app.admin("root").await;
+    let phone = hs256(SECRET, &claims(json!(8), "phone"));
+    let laptop = hs256(SECRET, &claims(json!(8), "laptop"));
+    let id = me(&app, &phone).await["id"].as_i64().unwrap();
+
+    // The phone is in use; the laptop's first request says its user is away from it. While
+    // the phone's session is live the user is active, so idle means it ended.
+    let idle = json!({"state": "idle"});
+    let heartbeat = "/api/users/heartbeat/";
+    let answer = app
+        .send_json(reqwest::Method::POST, heartbeat, &laptop, &idle)
+        .await;
+    expect(answer, 200).await;
+    refused(&app, &phone).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = app.status_of(&admin, id).await;
+        if status["availability"] == "idle" {
+            assert_eq!(status["online_status"], "online", "{status}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the evicted session still counts: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sessions(&app, &laptop).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_taken_username_neither_fails_provisioning_nor_hands_over_the_account() {
     let app = hs256_app().await;
     let (alice_id, alice_token) = app.user("alice").await;
