@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
@@ -172,7 +172,7 @@ pub fn rfc3339<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
 /// # Errors
 /// Those of the serializer.
 pub fn rfc3339_at<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    with_rfc3339(at, |text| s.serialize_str(text))
+    with_rfc3339(at, SecondsFormat::AutoSi, |text| s.serialize_str(text))
 }
 
 /// A user's presence as one viewer sees it: the seed's JSON shape, used by HTTP reads, the

@@ -1,27 +1,27 @@
-//! Timestamps as the seed shows them: RFC 3339 in UTC with a `Z`, fractional seconds only when
-//! there are any (`2024-01-15T10:30:00Z`, `2024-01-15T10:30:00.250Z`), exactly as chrono's
-//! `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes them, but into a stack buffer: every
-//! heartbeat's answer carries one, and chrono's formatter allocates a `String` and goes through
-//! `fmt` machinery for it.
+//! Timestamps as RFC 3339 in UTC with a `Z`, exactly as chrono's `to_rfc3339_opts(format, true)`
+//! writes them, but into a stack buffer: every heartbeat's answer carries one (the seed's form,
+//! [`SecondsFormat::AutoSi`]: fractional seconds only when there are any), and every flushed
+//! presence row three (SQLite's stored form, [`SecondsFormat::Micros`]). chrono's formatter
+//! allocates a `String` and goes through `fmt` machinery for each.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: the longest form written here.
 const MAX_LEN: usize = 30;
 
-/// Calls `f` with `at` written out (see the module docs).
-pub fn with_rfc3339<R>(at: &DateTime<Utc>, f: impl FnOnce(&str) -> R) -> R {
+/// Calls `f` with `at` written out in `format` (see the module docs).
+pub fn with_rfc3339<R>(at: &DateTime<Utc>, format: SecondsFormat, f: impl FnOnce(&str) -> R) -> R {
     let mut buf = [0u8; MAX_LEN];
-    match write(at, &mut buf) {
+    match write(at, format, &mut buf) {
         // Only ASCII digits and punctuation were written.
         Some(len) => f(std::str::from_utf8(&buf[..len]).unwrap_or_default()),
-        // Years outside 0000-9999 and leap seconds: rare enough for chrono to write.
-        None => f(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        // Years outside 0000-9999, leap seconds, other formats: rare enough for chrono.
+        None => f(&at.to_rfc3339_opts(format, true)),
     }
 }
 
 /// Writes `at` into `buf`; its length, or `None` for what only chrono writes.
-fn write(at: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
+fn write(at: &DateTime<Utc>, format: SecondsFormat, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     let nanos = at.timestamp_subsec_nanos();
     if nanos >= 1_000_000_000 {
         return None;
@@ -46,11 +46,13 @@ fn write(at: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     buf[16] = b':';
     digits(&mut buf[17..19], of_day % 60);
     let mut len = 19;
-    let (fraction, places) = match nanos {
-        0 => (0, 0),
-        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
-        n if n % 1_000 == 0 => (n / 1_000, 6),
-        n => (n, 9),
+    let (fraction, places) = match (format, nanos) {
+        (SecondsFormat::Micros, n) => (n / 1_000, 6),
+        (SecondsFormat::AutoSi, 0) => (0, 0),
+        (SecondsFormat::AutoSi, n) if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        (SecondsFormat::AutoSi, n) if n % 1_000 == 0 => (n / 1_000, 6),
+        (SecondsFormat::AutoSi, n) => (n, 9),
+        _ => return None,
     };
     if places > 0 {
         buf[len] = b'.';
@@ -94,12 +96,18 @@ mod tests {
 
     use super::*;
 
-    fn ours(at: &DateTime<Utc>) -> String {
-        with_rfc3339(at, str::to_owned)
+    const FORMATS: [SecondsFormat; 3] = [
+        SecondsFormat::AutoSi,
+        SecondsFormat::Micros,
+        SecondsFormat::Millis,
+    ];
+
+    fn ours(at: &DateTime<Utc>, format: SecondsFormat) -> String {
+        with_rfc3339(at, format, str::to_owned)
     }
 
-    fn chrono_s(at: &DateTime<Utc>) -> String {
-        at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    fn chrono_s(at: &DateTime<Utc>, format: SecondsFormat) -> String {
+        at.to_rfc3339_opts(format, true)
     }
 
     #[test]
@@ -113,13 +121,22 @@ mod tests {
             Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(-1, 12, 31, 0, 0, 0).unwrap(),
         ];
-        assert_eq!(ours(&cases[0]), "2024-01-15T10:30:00Z");
+        assert_eq!(
+            ours(&cases[0], SecondsFormat::AutoSi),
+            "2024-01-15T10:30:00Z"
+        );
+        assert_eq!(
+            ours(&cases[0], SecondsFormat::Micros),
+            "2024-01-15T10:30:00.000000Z"
+        );
         for at in cases {
             for nanos in [0, 250_000_000, 123_456_000, 1, 999_999_999, 1_500_000_000] {
                 let Some(at) = at.with_nanosecond(nanos) else {
                     continue;
                 };
-                assert_eq!(ours(&at), chrono_s(&at), "{at:?}");
+                for format in FORMATS {
+                    assert_eq!(ours(&at, format), chrono_s(&at, format), "{at:?}");
+                }
             }
         }
     }
@@ -134,9 +151,10 @@ mod tests {
                 (0u32..1_000_000).prop_map(|us| us * 1_000),
                 0u32..1_000_000_000,
             ],
+            format in proptest::sample::select(FORMATS.to_vec()),
         ) {
             let at = DateTime::from_timestamp(secs, nanos).unwrap();
-            prop_assert_eq!(ours(&at), chrono_s(&at));
+            prop_assert_eq!(ours(&at, format), chrono_s(&at, format));
         }
     }
 }

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::domain::{
     Device, ManualStatus, Platform, PresenceStatus, PresenceWrite, PrivacyChange, RestoredUser,
-    SessionId, StoredPrivacy, UserId, Username, next_seq,
+    SessionId, StoredPrivacy, UserId, Username, next_seq, with_rfc3339,
 };
 
 super::events::impl_event_log!(SqliteStore);
@@ -135,7 +135,7 @@ async fn ended_cleanly(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::
 
 /// Formats a timestamp as stored: `2026-11-27T10:30:00.123456Z`.
 fn ts(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    with_rfc3339(&at, SecondsFormat::Micros, str::to_owned)
 }
 
 fn parse_ts(raw: &str) -> Result<DateTime<Utc>, StoreError> {
