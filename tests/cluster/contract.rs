@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use lastseen::domain::{
-    Activity, Availability, ManualStatus, Platform, PresenceEvent, PresenceStatus, RestoredUser,
-    SessionId, SessionRef, StatusMode, StoredSession, UserId,
+    Activity, Availability, ManualStatus, Platform, PresenceEvent, PresenceStatus, PresenceView,
+    RestoredUser, SessionId, SessionRef, StatusMode, StoredSession, UserId,
 };
 use lastseen::engine::LastKnown;
 use lastseen::engine::PresenceEngine;
@@ -48,6 +48,14 @@ impl Harness {
             id: SessionId(user.0 * 10 + n),
             platform,
         }
+    }
+
+    /// A keepalive of `session` (activity that says nothing of the user): the view after it.
+    async fn keepalive(&self, user: UserId, session: SessionRef) -> PresenceView {
+        self.engine
+            .touch(user, session, Activity::Keepalive)
+            .await
+            .unwrap()
     }
 
     async fn status(&self, user: UserId) -> PresenceStatus {
@@ -106,11 +114,7 @@ pub async fn first_activity_goes_online_with_one_event_and_more_activity_announc
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
-    let view = h
-        .engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    let view = h.keepalive(user, session).await;
     assert_eq!(view.status, PresenceStatus::Online);
     let online = event_of(&mut events, user, LATE)
         .await
@@ -118,11 +122,7 @@ pub async fn first_activity_goes_online_with_one_event_and_more_activity_announc
     assert_eq!(online.status, PresenceStatus::Online);
     assert_eq!(Some(online.last_seen), view.last_seen);
     assert_eq!(online.seq, view.seq);
-    let again = h
-        .engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    let again = h.keepalive(user, session).await;
     assert!(again.last_seen >= view.last_seen);
     assert_eq!(again.seq, view.seq, "activity is not a transition");
     silence_of(&mut events, user, Duration::from_millis(300)).await;
@@ -135,17 +135,10 @@ pub async fn a_session_ends_within_a_second_of_its_timeout_with_last_seen_at_the
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
-    h.engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    h.keepalive(user, session).await;
     event_of(&mut events, user, LATE).await.expect("online");
     tokio::time::sleep(TIMEOUT / 3).await;
-    let last = h
-        .engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    let last = h.keepalive(user, session).await;
     let touched = Instant::now();
     let offline = event_of(&mut events, user, TIMEOUT + LATE * 2)
         .await
@@ -169,21 +162,13 @@ pub async fn frequent_keepalives_keep_a_session_live_until_a_timeout_after_the_l
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let session = h.session(user, 1);
-    let first = h
-        .engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    let first = h.keepalive(user, session).await;
     event_of(&mut events, user, LATE).await.expect("online");
     let mut last = first.clone();
     let until = Instant::now() + TIMEOUT * 2;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        last = h
-            .engine
-            .touch(user, session, Activity::Keepalive)
-            .await
-            .unwrap();
+        last = h.keepalive(user, session).await;
         assert_eq!(last.status, PresenceStatus::Online);
         assert_eq!(last.seq, first.seq, "activity is not a transition");
     }
@@ -211,16 +196,10 @@ pub async fn frequent_keepalives_keep_a_session_live_until_a_timeout_after_the_l
 pub async fn a_user_stays_online_while_any_session_is_live(h: Harness) {
     let mut events = h.engine.subscribe();
     let user = h.user(1);
-    h.engine
-        .touch(user, h.session(user, 1), Activity::Keepalive)
-        .await
-        .unwrap();
+    h.keepalive(user, h.session(user, 1)).await;
     event_of(&mut events, user, LATE).await.expect("online");
     tokio::time::sleep(TIMEOUT / 2).await;
-    h.engine
-        .touch(user, h.session(user, 2), Activity::Keepalive)
-        .await
-        .unwrap();
+    h.keepalive(user, h.session(user, 2)).await;
     // Session 1 ends; session 2 is live for another half timeout.
     tokio::time::sleep(TIMEOUT * 3 / 4).await;
     assert_eq!(
@@ -283,14 +262,8 @@ pub async fn ending_a_session_goes_offline_at_once_unless_another_is_live(h: Har
     let mut events = h.engine.subscribe();
     let user = h.user(1);
     let (phone, laptop) = (h.session(user, 1), h.session(user, 2));
-    h.engine
-        .touch(user, phone, Activity::Keepalive)
-        .await
-        .unwrap();
-    h.engine
-        .touch(user, laptop, Activity::Keepalive)
-        .await
-        .unwrap();
+    h.keepalive(user, phone).await;
+    h.keepalive(user, laptop).await;
     event_of(&mut events, user, LATE).await.expect("online");
     let view = h.engine.end_session(user, phone.id).await.unwrap();
     assert_eq!(view.status, PresenceStatus::Online, "the laptop is live");
@@ -317,10 +290,7 @@ pub async fn seq_grows_per_user_across_transitions(h: Harness) {
     let mut seqs = Vec::new();
     for n in 1..=3 {
         let session = h.session(user, n);
-        h.engine
-            .touch(user, session, Activity::Keepalive)
-            .await
-            .unwrap();
+        h.keepalive(user, session).await;
         seqs.push(event_of(&mut events, user, LATE).await.expect("online").seq);
         h.engine.end_session(user, session.id).await.unwrap();
         seqs.push(
@@ -336,10 +306,7 @@ pub async fn seq_grows_per_user_across_transitions(h: Harness) {
 pub async fn online_pages_are_ordered_by_id_with_the_total(h: Harness) {
     let ids: Vec<UserId> = (1..=40).map(|n| h.user(n)).collect();
     for &user in ids.iter().rev() {
-        h.engine
-            .touch(user, h.session(user, 1), Activity::Keepalive)
-            .await
-            .unwrap();
+        h.keepalive(user, h.session(user, 1)).await;
     }
     let before = Some(UserId(h.first_user));
     let page = h.engine.online_page(before, 15).await.unwrap();
@@ -368,11 +335,7 @@ pub async fn online_pages_are_ordered_by_id_with_the_total(h: Harness) {
 pub async fn changed_state_is_handed_to_the_persister_and_given_back_on_failure(h: Harness) {
     let user = h.user(1);
     let session = h.session(user, 1);
-    let view = h
-        .engine
-        .touch(user, session, Activity::Keepalive)
-        .await
-        .unwrap();
+    let view = h.keepalive(user, session).await;
     let maintenance = h.engine.maintenance();
     let writes: Vec<_> = maintenance
         .take_dirty()
@@ -459,11 +422,7 @@ pub async fn availability_follows_real_activity_and_any_active_session_beats_idl
     let user = h.user(1);
     let web = h.session(user, 1);
     let phone = h.device(user, 2, Platform::Mobile);
-    let view = h
-        .engine
-        .touch(user, web, Activity::Keepalive)
-        .await
-        .unwrap();
+    let view = h.keepalive(user, web).await;
     assert_eq!(
         view.availability,
         Some(Availability::Active),
@@ -480,11 +439,7 @@ pub async fn availability_follows_real_activity_and_any_active_session_beats_idl
     assert_eq!(idle.status, PresenceStatus::Online);
     assert!(idle.seq > online.seq, "every visible change gets a new seq");
 
-    let view = h
-        .engine
-        .touch(user, web, Activity::Keepalive)
-        .await
-        .unwrap();
+    let view = h.keepalive(user, web).await;
     assert_eq!(
         view.availability,
         Some(Availability::Idle),
@@ -542,10 +497,7 @@ pub async fn a_session_without_real_activity_turns_idle_after_idle_after(h: Harn
     assert_eq!(online.availability, Some(Availability::Active));
     // Keep-alives (the seed's heartbeat timer) do not keep anyone active.
     while opened.elapsed() < IDLE_AFTER / 2 {
-        h.engine
-            .touch(user, session, Activity::Keepalive)
-            .await
-            .unwrap();
+        h.keepalive(user, session).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let idle = event_of(&mut events, user, IDLE_AFTER + LATE)
