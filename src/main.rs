@@ -8,9 +8,9 @@ use lastseen::{commands, startup, telemetry};
 
 fn main() -> ExitCode {
     fixed_mmap_threshold();
-    // Password hashing runs on the blocking pool; glibc keeps a freed 19 MiB Argon2 buffer in
-    // each thread's arena, so a small pool bounds that memory (hashes are also limited to one
-    // per core by the authenticator).
+    // Password hashing runs on the blocking pool, one 19 MiB Argon2 buffer per hash (mapped
+    // and unmapped each time, see `fixed_mmap_threshold`); a small pool bounds the threads
+    // (hashes are also limited to one per core by the authenticator).
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,10 +87,11 @@ async fn run() -> ExitCode {
     }
 }
 
-/// Allocations of 128 KiB and more get pages of their own from then on, returned to the
-/// system when freed. glibc starts there too but raises the threshold to the size of every
-/// such block freed, so once the session cache's and the engine's tables have doubled a few
-/// times, their next doublings come from the heap and leave holes in it that stay resident.
+/// Allocations of 128 KiB and more that no free heap block can serve get pages of their own
+/// from then on, returned to the system when freed. glibc starts there too but raises the
+/// threshold to the size of every such block freed, so once the session cache's and the
+/// engine's tables have doubled a few times, their next doublings come from the heap and leave
+/// holes in it that stay resident.
 /// With every token of 1,000,000 sessions cached this saves 16 bytes per session (240 -> 224,
 /// docs/BENCHMARKS.md), at no measurable cost in throughput or logins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -96,7 +96,8 @@ impl Sessions {
         async move {
             loop {
                 let (user, session) = tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    // Evictions made before shutdown (by requests still draining) first.
+                    biased;
                     next = evicted.recv() => match next {
                         Ok(evicted) => evicted,
                         Err(RecvError::Lagged(missed)) => {
@@ -105,6 +106,7 @@ impl Sessions {
                         }
                         Err(RecvError::Closed) => return,
                     },
+                    () = shutdown.cancelled() => return,
                 };
                 if let Err(error) = self.end_presence(user, session).await {
                     tracing::warn!(%error, user = user.0, "could not end an evicted session's presence; it ends at its timeout");

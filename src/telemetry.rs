@@ -52,14 +52,17 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// A counter without labels for a hot path, resolved once per call site: `increment` on it
-/// then hashes no name and takes no registry lock. Resolving it installs the recorder first,
-/// so the handle is never one of the no-op recorder that stands in before installation.
+/// then hashes no name and takes no registry lock. Resolving it installs the process-wide
+/// Prometheus recorder first ([`metrics_handle`]), so the handle is never one of the no-op
+/// recorder that stands in before installation. The handle is that recorder's for the life of
+/// the process: a recorder set later, or one set only for a thread or a scope
+/// (`metrics::with_local_recorder`), does not see these counters.
 macro_rules! hot_counter {
     ($name:literal) => {{
-        static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        static HANDLE: ::std::sync::OnceLock<::metrics::Counter> = ::std::sync::OnceLock::new();
         HANDLE.get_or_init(|| {
             let _ = $crate::telemetry::metrics_handle();
-            metrics::counter!($name)
+            ::metrics::counter!($name)
         })
     }};
 }

@@ -40,6 +40,8 @@ use jwt::{JwtVerifier, Verified};
 const CACHE_SHARDS: usize = 16;
 /// Capacity of the revocation channel; a receiver that falls further behind sees `Lagged`.
 const REVOCATIONS_CAPACITY: usize = 4096;
+/// Capacity of the eviction channel (see [`Authenticator::evictions`]), likewise.
+const EVICTIONS_CAPACITY: usize = 4096;
 
 /// Why authentication or an account operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +288,7 @@ impl Authenticator {
             hashing: Arc::new(Semaphore::new(cores)),
             max_sessions: max_sessions.max(1),
             revoked: broadcast::channel(REVOCATIONS_CAPACITY).0,
-            evicted: broadcast::channel(REVOCATIONS_CAPACITY).0,
+            evicted: broadcast::channel(EVICTIONS_CAPACITY).0,
             bus,
             jwt: None,
             verified: Arc::new(Sharded::new(CACHE_SHARDS, Mutex::default)),

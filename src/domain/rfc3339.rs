@@ -13,8 +13,8 @@ const MAX_LEN: usize = 30;
 pub fn with_rfc3339<R>(at: &DateTime<Utc>, format: SecondsFormat, f: impl FnOnce(&str) -> R) -> R {
     let mut buf = [0u8; MAX_LEN];
     match write(at, format, &mut buf) {
-        // Only ASCII digits and punctuation were written.
-        Some(len) => f(std::str::from_utf8(&buf[..len]).unwrap_or_default()),
+        Some(len) => f(std::str::from_utf8(&buf[..len])
+            .expect("BUG: only ASCII digits and punctuation are written")),
         // Years outside 0000-9999, leap seconds, other formats: rare enough for chrono.
         None => f(&at.to_rfc3339_opts(format, true)),
     }
@@ -84,7 +84,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let mp = (5 * day_of_year + 2) / 153;
     // Both are small and positive by construction (1..=31 and 1..=12).
     let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }

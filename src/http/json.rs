@@ -1,9 +1,10 @@
-//! JSON response bodies in one allocation of their exact size.
+//! JSON response bodies, up to [`KEEP`] bytes in one allocation of their exact size.
 //!
 //! axum's `Json` writes into a 128-byte buffer, grows it when the answer is longer (a heartbeat's
 //! is), and then allocates again to share it. Here the value is written into a scratch buffer
-//! that each thread keeps, and the body is one copy of it. A body larger than [`KEEP`] is moved
-//! out instead of copied, so a thread holds at most that much between requests.
+//! that each thread keeps, and the body is one copy of it. A body larger than [`KEEP`] (a long
+//! list, the OpenAPI document) is moved out instead of copied, as axum's would be, so a thread
+//! holds at most that much between requests.
 
 use std::cell::RefCell;
 
@@ -22,7 +23,9 @@ thread_local! {
 }
 
 /// A value answered as `application/json`. A value that cannot be serialised (a map with
-/// non-string keys, say: a bug) is answered as a `500` in the API's error shape.
+/// non-string keys, say: a bug) gives a `500` response in the API's error shape instead (a
+/// status set beside it, as in `(StatusCode::CREATED, Json(..))`, still applies, as with
+/// axum's `Json`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -44,19 +47,23 @@ impl<T: Serialize> IntoResponse for Json<T> {
 
 /// `value` serialised.
 fn body_of<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
-    SCRATCH.with(|scratch| {
-        // Taken already only if serialising reentered this (it does not): use a fresh buffer.
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            return serde_json::to_vec(value).map(Bytes::from);
-        };
-        buf.clear();
-        let written = serde_json::to_writer(&mut *buf, value);
-        if buf.len() > KEEP {
-            let large = std::mem::replace(&mut *buf, Vec::with_capacity(KEEP));
-            return written.map(|()| Bytes::from(large));
-        }
-        written.map(|()| Bytes::copy_from_slice(&buf))
-    })
+    // No scratch buffer while the thread's locals are being torn down, nor if serialising
+    // reentered this (it does not): then a fresh buffer.
+    let fresh = || serde_json::to_vec(value).map(Bytes::from);
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut buf) = scratch.try_borrow_mut() else {
+                return fresh();
+            };
+            buf.clear();
+            let written = serde_json::to_writer(&mut *buf, value);
+            if buf.len() > KEEP {
+                let large = std::mem::replace(&mut *buf, Vec::with_capacity(KEEP));
+                return written.map(|()| Bytes::from(large));
+            }
+            written.map(|()| Bytes::copy_from_slice(&buf))
+        })
+        .unwrap_or_else(|_| fresh())
 }
 
 #[cfg(test)]
