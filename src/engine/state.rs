@@ -9,10 +9,10 @@
 //! changes the signature is a change, with a new `seq`; operations that do not (a heartbeat of
 //! an active session, say) announce nothing.
 //!
-//! Memory: an online user is one [`UserState`] of 80 bytes with its first session inline.
+//! Memory: an online user is one [`UserState`] of 72 bytes with its session inline.
 //! Timestamps are 8-byte counts ([`Tick`], [`Wall`]) rather than `Instant` (16 bytes) and
 //! `DateTime` (12, 16 as an `Option`); what few users have (a second session, a manual status)
-//! sits behind one pointer.
+//! sits behind a pointer.
 
 use std::ops::Add;
 
@@ -120,60 +120,83 @@ pub struct SessionState {
     pub in_grace: bool,
 }
 
-/// The live sessions of a user: the first inline (nearly every online user has exactly one),
-/// any others in one allocation. Invariant: `more` holds sessions only while `first` is one.
+/// The live sessions of a user: one inline (nearly every online user has exactly one), two or
+/// more in one allocation. 40 bytes, no more than one session: the allocation's pointer sits
+/// beside the bytes where the inline session's flags say which form this is.
 #[derive(Debug, Clone, Default)]
-pub struct Sessions {
-    first: Option<SessionState>,
+pub struct Sessions(Held);
+
+#[derive(Debug, Clone, Default)]
+enum Held {
+    #[default]
+    None,
+    One(SessionState),
+    /// At least two.
     #[expect(
         clippy::box_collection,
-        reason = "8 bytes in every user instead of a 24-byte Vec, for what few users have"
+        reason = "8 bytes beside the inline session's flags instead of a 24-byte Vec"
     )]
-    more: Option<Box<Vec<SessionState>>>,
+    Many(Box<Vec<SessionState>>),
 }
 
 impl Sessions {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        matches!(self.0, Held::None)
     }
 
     /// How many there are.
     pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.as_ref().map_or(0, |more| more.len())
+        self.as_slice().len()
+    }
+
+    fn as_slice(&self) -> &[SessionState] {
+        match &self.0 {
+            Held::None => &[],
+            Held::One(session) => std::slice::from_ref(session),
+            Held::Many(sessions) => sessions,
+        }
     }
 
     /// Every session.
     pub fn iter(&self) -> impl Iterator<Item = &SessionState> {
-        self.first
-            .iter()
-            .chain(self.more.iter().flat_map(|more| more.iter()))
+        self.as_slice().iter()
     }
 
     /// Every session, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SessionState> {
-        let more = self.more.iter_mut().flat_map(|more| more.iter_mut());
-        self.first.iter_mut().chain(more)
+        let sessions: &mut [SessionState] = match &mut self.0 {
+            Held::None => &mut [],
+            Held::One(session) => std::slice::from_mut(session),
+            Held::Many(sessions) => sessions,
+        };
+        sessions.iter_mut()
     }
 
     fn push(&mut self, session: SessionState) {
-        if self.first.is_none() {
-            self.first = Some(session);
-        } else {
-            self.more.get_or_insert_default().push(session);
-        }
+        self.0 = match std::mem::take(&mut self.0) {
+            Held::None => Held::One(session),
+            Held::One(first) => Held::Many(Box::new(vec![first, session])),
+            Held::Many(mut sessions) => {
+                sessions.push(session);
+                Held::Many(sessions)
+            }
+        };
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&SessionState) -> bool) {
-        if let Some(more) = &mut self.more {
-            more.retain(|s| keep(s));
-        }
-        if self.first.as_ref().is_some_and(|s| !keep(s)) {
-            self.first = self.more.as_mut().and_then(|more| more.pop());
-        }
-        if self.more.as_ref().is_some_and(|more| more.is_empty()) {
-            self.more = None;
-        }
+        self.0 = match std::mem::take(&mut self.0) {
+            Held::One(session) if keep(&session) => Held::One(session),
+            Held::None | Held::One(_) => Held::None,
+            Held::Many(mut sessions) => {
+                sessions.retain(|s| keep(s));
+                match sessions.len() {
+                    0 => Held::None,
+                    1 => sessions.pop().map_or(Held::None, Held::One),
+                    _ => Held::Many(sessions),
+                }
+            }
+        };
     }
 }
 
@@ -634,9 +657,47 @@ mod tests {
     }
 
     #[test]
-    fn an_online_user_with_one_session_fits_in_80_bytes() {
+    fn an_online_user_with_one_session_fits_in_72_bytes() {
         assert_eq!(std::mem::size_of::<SessionState>(), 40);
-        assert!(std::mem::size_of::<UserState>() <= 80);
+        assert_eq!(std::mem::size_of::<Sessions>(), 40);
+        assert_eq!(std::mem::size_of::<UserState>(), 72);
+    }
+
+    #[test]
+    fn sessions_keep_one_inline_and_more_together_in_any_order_of_change() {
+        let session = |id| SessionState {
+            id: SessionId(id),
+            expires_at: Tick::ZERO,
+            last_activity_wall: Wall::NONE,
+            real_activity: Tick::ZERO,
+            sockets: 0,
+            platform: WEB,
+            active: true,
+            in_grace: false,
+        };
+        let ids = |sessions: &Sessions| sessions.iter().map(|s| s.id.0).collect::<Vec<_>>();
+        let mut sessions = Sessions::default();
+        assert!(sessions.is_empty());
+        for id in 1..=3 {
+            sessions.push(session(id));
+        }
+        assert_eq!((ids(&sessions), sessions.len()), (vec![1, 2, 3], 3));
+        sessions.iter_mut().for_each(|s| s.sockets += 1);
+        assert!(sessions.iter().all(|s| s.sockets == 1));
+        sessions.retain(|s| s.id.0 != 2);
+        assert_eq!(ids(&sessions), vec![1, 3]);
+        sessions.retain(|s| s.id.0 == 3);
+        assert!(matches!(sessions.0, Held::One(_)));
+        assert_eq!(ids(&sessions), vec![3]);
+        sessions.push(session(4));
+        assert_eq!(ids(&sessions), vec![3, 4]);
+        sessions.retain(|_| false);
+        assert!(sessions.is_empty() && matches!(sessions.0, Held::None));
+        sessions.push(session(5));
+        sessions.retain(|_| true);
+        assert_eq!(ids(&sessions), vec![5]);
+        sessions.retain(|_| false);
+        assert_eq!(sessions.len(), 0);
     }
 
     #[test]

@@ -302,7 +302,6 @@ pub(crate) mod testing {
         Session {
             session_id,
             user_id: user.id,
-            username: name.to_owned(),
             is_admin: false,
             platform: crate::domain::Platform::Web,
             valid_until: None,
