@@ -88,6 +88,7 @@ impl Authenticator {
         Ok(Some(Session {
             session_id,
             user_id: user.id,
+            username: user.username,
             is_admin: user.is_admin,
             platform: Device::default().platform,
             valid_until: None,

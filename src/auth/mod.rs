@@ -89,13 +89,14 @@ impl TokenHash {
 }
 
 /// An authenticated session: who is calling, from which login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The login (device).
     pub session_id: SessionId,
-    /// The user. (Not their name: a per-user fact kept out of each cached token, read from
-    /// the store by the few answers that show it.)
+    /// The user.
     pub user_id: UserId,
+    /// The user's name.
+    pub username: String,
     /// May use the admin endpoints.
     pub is_admin: bool,
     /// The session's device platform.
@@ -137,6 +138,7 @@ impl From<SessionRecord> for Session {
         Self {
             session_id: r.session_id,
             user_id: r.user_id,
+            username: r.username,
             is_admin: r.is_admin,
             platform: r.platform,
             valid_until: None,
@@ -151,8 +153,6 @@ pub struct Login {
     pub token: String,
     /// The new session.
     pub session: Session,
-    /// Its user's name.
-    pub username: String,
 }
 
 /// Generates a random URL-safe secret of `bytes` random bytes (hex encoded).
@@ -367,16 +367,15 @@ impl Authenticator {
         let session = Session {
             session_id,
             user_id: user.id,
+            username: user.username,
             is_admin: user.is_admin,
             platform: device.platform,
             valid_until: None,
         };
-        self.cache_shard(&hash).sessions.insert(hash, session);
-        Ok(Login {
-            token,
-            session,
-            username: user.username,
-        })
+        self.cache_shard(&hash)
+            .sessions
+            .insert(hash, session.clone());
+        Ok(Login { token, session })
     }
 
     /// Resolves a bearer token to its session: from the cache, else from the store (and then
@@ -441,7 +440,7 @@ impl Authenticator {
             };
             let mut shard = self.cache_shard(&hash);
             if shard.revocations == revocations {
-                shard.sessions.insert(hash, session);
+                shard.sessions.insert(hash, session.clone());
                 return Ok(session);
             }
             // A logout happened meanwhile: read again, the row may be gone now.
@@ -524,20 +523,6 @@ impl Authenticator {
     /// Storage failures.
     pub async fn sessions_over_limit(&self, user: UserId) -> Result<Vec<SessionId>, AuthError> {
         Ok(self.store.sessions_beyond(user, self.max_sessions).await?)
-    }
-
-    /// The name of a session's user (`None` once the user is gone). Not part of [`Session`]:
-    /// the session cache keeps per-token facts only, so the few answers that show the name
-    /// read it here.
-    ///
-    /// # Errors
-    /// [`AuthError::Store`] if the store cannot be read.
-    pub async fn username(&self, session: &Session) -> Result<Option<String>, AuthError> {
-        Ok(self
-            .store
-            .user_by_id(session.user_id)
-            .await?
-            .map(|user| user.username))
     }
 
     /// A receiver of every session revoked from now on.

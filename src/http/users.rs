@@ -101,7 +101,7 @@ pub async fn login(
         Json(LoginResponse {
             access: login.token,
             token_type: "Bearer",
-            user: UserPresence::full(session.user_id, login.username, &view),
+            user: UserPresence::full(session.user_id, session.username, &view),
             heartbeat_interval_ms: interval_ms(&state),
         }),
     ))
@@ -180,21 +180,13 @@ pub async fn heartbeat(
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
     )
 )]
-pub async fn me(
-    State(state): State<AppState>,
-    caller: Authenticated,
-) -> Result<Json<UserPresence>, ApiError> {
-    // A user removed since this request was authenticated has no token left to answer to.
-    let username = state
-        .auth
-        .username(&caller.session)
-        .await?
-        .ok_or(ApiError::InvalidToken)?;
-    Ok(Json(UserPresence::full(
-        caller.session.user_id,
-        username,
+pub async fn me(caller: Authenticated) -> Json<UserPresence> {
+    let session = caller.session;
+    Json(UserPresence::full(
+        session.user_id,
+        session.username,
         &caller.presence,
-    )))
+    ))
 }
 
 /// Find a user's id by username (to subscribe to them or add them as a contact).

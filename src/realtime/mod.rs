@@ -302,6 +302,7 @@ pub(crate) mod testing {
         Session {
             session_id,
             user_id: user.id,
+            username: name.to_owned(),
             is_admin: false,
             platform: crate::domain::Platform::Web,
             valid_until: None,

@@ -81,26 +81,6 @@ where
             }
         },
     };
-    let username = match realtime.auth.username(&session).await {
-        Ok(Some(username)) => username,
-        outcome => {
-            let reason = match outcome {
-                Ok(_) => CloseReason {
-                    code: CLOSE_UNAUTHORIZED,
-                    reason: "authentication required",
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "socket refused: its user could not be read");
-                    CloseReason {
-                        code: CLOSE_TRY_AGAIN_LATER,
-                        reason: "server unavailable; retry later",
-                    }
-                }
-            };
-            let _ = socket.send(close_message(reason)).await;
-            return;
-        }
-    };
     let connection = match realtime.hub.connect(session.viewer(), session.session_id) {
         Ok(connection) => connection,
         Err(error) => {
@@ -125,7 +105,7 @@ where
     // First on the fresh outbox, so it precedes every other message.
     connection.send(ServerMessage::Ready {
         user_id: session.user_id.0,
-        username,
+        username: session.username.clone(),
     });
     let mut client = SocketLoop {
         realtime: &realtime,
@@ -486,15 +466,12 @@ mod tests {
         let ping = Duration::from_secs(15);
         let (realtime, store) = testing::realtime(ping).await;
         let alice = testing::user(store.as_ref(), "alice", "alice-token").await;
-        let (server, mut client) = socket();
-        tokio::spawn(serve(server, realtime, Some(alice)));
-        // The clock stops once the socket is served (its opening reads the store, which a
-        // stopped clock would time out); pings count from a moment before.
-        assert_eq!(client.next_json().await["type"], "ready");
         tokio::time::pause();
+        let (server, mut client) = socket();
         let started = tokio::time::Instant::now();
+        tokio::spawn(serve(server, realtime, Some(alice)));
         assert_eq!(client.close_code().await, CLOSE_PING_TIMEOUT);
-        let waited = started.elapsed() + Duration::from_secs(1);
+        let waited = started.elapsed();
         assert!(waited >= ping * 2 && waited < ping * 3, "{waited:?}");
     }
 
@@ -502,11 +479,11 @@ mod tests {
     async fn the_socket_holds_its_session_live_and_closing_starts_the_grace() {
         let (realtime, store) = testing::realtime(Duration::from_secs(15)).await;
         let alice = testing::user(store.as_ref(), "alice", "alice-token").await;
-        let user = alice.user_id;
-        let (server, mut client) = socket();
-        let served = tokio::spawn(serve(server, realtime.clone(), Some(alice)));
-        assert_eq!(client.next_json().await["type"], "ready");
         tokio::time::pause();
+        let user = alice.user_id;
+        let (server, client) = socket();
+        let served = tokio::spawn(serve(server, realtime.clone(), Some(alice)));
+        tokio::task::yield_now().await;
         let online = realtime.engine.presence(&[user]).await.unwrap();
         assert!(online[0].1.status.is_online());
 

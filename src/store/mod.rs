@@ -196,6 +196,8 @@ pub struct SessionRecord {
     pub session_id: SessionId,
     /// Owner.
     pub user_id: UserId,
+    /// Owner's name.
+    pub username: String,
     /// Owner's admin flag.
     pub is_admin: bool,
     /// The session's device platform.

@@ -119,16 +119,17 @@ pub(super) const SESSIONS_BEYOND: &str = "select session_id from sessions where 
      order by last_activity desc, session_id desc limit $2)";
 
 /// The session a token hash (`$1`) belongs to, with what authentication needs of its user.
-pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, \
+pub(super) const SESSION_BY_TOKEN: &str = "select s.session_id, s.user_id, u.username, \
      u.is_admin, s.platform from sessions s join users u on u.user_id = s.user_id \
      where s.token_hash = $1";
 
 /// A [`SessionRecord`] from the columns of [`SESSION_BY_TOKEN`].
-fn session_record(row: (i64, i64, bool, String)) -> SessionRecord {
-    let (session_id, user_id, is_admin, platform) = row;
+fn session_record(row: (i64, i64, String, bool, String)) -> SessionRecord {
+    let (session_id, user_id, username, is_admin, platform) = row;
     SessionRecord {
         session_id: SessionId(session_id),
         user_id: UserId(user_id),
+        username,
         is_admin,
         platform: Platform::from_column(&platform),
     }
@@ -391,14 +392,14 @@ where
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
-    for<'r> (i64, i64, bool, String): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (i64, i64, String, bool, String): sqlx::FromRow<'r, DB::Row>,
 {
     /// The session a token hash belongs to.
     pub(super) async fn by_token(
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, sqlx::Error> {
-        let row: Option<(i64, i64, bool, String)> = sqlx::query_as(SESSION_BY_TOKEN)
+        let row: Option<(i64, i64, String, bool, String)> = sqlx::query_as(SESSION_BY_TOKEN)
             .bind(token_hash)
             .fetch_optional(self.0)
             .await?;
