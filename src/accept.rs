@@ -129,9 +129,16 @@ async fn pause_after(error: &io::Error) {
 
 /// A TCP stream holding its connection permit, whose reads and writes fail with `TimedOut`
 /// once nothing was read or written for `idle`.
+///
+/// Progress only notes the time; the timer is moved when it fires early (there was progress
+/// since it was set), so a busy connection moves it once per `idle` rather than twice per
+/// request (each move takes the timer wheel's lock).
 struct Guarded {
     stream: TcpStream,
     idle: Duration,
+    /// When something was last read or written.
+    last_progress: Instant,
+    /// Fires at or before `last_progress + idle`.
     deadline: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
 }
@@ -142,6 +149,7 @@ impl Guarded {
         Self {
             stream,
             idle,
+            last_progress: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
             _permit: permit,
         }
@@ -166,19 +174,23 @@ impl Guarded {
     }
 
     fn touched(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.last_progress = Instant::now();
     }
 
     /// `Pending`, unless the idle deadline passed (then the error ends the connection).
     fn pending_or_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle for too long",
-            ))),
-            Poll::Pending => Poll::Pending,
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last_progress + self.idle;
+            if due <= self.deadline.deadline() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                )));
+            }
+            // Progress since the timer was set: it fires again at the true deadline.
+            self.deadline.as_mut().reset(due);
         }
+        Poll::Pending
     }
 }
 

@@ -105,6 +105,22 @@ async fn a_connection_with_no_traffic_past_its_head_is_closed_after_the_idle_tim
 }
 
 #[tokio::test]
+async fn traffic_keeps_a_connection_open_past_its_idle_timeout_and_silence_then_ends_it() {
+    let idle = Duration::from_millis(500);
+    let app = spawn_app_with(|s| s.idle_timeout = idle).await;
+    let mut busy = connect(&app).await;
+    let started = Instant::now();
+    // Three idle timeouts' worth of requests, each well within the timeout of the last.
+    while started.elapsed() < idle * 3 {
+        assert!(healthz(&mut busy).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(idle / 3).await;
+    }
+    let (rest, after) = until_closed(&mut busy, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest}");
+    assert!(after >= idle / 2, "closed early: {after:?}");
+}
+
+#[tokio::test]
 async fn over_the_connection_cap_new_connections_get_503_and_established_ones_are_served() {
     let app = spawn_app_with(|s| s.max_connections = 2).await;
     let mut first = connect(&app).await;
