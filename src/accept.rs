@@ -138,7 +138,8 @@ struct Guarded {
     idle: Duration,
     /// When something was last read or written.
     last_progress: Instant,
-    /// Fires at or before `last_progress + idle`.
+    /// Fires at or before the idle deadline, `last_progress + idle` (give or take the moment
+    /// between reading the clock for each).
     deadline: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
 }
