@@ -72,6 +72,8 @@ fn report(label: &str, rss: usize, live: usize, base: (usize, usize), sessions: 
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // The server's allocator settings (no other thread exists yet on this runtime).
+    lastseen::heap::tune();
     let sessions: usize = std::env::args()
         .nth(1)
         .map_or(Ok(1_000_000), |a| a.parse())

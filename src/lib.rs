@@ -32,6 +32,7 @@ mod cluster;
 pub mod commands;
 pub mod domain;
 pub mod engine;
+pub mod heap;
 mod history;
 mod http;
 mod integrations;

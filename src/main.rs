@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use lastseen::cli::{self, Command, UserCommand};
 use lastseen::settings::{self, Overrides, Settings};
-use lastseen::{commands, startup, telemetry};
+use lastseen::{commands, heap, startup, telemetry};
 
 fn main() -> ExitCode {
-    fixed_mmap_threshold();
+    heap::tune();
     // Password hashing runs on the blocking pool, one 19 MiB Argon2 buffer per hash (mapped
-    // and unmapped each time, see `fixed_mmap_threshold`); a small pool bounds the threads
+    // and unmapped each time, see `heap::tune`); a small pool bounds the threads
     // (hashes are also limited to one per core by the authenticator).
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,27 +86,3 @@ async fn run() -> ExitCode {
         }
     }
 }
-
-/// Allocations of 128 KiB and more that no free heap block can serve get pages of their own
-/// from then on, returned to the system when freed. glibc starts there too but raises the
-/// threshold to the size of every such block freed, so once the session cache's and the
-/// engine's tables have doubled a few times, their next doublings come from the heap and leave
-/// holes in it that stay resident.
-/// With every token of 1,000,000 sessions cached this saves 16 bytes per session (240 -> 224,
-/// docs/BENCHMARKS.md), at no measurable cost in throughput or logins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fixed_mmap_threshold() {
-    unsafe extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    /// glibc's `M_MMAP_THRESHOLD`.
-    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-    // SAFETY: called before any other thread exists; `mallopt` takes no pointer, and a refusal
-    // (its 0) only leaves glibc's default in place.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn fixed_mmap_threshold() {}

@@ -210,24 +210,6 @@ fn never_active() -> PresenceView {
     PresenceView::offline(None, 0, ManualStatus::default())
 }
 
-/// Returns the heap memory that is free to the OS. A restore frees hundreds of bytes per user
-/// of loaded rows, interleaved with what it keeps; glibc keeps such memory for reuse, which at
-/// 1,000,000 users was 70 MiB of RSS (a third of the engine's) that nothing would reuse.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
-    unsafe extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: `malloc_trim` takes no pointer and only releases pages glibc's allocator holds
-    // free; it is safe to call from any thread at any time.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
-
 /// Records the user in its shard's dirty list if it just became dirty.
 fn note_dirty(shard: &mut Shard, user: UserId, was_dirty: bool, is_dirty: bool) {
     if is_dirty && !was_dirty {
@@ -551,7 +533,9 @@ impl Maintenance for LocalBackend {
             }
         });
         drop(users);
-        release_free_memory();
+        // The load freed hundreds of bytes per user, interleaved with what the shards keep;
+        // glibc would hold it for reuse (70 MiB of RSS at 1,000,000 users) that never comes.
+        crate::heap::release_free();
         Ok(())
     }
 }
