@@ -3,7 +3,8 @@
 //! The modules form layers that import downward only (docs/ARCHITECTURE.md has the picture):
 //!
 //! - [`domain`]: validated newtypes, presence and privacy values, and the pure visibility rule.
-//! - `shards`: the sharded-lock helper the in-memory parts share.
+//! - `shards`: the sharded-lock helper the in-memory parts share. [`heap`]: the allocator's
+//!   settings and giving free memory back.
 //! - [`engine`]: the presence engine: sharded in-memory state, deadline-driven offline
 //!   detection, transition events with per-user sequence numbers; behind a backend trait.
 //! - [`store`]: durable users, sessions, persisted presence and privacy data, behind the

@@ -7,7 +7,8 @@ use lastseen::settings::{self, Overrides, Settings};
 use lastseen::{commands, heap, startup, telemetry};
 
 fn main() -> ExitCode {
-    heap::tune();
+    // SAFETY: the first statement of `main`: no other thread exists yet.
+    unsafe { heap::tune() };
     // Password hashing runs on the blocking pool, one 19 MiB Argon2 buffer per hash (mapped
     // and unmapped each time, see `heap::tune`); a small pool bounds the threads
     // (hashes are also limited to one per core by the authenticator).
