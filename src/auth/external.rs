@@ -16,34 +16,50 @@ use crate::store::{Conflict, StoreError, UserRecord};
 /// A shard of the verified-JWT cache drops its expired tokens when it reaches this size, then
 /// again at twice what it kept (so sweeping is amortised O(1) per token).
 const MIN_SWEEP: usize = 1024;
+/// How long a JWT whose session was revoked is refused without asking the store again (in
+/// seconds). Its refusal needs three database operations, one a write; a client retrying with
+/// it would otherwise cost them on every request. Bounded, not until the token's `exp`: a
+/// revocation lasts until the revoked token's own expiry, which may come first.
+const REFUSAL_MEMORY_SECS: u64 = 60;
+
 /// One shard of the verified-JWT cache.
 #[derive(Default)]
 pub(super) struct VerifiedShard {
     /// SHA-256 of the whole token -> what it says. Only tokens whose signature and claims were
     /// checked get here, so a hit needs no signature check; `exp` is still checked on each.
-    tokens: HashMap<TokenHash, Arc<Verified>>,
+    tokens: HashMap<TokenHash, Checked>,
     /// Size at which the next insert first drops expired tokens.
     sweep_at: usize,
 }
 
+/// A verified token, and whether it is refused for now.
+struct Checked {
+    verified: Arc<Verified>,
+    /// Refused as revoked until then (seconds since the epoch; 0: not refused).
+    refused_until: u64,
+}
+
 impl Authenticator {
-    /// Checks a JWT, or finds it among those checked before and not yet expired.
+    /// Checks the JWT `token` (whose SHA-256 is `hash`), or finds it among those checked
+    /// before and not yet expired; one refused as revoked a moment ago is refused again.
     pub(super) fn verify_jwt(
         &self,
         verifier: &JwtVerifier,
+        hash: &TokenHash,
         token: &str,
     ) -> Result<Arc<Verified>, AuthError> {
-        let hash = TokenHash::of(token);
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = verifier.leeway();
         let live = |v: &Verified| now <= v.expires_at.saturating_add(leeway);
         {
-            let mut shard = lock(self.verified.get(&hash));
-            if let Some(verified) = shard.tokens.get(&hash) {
-                if live(verified) {
-                    return Ok(verified.clone());
+            let mut shard = lock(self.verified.get(hash));
+            if let Some(checked) = shard.tokens.get(hash) {
+                if live(&checked.verified) && now >= checked.refused_until {
+                    return Ok(checked.verified.clone());
                 }
-                shard.tokens.remove(&hash);
+                if !live(&checked.verified) {
+                    shard.tokens.remove(hash);
+                }
                 return Err(AuthError::InvalidToken);
             }
         }
@@ -51,13 +67,26 @@ impl Authenticator {
             tracing::debug!(%reason, "JWT refused");
             AuthError::InvalidToken
         })?);
-        let mut shard = lock(self.verified.get(&hash));
+        let mut shard = lock(self.verified.get(hash));
         if shard.tokens.len() >= shard.sweep_at {
-            shard.tokens.retain(|_, v| live(v));
+            shard.tokens.retain(|_, checked| live(&checked.verified));
             shard.sweep_at = (shard.tokens.len() * 2).max(MIN_SWEEP);
         }
-        shard.tokens.insert(hash, verified.clone());
+        let checked = Checked {
+            verified: verified.clone(),
+            refused_until: 0,
+        };
+        shard.tokens.insert(*hash, checked);
         Ok(verified)
+    }
+
+    /// Refuses the verified JWT whose SHA-256 is `hash` for [`REFUSAL_MEMORY_SECS`] without
+    /// asking the store: its session was revoked.
+    pub(super) fn remember_refusal(&self, hash: &TokenHash) {
+        let until = jsonwebtoken::get_current_timestamp().saturating_add(REFUSAL_MEMORY_SECS);
+        if let Some(checked) = lock(self.verified.get(hash)).tokens.get_mut(hash) {
+            checked.refused_until = until;
+        }
     }
 
     /// Opens the session of a verified JWT (creating its user if needed) and revokes the

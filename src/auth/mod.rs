@@ -399,9 +399,18 @@ impl Authenticator {
     pub async fn authenticate_keyed(&self, token: &str) -> Result<(Session, TokenHash), AuthError> {
         match self.jwt.as_deref() {
             Some(verifier) if jwt::looks_like_jwt(token) => {
-                let verified = self.verify_jwt(verifier, token)?;
+                let hash = TokenHash::of(token);
+                let verified = self.verify_jwt(verifier, &hash, token)?;
                 let key = verified.session_key;
-                let mut session = self.session_of(key, Some(&verified)).await?;
+                let mut session = match self.session_of(key, Some(&verified)).await {
+                    Ok(session) => session,
+                    // A verified JWT is refused here only when its session was revoked.
+                    Err(AuthError::InvalidToken) => {
+                        self.remember_refusal(&hash);
+                        return Err(AuthError::InvalidToken);
+                    }
+                    Err(error) => return Err(error),
+                };
                 let until = verified.expires_at.saturating_add(verifier.leeway());
                 session.valid_until = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(until));
                 Ok((session, key))

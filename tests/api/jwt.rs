@@ -404,6 +404,32 @@ async fn a_revoked_jwt_session_stays_refused_while_another_token_of_the_user_wor
 }
 
 #[tokio::test]
+async fn a_revoked_jwt_is_refused_again_without_asking_the_database() {
+    use sqlx::Connection;
+    use std::str::FromStr;
+
+    let app = hs256_app().await;
+    let token = hs256(SECRET, &claims(json!(61), "retrying"));
+    me(&app, &token).await;
+    expect(app.post("/api/users/logout/", &token).await, 200).await;
+    // The first refusal reads the store (and tries to reopen the session, a write).
+    refused(&app, &token).await;
+
+    // Another writer holds the database: anything that still needs a write would wait for
+    // it and then fail with a 503.
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&app.settings.database_url).unwrap();
+    let mut writer = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("begin exclusive")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    refused(&app, &token).await;
+    sqlx::query("rollback").execute(&mut writer).await.unwrap();
+}
+
+#[tokio::test]
 async fn sockets_and_streams_of_a_jwt_close_when_it_expires() {
     let app = spawn_app_with(|s| {
         s.jwt_hs256_secret = Some(SECRET.into());
