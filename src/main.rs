@@ -9,9 +9,9 @@ use lastseen::{commands, heap, startup, telemetry};
 fn main() -> ExitCode {
     // SAFETY: the first statement of `main`: no other thread exists yet.
     unsafe { heap::tune() };
-    // Password hashing runs on the blocking pool, one 19 MiB Argon2 buffer per hash (mapped
-    // and unmapped each time, see `heap::tune`); a small pool bounds the threads
-    // (hashes are also limited to one per core by the authenticator).
+    // Password hashing runs on the blocking pool, each thread keeping one 19 MiB Argon2
+    // buffer (pages of its own, see `heap::tune`, given back when the thread ends); a small
+    // pool bounds that memory (hashes are also limited to one per core by the authenticator).
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,14 +1,15 @@
 //! The session cache's storage: token hash -> session, in about 55 bytes per cached token.
 //!
-//! A cached session is a 44-byte [`Entry`] with its key: the first 12 bytes of the token's SHA-256
-//! (with N tokens cached, guessing a token whose hash starts like one of theirs takes about
-//! 2^96 / N online tries, and two of the N sharing a prefix by chance has a probability of
-//! about N² / 2^97, 2^-57 at a million), the session and user ids as 32-bit numbers, the username inline (up to 22 bytes), and the platform and admin flag in one byte.
-//! The username stays: a socket's `ready` and `/me` show it, and reading it from the store
-//! instead cost every socket opening a database read (5x slower to open 10,000 sockets).
-//! Entries sit in a [`Packed`] map, as the engine's users do. A session that does not fit an
-//! entry (an id beyond 32 bits, a longer username, or an expiry) is kept whole in a side map,
-//! at several times the size: a deployment whose session ids pass 2^32 should expect that.
+//! A cached session is a 44-byte [`Entry`] with its key: the first 12 bytes of the token's
+//! SHA-256 (with N tokens cached, guessing a token whose hash starts like one of theirs takes
+//! about 2^96 / N online tries, and two of the N sharing a prefix by chance has a probability
+//! of about N² / 2^97, 2^-57 at a million), the session and user ids as 32-bit numbers, the
+//! username inline (up to 22 bytes), and the platform and admin flag in one byte. The username
+//! stays: a socket's `ready` and `/me` show it, and reading it from the store instead cost
+//! every socket opening a database read (5x slower to open 10,000 sockets). Entries sit in a
+//! [`Packed`] map, as the engine's users do. A session that does not fit an entry (an id beyond
+//! 32 bits, a longer username, or an expiry) is kept whole in a side map, at several times the
+//! size: a deployment whose session ids pass 2^32 should expect that.
 
 use std::collections::HashMap;
 

@@ -54,13 +54,14 @@ impl Authenticator {
         {
             let mut shard = lock(self.verified.get(hash));
             if let Some(checked) = shard.tokens.get(hash) {
-                if live(&checked.verified) && now >= checked.refused_until {
-                    return Ok(checked.verified.clone());
-                }
                 if !live(&checked.verified) {
                     shard.tokens.remove(hash);
+                    return Err(AuthError::InvalidToken);
                 }
-                return Err(AuthError::InvalidToken);
+                if now < checked.refused_until {
+                    return Err(AuthError::InvalidToken);
+                }
+                return Ok(checked.verified.clone());
             }
         }
         let verified = Arc::new(verifier.verify(token).map_err(|reason| {
