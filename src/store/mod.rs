@@ -147,20 +147,33 @@ pub(crate) struct CoalescedBatch<'a> {
 
 impl<'a> CoalescedBatch<'a> {
     pub(crate) fn of(batch: &'a [PresenceWrite]) -> Self {
-        let mut users = std::collections::BTreeMap::new();
-        let mut sessions = std::collections::BTreeMap::<SessionId, StoredSession>::new();
-        for write in batch {
-            users.insert(write.user_id, write);
-            for session in &write.sessions {
-                let merged = sessions.entry(session.id).or_insert(*session);
-                merged.last_activity = merged.last_activity.max(session.last_activity);
-                merged.expires_at = session.expires_at;
+        // Stable sorts keep equal ids in the writes' order, so the last write of a run is the
+        // latest. The persister hands over batches in user-id order, for which sorting the
+        // users is one pass; their sessions come in that order too, mostly ascending already.
+        // (Two ordered maps cost 1.2% of a server's CPU when every heartbeat dirtied its user.)
+        let mut users: Vec<&PresenceWrite> = batch.iter().collect();
+        users.sort_by_key(|write| write.user_id);
+        users.dedup_by(|later, kept| {
+            let same = later.user_id == kept.user_id;
+            if same {
+                *kept = *later;
             }
-        }
-        Self {
-            users: users.into_values().collect(),
-            sessions: sessions.into_values().collect(),
-        }
+            same
+        });
+        let mut sessions: Vec<StoredSession> = batch
+            .iter()
+            .flat_map(|write| write.sessions.iter().copied())
+            .collect();
+        sessions.sort_by_key(|session| session.id);
+        sessions.dedup_by(|later, kept| {
+            let same = later.id == kept.id;
+            if same {
+                kept.last_activity = kept.last_activity.max(later.last_activity);
+                kept.expires_at = later.expires_at;
+            }
+            same
+        });
+        Self { users, sessions }
     }
 }
 
@@ -426,6 +439,53 @@ mod tests {
             source = cause.source();
         }
         text
+    }
+
+    #[test]
+    fn a_coalesced_batch_has_each_user_and_session_once_in_id_order() {
+        let at = |s: i64| DateTime::UNIX_EPOCH + chrono::Duration::seconds(s);
+        let session_on = |platform, id, activity, expires| StoredSession {
+            id: SessionId(id),
+            last_activity: at(activity),
+            expires_at: at(expires),
+            platform,
+        };
+        let session = |id, activity, expires| session_on(Platform::Web, id, activity, expires);
+        let write = |user, seq, sessions| PresenceWrite {
+            user_id: UserId(user),
+            status: PresenceStatus::Online,
+            last_seen: None,
+            seq,
+            sessions,
+            expired_status: None,
+        };
+        let batch = [
+            write(2, 1, vec![session(20, 50, 400), session(5, 10, 300)]),
+            write(1, 1, vec![session(10, 10, 300)]),
+            // Session 20 again, with an older activity: its activity stays, its expiry moves,
+            // the rest is the first write's.
+            write(2, 2, vec![session_on(Platform::Mobile, 20, 40, 350)]),
+            write(3, 1, vec![session(5, 30, 330)]),
+        ];
+        let coalesced = CoalescedBatch::of(&batch);
+        let users: Vec<_> = coalesced
+            .users
+            .iter()
+            .map(|w| (w.user_id.0, w.seq))
+            .collect();
+        assert_eq!(
+            users,
+            [(1, 1), (2, 2), (3, 1)],
+            "the last write of a user wins"
+        );
+        assert_eq!(
+            coalesced.sessions,
+            [
+                session(5, 30, 330),
+                session(10, 10, 300),
+                session(20, 50, 350)
+            ]
+        );
     }
 
     #[test]
