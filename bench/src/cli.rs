@@ -12,7 +12,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Threads of this tool; 1 leaves the other cores to the server under test
-    /// [default: 2 for `ceiling`, else 1].
+    /// [default: 2 for `ceiling` and `seed-stack`, else 1].
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
     /// What to measure.
@@ -38,6 +38,38 @@ pub enum Mode {
     /// Scale-out: one node in Redis mode vs the embedded mode, N nodes together, and push
     /// latency across nodes (needs PostgreSQL and Redis).
     Cluster(ClusterArgs),
+    /// lastseen's heartbeat next to the seed's own stack (Django, DRF, simplejwt and
+    /// PostgreSQL under gunicorn, which `scripts/bench seed-stack` sets up and starts), in
+    /// alternating rounds: both throughputs and their ratio.
+    SeedStack(SeedStackArgs),
+}
+
+/// Arguments of `seed-stack`.
+#[derive(Debug, Args)]
+pub struct SeedStackArgs {
+    /// The lastseen server to load and how to create its users.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The seed's stack, already running (loopback only), e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    pub seed_url: String,
+    /// Its users' access tokens, one `username token` line each (written by the fixture's
+    /// `manage.py bench_users`); the first `--users` are used.
+    #[arg(long, value_name = "PATH")]
+    pub seed_tokens: PathBuf,
+    /// Users whose tokens the heartbeats rotate through, on both servers.
+    #[arg(short = 'n', long, default_value_t = 200)]
+    pub users: u64,
+    /// Connections to each server (kept alive where the server allows it).
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Length of each phase in seconds.
+    #[arg(short = 'd', long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub duration: f64,
+    /// Rounds of (seed phase, lastseen phase); the ratio is reported per round and as the
+    /// median.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 /// Arguments of `cluster`.
@@ -83,7 +115,7 @@ pub struct ClusterArgs {
 impl Cli {
     /// Client threads: `--threads`, else the mode's default.
     pub fn threads(&self) -> usize {
-        let default = if matches!(self.mode, Mode::Ceiling(_)) {
+        let default = if matches!(self.mode, Mode::Ceiling(_) | Mode::SeedStack(_)) {
             2
         } else {
             1

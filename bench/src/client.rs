@@ -1,4 +1,7 @@
-//! A minimal keep-alive HTTP/1.1 client: one request at a time per connection.
+//! A minimal keep-alive HTTP/1.1 client: one request at a time per connection. A server that
+//! answers `connection: close` (gunicorn's sync workers, in the `seed-stack` mode) gets a new
+//! connection before the next request; unlike `wrk`, the connect then counts in that request's
+//! latency.
 //!
 //! The load generator shares two cores with the server it measures, so its per-request cost
 //! must stay well below the server's. Requests are rendered once into byte buffers and written
@@ -7,6 +10,7 @@
 //! connection's buffer has grown to the size of a response.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +21,10 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// One keep-alive connection.
 pub struct Conn {
+    addr: SocketAddr,
     stream: TcpStream,
+    /// The server said it closes the connection after the last response.
+    closing: bool,
     /// Bytes read from the socket; `buf[start..filled]` is not consumed yet.
     buf: Vec<u8>,
     start: usize,
@@ -39,6 +46,14 @@ enum Framing {
     Chunked,
 }
 
+/// What a response head says.
+struct Head {
+    status: u16,
+    framing: Framing,
+    /// `connection: close`.
+    close: bool,
+}
+
 impl Conn {
     /// Connects with `TCP_NODELAY` (requests are single writes; Nagle would only add delay).
     ///
@@ -50,7 +65,9 @@ impl Conn {
             .with_context(|| format!("while connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
+            addr,
             stream,
+            closing: false,
             buf: vec![0; 4096],
             start: 0,
             filled: 0,
@@ -63,11 +80,16 @@ impl Conn {
     /// # Errors
     /// I/O errors, a closed connection or a malformed response.
     pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<Response<'_>> {
+        if self.closing {
+            *self = Self::connect(self.addr).await?;
+        }
         self.compact();
         self.stream.write_all(request).await?;
-        let (status, head_len, framing) = self.read_head().await?;
+        let (head, head_len) = self.read_head().await?;
         self.start += head_len;
-        match framing {
+        self.closing = head.close;
+        let status = head.status;
+        match head.framing {
             Framing::Length(len) => {
                 self.fill_to(len).await?;
                 let body = self.start..self.start + len;
@@ -119,16 +141,15 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads up to the end of the response head; returns status, head length and framing.
-    async fn read_head(&mut self) -> anyhow::Result<(u16, usize, Framing)> {
+    /// Reads up to the end of the response head; returns it and its length.
+    async fn read_head(&mut self) -> anyhow::Result<(Head, usize)> {
         let mut searched: usize = 0;
         loop {
             let pending = &self.buf[self.start..self.filled];
             let from = searched.saturating_sub(3);
             if let Some(at) = find(&pending[from..], b"\r\n\r\n") {
                 let head_len = from + at + 4;
-                let (status, framing) = parse_head(&pending[..head_len])?;
-                return Ok((status, head_len, framing));
+                return Ok((parse_head(&pending[..head_len])?, head_len));
             }
             searched = pending.len();
             ensure!(
@@ -187,8 +208,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Parses the status line and the framing headers of a complete response head.
-fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Framing)> {
+/// Parses the status line, the framing headers and `connection` of a complete response head.
+fn parse_head(head: &[u8]) -> anyhow::Result<Head> {
     let text = std::str::from_utf8(head).context("response head is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -198,6 +219,7 @@ fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Framing)> {
         .and_then(|code| code.parse::<u16>().ok())
         .with_context(|| format!("unexpected status line {status_line:?}"))?;
     let mut framing = None;
+    let mut close = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -209,13 +231,40 @@ fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Framing)> {
             && value.to_ascii_lowercase().contains("chunked")
         {
             framing = Some(Framing::Chunked);
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= value
+                .split(',')
+                .any(|option| option.trim().eq_ignore_ascii_case("close"));
         }
     }
-    match framing {
-        Some(framing) => Ok((status, framing)),
-        None if status == 204 || status == 304 || status < 200 => Ok((status, Framing::Length(0))),
+    let framing = match framing {
+        Some(framing) => framing,
+        None if status == 204 || status == 304 || status < 200 => Framing::Length(0),
         None => bail!("response {status} has neither content-length nor chunked encoding"),
-    }
+    };
+    Ok(Head {
+        status,
+        framing,
+        close,
+    })
+}
+
+/// `POST /api/users/heartbeat/` with each token as a bearer token, as the seed's frontend sends
+/// it: one rendered request per token.
+pub fn heartbeats(host: &str, tokens: &[String]) -> Arc<[Vec<u8>]> {
+    tokens
+        .iter()
+        .map(|token| {
+            let auth = format!("Bearer {token}");
+            render(
+                "POST",
+                host,
+                "/api/users/heartbeat/",
+                &[("authorization", &auth)],
+                b"",
+            )
+        })
+        .collect()
 }
 
 /// Renders a request with the given method, path, extra headers and body.
@@ -245,14 +294,17 @@ mod tests {
 
     #[test]
     fn heads_with_length_and_chunked_framing_parse() {
-        let (status, framing) =
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
-        assert!(matches!(framing, Framing::Length(12)));
-        let (status, framing) =
+        let head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!(head.status, 200);
+        assert!(matches!(head.framing, Framing::Length(12)));
+        assert!(!head.close);
+        let head =
             parse_head(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
-        assert_eq!(status, 404);
-        assert!(matches!(framing, Framing::Chunked));
+        assert_eq!(head.status, 404);
+        assert!(matches!(head.framing, Framing::Chunked));
+        let head = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        assert!(head.close);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
     }
@@ -283,6 +335,28 @@ mod tests {
         assert_eq!((response.status, response.body), (200, &b"hello"[..]));
         let response = conn.send(&request).await.unwrap();
         assert_eq!((response.status, response.body), (201, &b"abcde"[..]));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closes_is_opened_again_for_the_next_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for body in [&b"one"[..], b"two"] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut scratch = [0u8; 1024];
+                let _ = socket.read(&mut scratch).await.unwrap();
+                let head = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\n";
+                socket.write_all(head).await.unwrap();
+                socket.write_all(body).await.unwrap();
+                // Dropping the socket closes it, as gunicorn's sync workers do.
+            }
+        });
+        let mut conn = Conn::connect(addr).await.unwrap();
+        let request = render("GET", "x", "/", &[], b"");
+        assert_eq!(conn.send(&request).await.unwrap().body, b"one");
+        assert_eq!(conn.send(&request).await.unwrap().body, b"two");
         server.await.unwrap();
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::ClusterArgs;
-use crate::client::render;
+use crate::client::{heartbeats, render};
 use crate::load::{self, Plan, new_histogram};
 use crate::provision;
 use crate::report::{HEADER, Percentiles, PhaseSummary, median};
@@ -58,23 +58,6 @@ pub struct Summary {
     pub transitions_driven: u64,
     /// Events the subscriber on the last node received.
     pub events_received: u64,
-}
-
-/// Heartbeat requests, one per token.
-fn heartbeats(host: &str, tokens: &[String]) -> Arc<[Vec<u8>]> {
-    tokens
-        .iter()
-        .map(|token| {
-            let auth = format!("Bearer {token}");
-            render(
-                "POST",
-                host,
-                "/api/users/heartbeat/",
-                &[("authorization", &auth)],
-                b"",
-            )
-        })
-        .collect()
 }
 
 /// Closed-loop heartbeat rounds against `targets` at once (connections split between them);

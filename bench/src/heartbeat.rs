@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::{HeartbeatArgs, Provision};
-use crate::client::render;
+use crate::client::{heartbeats, render};
 use crate::load::{self, Plan};
 use crate::report::{HEADER, PhaseSummary, median};
 use crate::scrape::Metrics;
@@ -97,20 +97,7 @@ pub async fn run(args: HeartbeatArgs, json: bool, bare: bool) -> anyhow::Result<
     let prepared = setup::prepare(&args.target, args.users, true, args.connections).await?;
     let target = &prepared.target;
     let host = target.host.clone();
-    let heartbeats: Arc<[Vec<u8>]> = prepared
-        .tokens
-        .iter()
-        .map(|token| {
-            let auth = format!("Bearer {token}");
-            render(
-                "POST",
-                &host,
-                "/api/users/heartbeat/",
-                &[("authorization", &auth)],
-                b"",
-            )
-        })
-        .collect();
+    let heartbeats = heartbeats(&host, &prepared.tokens);
     let healthz: Arc<[Vec<u8>]> = Arc::new([render("GET", &host, "/healthz", &[], b"")]);
     let hello = bare.as_ref().map(|bare| -> Arc<[Vec<u8>]> {
         Arc::new([render("GET", &bare.host, "/hello", &[], b"")])

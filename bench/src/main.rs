@@ -5,8 +5,9 @@
 //! - [`seed`], [`provision`], [`setup`]: benchmark users and tokens, by SQL or through the API.
 //! - [`load`]: closed- and open-loop phases over C connections, with HDR histograms.
 //! - `lastseen-ceiling` (`src/bin/ceiling.rs`): the bare axum server of the `ceiling` mode.
-//! - [`heartbeat`] (also the `ceiling` mode), [`churn`], [`restart`], [`sockets`]: the modes; [`report`], [`scrape`], [`progress`]:
-//!   output, `/metrics` counters and progress bars.
+//! - [`heartbeat`] (also the `ceiling` mode), [`churn`], [`restart`], [`sockets`],
+//!   [`cluster`], [`seed_stack`]: the modes; [`report`], [`scrape`], [`progress`]: output,
+//!   `/metrics` counters and progress bars.
 
 mod churn;
 mod cli;
@@ -20,6 +21,7 @@ mod report;
 mod restart;
 mod scrape;
 mod seed;
+mod seed_stack;
 mod setup;
 mod sockets;
 mod target;
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             Mode::Restart(args) => restart::run(args, json).await,
             Mode::Sockets(args) => sockets::run(args, json).await,
             Mode::Cluster(args) => cluster::run(args, json).await,
+            Mode::SeedStack(args) => seed_stack::run(args, json).await,
         }
     });
     match result {
